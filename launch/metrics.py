@@ -1,0 +1,86 @@
+"""Per-step metrics: gathered from the step's groups, written to metrics.jsonl and
+wandb, and shown as one progress line."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+REWARD_TERMS = ("reward", "correct", "format", "length")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def distribution_metrics(groups: Sequence[dict], kept: Sequence[bool], report: dict) -> dict[str, float]:
+    """Per distribution: what the curriculum did and what the samples achieved."""
+    by_dist: dict[str, list[tuple[dict, bool]]] = defaultdict(list)
+    for group, keep in zip(groups, kept):
+        by_dist[group["distribution"]].append((group, keep))
+    out: dict[str, float] = {}
+    for name, prob in report["probabilities"].items():
+        pairs = by_dist.get(name, [])
+        samples = [s for g, _ in pairs for s in g["samples"]]
+        prefix = f"dist/{name}/"
+        out[prefix + "prob"] = prob
+        out[prefix + "score"] = report["scores"][name]
+        out[prefix + "groups"] = len(pairs)
+        out[prefix + "samples"] = len(samples)
+        out[prefix + "kept_frac"] = _mean([float(k) for _, k in pairs])
+        out[prefix + "accuracy"] = _mean([s["correct"] for s in samples])
+        out[prefix + "reward"] = _mean([s["reward"] for s in samples])
+        out[prefix + "abs_adv"] = _mean([abs(s["advantage"]) for s in samples])
+        out[prefix + "length"] = _mean([len(s["tokens"]) for s in samples])
+        budgets = [g["budget"] for g, _ in pairs if g.get("budget") is not None]
+        if budgets:
+            out[prefix + "budget"] = _mean(budgets)
+    return out
+
+
+def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
+    samples = [s for g in groups for s in g["samples"]]
+    out = {f"{term}/mean": _mean([s[term] for s in samples]) for term in REWARD_TERMS}
+    out["accuracy"] = out.pop("correct/mean")
+    out["length/tokens_mean"] = _mean([len(s["tokens"]) for s in samples])
+    out["tokens/generated"] = sum(len(s["tokens"]) for s in samples)
+    return out
+
+
+class MetricsLogger:
+    """metrics.jsonl (always) + wandb (offline by default) + a progress line."""
+
+    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, total_steps: int) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.total_steps = total_steps
+        self.wandb = None
+        if wandb_cfg.mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_cfg.project, mode=wandb_cfg.mode, dir=str(run_dir), config=config, name=run_dir.name)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        print(self.progress_line(step, metrics), file=sys.stderr, flush=True)
+
+    def progress_line(self, step: int, m: dict[str, Any]) -> str:
+        accs = " ".join(
+            f"{k.split('/')[1]}={m[k]:.2f}@{m[k.replace('accuracy', 'prob')]:.2f}"
+            for k in m
+            if k.startswith("dist/") and k.endswith("/accuracy") and not math.isnan(m[k])
+        )
+        return (
+            f"step {step + 1}/{self.total_steps} | reward {m['reward/mean']:.3f} | acc {m['accuracy']:.2f} "
+            f"[{accs}] (acc@prob) | {m['perf/gen_tokens_per_s']:.0f} tok/s | {m['time/step']:.1f}s"
+        )
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()

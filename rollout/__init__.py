@@ -1,0 +1,1 @@
+"""How samples are produced and scored: the vLLM rollout actor and the verifiers."""

@@ -1,0 +1,123 @@
+"""RolloutWorker: a vLLM engine that generates `group_size` samples per prompt,
+scores them, and takes new weights in place (no restart, no disk)."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from rollout.rewards import RewardWeights, score
+
+# vLLM must read these before it is imported in the actor process.
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in the actor, so collective_rpc takes a plain function
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def engine_env(threads: int, kv_cache_gib: float) -> dict[str, str]:
+    return {**ENGINE_ENV, "OMP_NUM_THREADS": str(threads), "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gib)))}
+
+
+def _reload(worker: Any, weights: list) -> None:
+    """Runs inside vLLM's worker: HF-named tensors in, vLLM fuses q/k/v itself."""
+    worker.model_runner.reload_weights(weights_iterator=iter(weights))
+
+
+def _engine_param_sums(worker: Any) -> dict[str, float]:
+    """HF-named checksums of the weights the engine computes with.
+
+    On CPU vLLM packs linear weights into kernels and leaves empty parameters,
+    so each packed linear is read back by applying it to the identity matrix
+    (exact in float32); fused q/k/v and gate/up are split by their output sizes.
+    """
+    import torch
+
+    model = worker.model_runner.model
+    packed = getattr(model, "packed_modules_mapping", {})
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if p.numel():
+                tensors[f"{prefix}.{pname}"] = p.detach()
+            elif pname == "weight" and hasattr(module, "cpu_linear"):
+                eye = torch.eye(module.input_size, dtype=module.params_dtype)
+                tensors[f"{prefix}.weight"] = module.cpu_linear(eye, module.weight, None).t()
+    sums = {}
+    for name, t in tensors.items():
+        prefix, leaf, pname = name.rsplit(".", 2) if name.count(".") >= 2 else ("", *name.split("."))
+        if leaf in packed and len(packed[leaf]) > 1:
+            module = model.get_submodule(f"{prefix}.{leaf}")
+            parts = torch.split(t, list(module.output_sizes), dim=0)
+            for sub, part in zip(packed[leaf], parts):
+                sums[f"{prefix}.{sub}.{pname}"] = float(part.double().sum())
+        else:
+            sums[name] = float(t.double().sum())
+    return sums
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 512, reward: dict | None = None) -> None:
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.weights = RewardWeights(**(reward or {}))
+        self.version = 0
+
+    def encode(self, prompt: str, system_prompt: str = "") -> list[int]:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": prompt}]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def generate(
+        self,
+        items: Sequence[dict[str, Any]],
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        system_prompt: str = "",
+    ) -> dict[str, Any]:
+        """One group per item: its samples' tokens, texts and reward terms."""
+        from vllm import SamplingParams, TokensPrompt
+
+        start = time.perf_counter()
+        prompt_ids = [self.encode(item["prompt"], system_prompt) for item in items]
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        groups = []
+        for item, ids, out in zip(items, prompt_ids, outputs):
+            samples = []
+            for completion in out.outputs:
+                tokens = list(completion.token_ids)
+                terms = score(item["verifier"], completion.text, item["answer"], len(tokens), item.get("budget"), self.weights)
+                logprobs = [lp[t].logprob for lp, t in zip(completion.logprobs or [], tokens)]
+                samples.append({"tokens": tokens, "text": completion.text, "logprobs": logprobs, "finish": completion.finish_reason, **terms})
+            groups.append({**item, "prompt_ids": ids, "samples": samples, "version": self.version})
+        return {"groups": groups, "seconds": time.perf_counter() - start}
+
+    def update_weights(self, named: dict[str, np.ndarray], version: int) -> float:
+        """Load HF-named arrays into the running engine; returns seconds taken."""
+        import torch
+
+        start = time.perf_counter()
+        weights = [(name, torch.from_numpy(np.asarray(a))) for name, a in named.items()]
+        self.llm.collective_rpc(_reload, args=(weights,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return time.perf_counter() - start
+
+    def param_sums(self) -> dict[str, float]:
+        return self.llm.collective_rpc(_engine_param_sums)[0]
+
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-probs of tokens 1..L-1 of each sequence under the engine's weights."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
+        return [[lp[t].logprob for lp, t in zip(o.prompt_logprobs[1:], s[1:])] for o, s in zip(outs, sequences)]

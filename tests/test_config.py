@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+import pytest
+
+from launch.config import load_config
+from launch.errors import GradusError
+
+DEFAULT = "configs/default.yaml"
+
+
+def test_default_preset_and_overrides():
+    cfg = load_config(DEFAULT, ["trainer.lr=1e-6", "rollout.group_size=4", "data.distributions.1.params.digits=4"])
+    assert cfg.trainer.lr == 1e-6 and isinstance(cfg.trainer.lr, float)
+    assert cfg.rollout.group_size == 4
+    assert [d.name for d in cfg.data.distributions] == ["add1", "add2", "add3"]
+    assert cfg.data.distributions[1].params == {"digits": 4}
+    assert cfg.wandb.mode == "offline"
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    with pytest.raises(GradusError, match=r"unknown config key 'trainer.lrr' \(did you mean 'lr'\?\)"):
+        load_config(DEFAULT, ["trainer.lrr=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  group_sise: 4\n")
+    with pytest.raises(GradusError, match="rollout.group_sise.*group_size"):
+        load_config(bad)
+
+
+def test_bad_values():
+    with pytest.raises(GradusError, match="trainer.lr: expected a number, got 'fast'"):
+        load_config(DEFAULT, ["trainer.lr=fast"])
+    with pytest.raises(GradusError, match="rollout.group_size: expected an integer"):
+        load_config(DEFAULT, ["rollout.group_size=2.5"])
+    with pytest.raises(GradusError, match="curriculum.kind.*did you mean 'ucb'"):
+        load_config(DEFAULT, ["curriculum.kind=ucbb"])
+    with pytest.raises(GradusError, match="must be >= 1"):
+        load_config(DEFAULT, ["rollout.group_size=0"])
+    with pytest.raises(GradusError, match="distributions"):
+        load_config(None)
+
+
+def _cli(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model.path=/nonexistent/model"], "model.path: /nonexistent/model does not exist"),
+        (["trainer.lrr=1"], "did you mean 'lr'"),
+        (["rollout.group_size=many"], "rollout.group_size: expected an integer, got 'many'"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args, message, tmp_path):
+    code, lines = _cli("train", DEFAULT, f"run.run_dir={tmp_path / 'run'}", *args)
+    assert code == 2
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("gradus: error:")
+
+
+def test_cli_not_a_model_dir(tmp_path):
+    (tmp_path / "m").mkdir()
+    code, lines = _cli("train", DEFAULT, f"model.path={tmp_path / 'm'}", f"run.run_dir={tmp_path / 'run'}")
+    assert code == 2 and lines == [f"gradus: error: model.path: {tmp_path / 'm'} is not a model directory (no config.json); point it at a directory made by save_pretrained"]

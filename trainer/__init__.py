@@ -1,0 +1,1 @@
+"""How the policy is updated: GRPO math (pure torch) and the DeepSpeed trainer actors."""
