@@ -53,7 +53,7 @@ class RolloutConfig:
     num_workers: int = 1
     prompts_per_step: int = 8
     group_size: int = 4
-    max_tokens: int = 96
+    max_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     kv_cache_gib: float = 1.0  # vLLM-CPU KV cache size
@@ -64,7 +64,7 @@ class RolloutConfig:
 @dataclass
 class TrainerConfig:
     world_size: int = 1  # data-parallel DeepSpeed ranks
-    lr: float = 5e-6
+    lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_size: int = 8

@@ -63,7 +63,7 @@ class RolloutWorker:
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 512, reward: dict | None = None) -> None:
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True)
+        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
         self.tokenizer = self.llm.get_tokenizer()
         self.weights = RewardWeights(**(reward or {}))
         self.version = 0
