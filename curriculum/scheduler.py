@@ -25,17 +25,21 @@ class CurriculumScheduler:
         curriculum_params: Mapping[str, Any] | None = None,
         filters: Sequence[Mapping[str, Any]] = (),
         budget: Mapping[str, Any] | None = None,
+        budget_prompt: str = "",
         train_size: int = 2000,
         eval_size: int = 32,
         seed: int = 0,
     ) -> None:
         self.distributions = {
-            d["name"]: Distribution(d["name"], d["source"], dict(d.get("params") or {}), d["verifier"], train_size, eval_size, seed)
+            d["name"]: Distribution(
+                d["name"], d["source"], dict(d.get("params") or {}), d["verifier"], train_size, eval_size, seed, d.get("budget")
+            )
             for d in distributions
         }
         self.curriculum = make_curriculum(curriculum, list(self.distributions), **dict(curriculum_params or {}))
         self.filters = [make_filter(f["kind"], **{k: v for k, v in f.items() if k != "kind"}) for f in filters]
         self.budget = make_budget_schedule(**budget) if budget else None
+        self.budget_prompt = budget_prompt
         self.rng = np.random.default_rng(seed)
         self.overhead_s = 0.0
 
@@ -44,14 +48,25 @@ class CurriculumScheduler:
         start = time.perf_counter()
         self.curriculum.set_step(step)
         names = self.curriculum.sample(n, self.rng)
-        budget = self.budget(step) if self.budget else None
         batch = []
         for name in names:
             dist = self.distributions[name]
             (row,) = dist.take(1)
-            batch.append({"distribution": name, "verifier": dist.verifier, "budget": budget, **row})
+            budget = self.budget_for(name, step)
+            prompt = row["prompt"] if budget is None or not self.budget_prompt else self.budget_prompt.format(prompt=row["prompt"], budget=budget)
+            batch.append({"distribution": name, "verifier": dist.verifier, "budget": budget, **row, "prompt": prompt})
         self.overhead_s += time.perf_counter() - start
         return batch
+
+    def budget_for(self, name: str, step: int) -> int | None:
+        """The schedule's budget, or a distribution's own base budget decayed by
+        the same factor as the schedule (budget(step) / budget(0))."""
+        if self.budget is None:
+            return None
+        base = self.distributions[name].budget
+        if base is None:
+            return self.budget(step)
+        return max(1, round(base * self.budget(step) / self.budget(0)))
 
     def keep(self, groups: Sequence[Mapping[str, Sequence[float]]]) -> list[bool]:
         """Filter decisions per group ({"correct": [...], "rewards": [...]}); no state change."""

@@ -1,33 +1,173 @@
-"""Data distributions: where each distribution's rows come from, its held-out
-split, and the cursor that walks its training rows (part of resumable state)."""
+"""Data distributions: where each distribution's rows come from (synthetic
+generators with a difficulty knob, or local JSONL/Parquet/HF dataset dirs), its
+held-out split, and the cursor that walks its training rows (resumable state).
+
+A source is `fn(wanted, rng, **params) -> list[row]`, a row being
+{"prompt": str, "answer": Any}; synthetic sources return distinct prompts.
+"""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from curriculum.registry import Registry
 
-Row = dict[str, Any]  # {"prompt": str, "answer": Any}
-SOURCES: Registry[Callable[..., Callable[[np.random.Generator], Row]]] = Registry("data source")
+Row = dict[str, Any]
+SOURCES: Registry[Callable[..., list[Row]]] = Registry("data source")
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi"]
+
+
+def distinct(draw: Callable[[np.random.Generator], Row], rng: np.random.Generator, wanted: int) -> list[Row]:
+    """Up to `wanted` rows with distinct prompts (small spaces such as 1-digit
+    addition run out sooner; held-out rows still never leak into training)."""
+    seen: dict[str, Row] = {}
+    for _ in range(20 * wanted + 100):
+        row = draw(rng)
+        seen.setdefault(row["prompt"], row)
+        if len(seen) == wanted:
+            break
+    return list(seen.values())
 
 
 @SOURCES.register("arithmetic")
-def arithmetic(digits: int = 1, ops: str = "+") -> Callable[[np.random.Generator], Row]:
+def arithmetic(wanted: int, rng: np.random.Generator, digits: int = 1, ops: str = "+") -> list[Row]:
     """'What is a + b?' with `digits`-digit operands: difficulty grows with digits."""
     if digits < 1 or not ops or set(ops) - set("+-*"):
         raise ValueError("arithmetic: digits must be >= 1 and ops a string of + - *")
-    low = 0 if digits == 1 else 10 ** (digits - 1)
-    high = 10**digits
+    low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits
 
     def draw(rng: np.random.Generator) -> Row:
         a, b = (int(x) for x in rng.integers(low, high, size=2))
         op = ops[int(rng.integers(len(ops)))]
-        value = {"+": a + b, "-": a - b, "*": a * b}[op]
-        return {"prompt": f"What is {a} {op} {b}?", "answer": str(value)}
+        return {"prompt": f"What is {a} {op} {b}?", "answer": str({"+": a + b, "-": a - b, "*": a * b}[op])}
 
-    return draw
+    return distinct(draw, rng, wanted)
+
+
+@SOURCES.register("countdown")
+def countdown(wanted: int, rng: np.random.Generator, numbers: int = 3, max_number: int = 20) -> list[Row]:
+    """Countdown: reach the target with + - * and every number once; harder with more numbers."""
+    if numbers < 2:
+        raise ValueError("countdown: numbers must be >= 2")
+
+    def draw(rng: np.random.Generator) -> Row:
+        while True:
+            nums = [int(x) for x in rng.integers(1, max_number + 1, size=numbers)]
+            order = [int(i) for i in rng.permutation(numbers)]
+            value = nums[order[0]]
+            for i in order[1:]:
+                value = [value + nums[i], value - nums[i], value * nums[i]][int(rng.integers(3))]
+            if 0 < value <= 1000:
+                break
+        prompt = (
+            f"Using the numbers {nums}, write an arithmetic expression that equals {value}. "
+            "Use + - * / and parentheses, each number exactly once. Put the expression in <answer></answer>."
+        )
+        return {"prompt": prompt, "answer": {"target": value, "numbers": nums}}
+
+    return distinct(draw, rng, wanted)
+
+
+def _kk_statement(rng: np.random.Generator, speaker: int, n: int) -> tuple[str, Callable[[tuple[bool, ...]], bool]]:
+    """A claim by `speaker` about others: its text and its truth under an assignment (True = knight)."""
+    others = [i for i in range(n) if i != speaker] or [speaker]
+    a = others[int(rng.integers(len(others)))]
+    b = others[int(rng.integers(len(others)))]
+    kind = int(rng.integers(4 if a != b else 2))
+    if kind == 0:
+        return f"{NAMES[a]} is a knight", lambda roles: roles[a]
+    if kind == 1:
+        return f"{NAMES[a]} is a knave", lambda roles: not roles[a]
+    if kind == 2:
+        return f"{NAMES[a]} and {NAMES[b]} are both knights", lambda roles: roles[a] and roles[b]
+    return f"{NAMES[a]} or {NAMES[b]} is a knave", lambda roles: not roles[a] or not roles[b]
+
+
+@SOURCES.register("kk")
+def knights_knaves(wanted: int, rng: np.random.Generator, people: int = 2) -> list[Row]:
+    """Knights always tell the truth, knaves always lie; puzzles with exactly one
+    solution (checked by enumerating all role assignments). Harder with more people."""
+    if not 2 <= people <= len(NAMES):
+        raise ValueError(f"kk: people must be between 2 and {len(NAMES)}")
+
+    def draw(rng: np.random.Generator) -> Row:
+        while True:
+            claims = [_kk_statement(rng, i, people) for i in range(people)]
+            solutions = [
+                roles
+                for roles in itertools.product([True, False], repeat=people)
+                if all(roles[i] == truth(roles) for i, (_, truth) in enumerate(claims))
+            ]
+            if len(solutions) == 1:
+                break
+        said = " ".join(f'{NAMES[i]} says: "{text}."' for i, (text, _) in enumerate(claims))
+        who = ", ".join(NAMES[:people])
+        prompt = (
+            f"On an island, knights always tell the truth and knaves always lie. You meet {who}. {said} "
+            f"Who is a knight and who is a knave? Answer like <answer>{NAMES[0]} is a knight, {NAMES[1]} is a knave</answer>."
+        )
+        answer = {NAMES[i]: "knight" if r else "knave" for i, r in enumerate(solutions[0])}
+        return {"prompt": prompt, "answer": answer}
+
+    return distinct(draw, rng, wanted)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL, JSON (list), Parquet file or an HF `save_to_disk` directory."""
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        data = load_from_disk(str(path))
+        if hasattr(data, "keys"):  # a DatasetDict: take its train split
+            data = data["train"] if "train" in data else data[next(iter(data.keys()))]
+        return [dict(r) for r in data]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+        return rows
+    rows = []
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+    return rows
+
+
+@SOURCES.register("file")
+def file(wanted: int, rng: np.random.Generator, path: str, fields: Mapping[str, str] | None = None, where: Mapping[str, Any] | None = None) -> list[Row]:
+    """Rows of a local file; `fields` maps prompt/answer to the file's column names,
+    `where` keeps rows whose fields equal the given values (a category or level
+    inside one dataset). Rows are shuffled by seed, then cut to `wanted`."""
+    target = Path(path).expanduser()
+    if not target.exists():
+        raise ValueError(f"data file {target} does not exist")
+    mapping = {"prompt": "prompt", "answer": "answer", **dict(fields or {})}
+    rows = []
+    for index, record in enumerate(read_rows(target)):
+        if not isinstance(record, dict):
+            raise ValueError(f"{target}: row {index + 1} is not an object")
+        if any(record.get(k) != v for k, v in (where or {}).items()):
+            continue
+        for key, column in mapping.items():
+            if column not in record:
+                raise ValueError(f"{target}: row {index + 1} has no field {column!r} (mapped to {key}); fix the file or set fields.{key}")
+        rows.append({"prompt": str(record[mapping["prompt"]]), "answer": record[mapping["answer"]]})
+    if not rows:
+        raise ValueError(f"{target}: no rows" + (f" match where={dict(where)}" if where else ""))
+    return [rows[i] for i in rng.permutation(len(rows))[:wanted]]
 
 
 def _seed(*parts: Any) -> int:
@@ -35,15 +175,18 @@ def _seed(*parts: Any) -> int:
 
 
 class Distribution:
-    """One named distribution: unique rows split into train and held-out, and a
-    shuffled cursor over the train rows that reshuffles every epoch."""
+    """One named distribution: rows split into held-out and train (deterministic
+    by seed), and a shuffled cursor over the train rows, reshuffled every epoch."""
 
-    def __init__(self, name: str, source: str, params: dict, verifier: str, train_size: int, eval_size: int, seed: int) -> None:
-        self.name, self.verifier, self.seed = name, verifier, seed
-        draw = SOURCES.build(source, **params)
-        rows = _unique_rows(draw, np.random.default_rng(_seed(seed, name, "rows")), train_size + eval_size)
+    def __init__(self, name: str, source: str, params: dict, verifier: str, train_size: int, eval_size: int, seed: int, budget: int | None = None) -> None:
+        self.name, self.verifier, self.seed, self.budget = name, verifier, seed, budget
+        rng = np.random.default_rng(_seed(seed, name, "rows"))
+        try:
+            rows = SOURCES.build(source, train_size + eval_size, rng, **params)
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"distribution {name!r}: {err}") from None
         if len(rows) <= eval_size:
-            raise ValueError(f"distribution {name!r}: only {len(rows)} distinct rows, fewer than eval_size+1")
+            raise ValueError(f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}")
         self.eval_rows, self.train_rows = rows[:eval_size], rows[eval_size:]
         self.epoch, self.cursor = 0, 0
         self._order = self._permutation()
@@ -67,16 +210,3 @@ class Distribution:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._permutation()
-
-
-def _unique_rows(draw: Callable[[np.random.Generator], Row], rng: np.random.Generator, wanted: int) -> list[Row]:
-    """Up to `wanted` rows with distinct prompts (small spaces such as 1-digit
-    addition run out sooner; that is fine, held-out rows still never leak)."""
-    seen: dict[str, Row] = {}
-    for _ in range(20 * wanted + 100):
-        row = draw(rng)
-        seen.setdefault(row["prompt"], row)
-        if len(seen) == wanted:
-            break
-    return list(seen.values())
-

@@ -29,6 +29,7 @@ class DistributionConfig:
     source: str = "arithmetic"  # a synthetic generator (curriculum/sources.py)
     params: dict = field(default_factory=dict)  # the source's knobs, e.g. {digits: 2}
     verifier: str = "numeric"  # rollout/rewards.py VERIFIERS
+    budget: Optional[int] = None  # this distribution's base length budget, decayed by curriculum.budget
 
 
 @dataclass
@@ -46,6 +47,7 @@ class CurriculumConfig:
     filters: list[dict] = field(default_factory=list)  # e.g. [{kind: nonzero_std}]
     max_refill_rounds: int = 2  # extra generation rounds to replace filtered groups
     budget: Optional[dict] = None  # length budget schedule, e.g. {kind: exponential, initial: 96, decay: 0.8, every: 5, minimum: 24}
+    budget_prompt: str = ""  # e.g. "{prompt} Answer in at most {budget} tokens."; empty = budget not in the prompt
 
 
 @dataclass
@@ -56,9 +58,11 @@ class RolloutConfig:
     max_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
+    budget_slack: float = 0.0  # hard cap max_tokens = min(max_tokens, ceil(budget * slack)); 0 = no cap
     kv_cache_gib: float = 1.0  # vLLM-CPU KV cache size
     max_model_len: int = 512
     threads: int = 2
+    enforce_eager: bool = True  # CPU: torch.compile warm-up costs ~2 min for ~5% more tokens/s
 
 
 @dataclass
@@ -67,13 +71,20 @@ class TrainerConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    micro_batch_size: int = 8
+    max_tokens_per_micro_batch: int = 1024  # padded tokens (rows x longest row) per forward/backward
     zero_stage: int = 1
     estimator: str = "grpo"  # trainer/grpo.py ADVANTAGE_ESTIMATORS
     clip_low: float = 0.2
     clip_high: float = 0.2
     loss_agg: str = "token-mean"
     threads: int = 2
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # held-out evaluation every k steps (and after the last); 0 = off
+    samples: int = 1  # samples per held-out prompt
+    temperature: float = 0.0  # 0 = greedy
 
 
 @dataclass
@@ -97,6 +108,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     reward: RewardWeights = field(default_factory=RewardWeights)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -176,20 +188,32 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML preset as a dict; `base: other.yaml` (relative to the file) is
+    read first and this file's keys are merged on top."""
+    if not path.is_file():
+        raise GradusError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise GradusError(f"config file {path}: 'base' chain loops back to itself")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise GradusError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(loaded, dict):
+        raise GradusError(f"config file {path}: expected a mapping at the top level")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    raw = _read_preset(path.parent / str(base), seen + (path.resolve(),))
+    _merge(raw, loaded)
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- `key.sub=value` overrides, validated into a Config."""
+    """Defaults <- YAML preset (and its bases) <- `key.sub=value` overrides, validated."""
     raw = to_dict(Config())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise GradusError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise GradusError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
-        if not isinstance(loaded, dict):
-            raise GradusError(f"config file {path}: expected a mapping at the top level")
-        _merge(raw, loaded, "")
+        _merge(raw, _read_preset(Path(path)))
     for item in overrides:
         if "=" not in item:
             raise GradusError(f"override {item!r} must look like key.sub=value")
@@ -200,11 +224,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def _merge(base: dict, update: dict, prefix: str) -> None:
+def _merge(base: dict, update: dict) -> None:
     """Recursive merge so a preset only names what it changes; lists replace."""
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value, f"{prefix}{key}.")
+            _merge(base[key], value)
         else:
             base[key] = value
 
@@ -244,8 +268,9 @@ def validate(cfg: Config) -> None:
         ("rollout.group_size", cfg.rollout.group_size),
         ("rollout.max_tokens", cfg.rollout.max_tokens),
         ("trainer.world_size", cfg.trainer.world_size),
-        ("trainer.micro_batch_size", cfg.trainer.micro_batch_size),
+        ("trainer.max_tokens_per_micro_batch", cfg.trainer.max_tokens_per_micro_batch),
         ("run.steps", cfg.run.steps),
+        ("eval.samples", cfg.eval.samples),
     ]:
         if value < 1:
             raise GradusError(f"{key}: must be >= 1, got {value}")

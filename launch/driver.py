@@ -13,7 +13,7 @@ import ray
 import torch
 import yaml
 
-from curriculum.scheduler import remote_scheduler
+from curriculum.scheduler import CurriculumScheduler, remote_scheduler
 from launch.config import Config, to_dict
 from launch.errors import GradusError
 from launch.groups import RolloutGroup, TrainerGroup
@@ -43,6 +43,21 @@ class Run:
 
     def __init__(self, cfg: Config, overwrite: bool = False) -> None:
         self.cfg = cfg
+        self.scheduler_args = {
+            "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
+            "curriculum": cfg.curriculum.kind,
+            "curriculum_params": cfg.curriculum.params,
+            "filters": cfg.curriculum.filters,
+            "budget": cfg.curriculum.budget,
+            "budget_prompt": cfg.curriculum.budget_prompt,
+            "train_size": cfg.data.train_size,
+            "eval_size": cfg.data.eval_size,
+            "seed": cfg.run.seed,
+        }
+        try:  # data files and curriculum parameters are checked before Ray starts
+            CurriculumScheduler(**self.scheduler_args)
+        except (ValueError, KeyError, TypeError) as err:
+            raise GradusError(str(err).strip("'\"")) from None
         self.model_path = str(resolve_model(cfg.model.path))
         self.run_dir = prepare_run_dir(cfg, overwrite)
         self.version = 0
@@ -53,24 +68,11 @@ class Run:
         if self.owns_ray:
             logical_cpus = max(os.cpu_count() or 1, cfg.rollout.num_workers + cfg.trainer.world_size)
             ray.init(num_cpus=logical_cpus, include_dashboard=False, log_to_driver=False)
-        self.scheduler = remote_scheduler(
-            distributions=[dataclasses.asdict(d) for d in cfg.data.distributions],
-            curriculum=cfg.curriculum.kind,
-            curriculum_params=cfg.curriculum.params,
-            filters=cfg.curriculum.filters,
-            budget=cfg.curriculum.budget,
-            train_size=cfg.data.train_size,
-            eval_size=cfg.data.eval_size,
-            seed=cfg.run.seed,
-        )
-        self.rollout = RolloutGroup(
-            cfg.rollout.num_workers, self.model_path, cfg.model.dtype, cfg.run.seed, cfg.rollout.max_model_len,
-            cfg.rollout.threads, cfg.rollout.kv_cache_gib, dataclasses.asdict(cfg.reward),
-        )
+        self.scheduler = remote_scheduler(**self.scheduler_args)
+        self.rollout = RolloutGroup(cfg.rollout.num_workers, self.model_path, cfg.rollout, cfg.model.dtype, cfg.run.seed, dataclasses.asdict(cfg.reward))
         self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads)
-        batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-        trainer_cfg = {**dataclasses.asdict(cfg.trainer), "samples_per_rank": -(-batch // cfg.trainer.world_size)}
-        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, trainer_cfg, cfg.run.seed)
+        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, dataclasses.asdict(cfg.trainer), cfg.run.seed)
+        self.rollout.ready()
         self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps)
 
     def collect(self, step: int) -> tuple[list[dict], list[bool], dict[str, float]]:
@@ -87,7 +89,7 @@ class Run:
             items = ray.get(self.scheduler.next_batch.remote(step, need))
             new, seconds = self.rollout.generate(
                 items, n=cfg.rollout.group_size, max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt,
+                top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt, budget_slack=cfg.rollout.budget_slack,
             )
             rewards = torch.tensor([[s["reward"] for s in g["samples"]] for g in new])
             for g, adv in zip(new, group_advantages(rewards, cfg.trainer.estimator).tolist()):
@@ -130,7 +132,7 @@ class Run:
         if trained:
             tokens = sum(len(s["tokens"]) for s in trained)
             t0 = time.perf_counter()
-            ranks = self.trainers.train(samples, num_tokens=tokens, num_seqs=len(trained))
+            ranks = self.trainers.train(samples, self.cfg.trainer.max_tokens_per_micro_batch, num_tokens=tokens, num_seqs=len(trained))
             metrics["time/train"] = time.perf_counter() - t0
             self.version += 1
             t0 = time.perf_counter()
@@ -142,6 +144,7 @@ class Run:
                 "train/grad_norm": ranks[0]["grad_norm"],
                 "train/lr": ranks[0]["lr"],
                 "train/tokens": tokens,
+                "train/micro_batches": ranks[0]["micro_batches"],
             })
         metrics["policy_version"] = self.version
         metrics["time/scheduler"] = ray.get(self.scheduler.pop_overhead.remote())
@@ -150,8 +153,28 @@ class Run:
         metrics["perf/gen_tokens_per_s"] = metrics["tokens/generated"] / max(metrics["time/generate"], 1e-9)
         metrics["time/step"] = time.perf_counter() - start
         metrics["time/scheduler_frac"] = metrics["time/scheduler"] / metrics["time/step"]
+        every = self.cfg.eval.every
+        if every and ((step + 1) % every == 0 or step + 1 == self.cfg.run.steps):
+            metrics.update(self.evaluate(step))
         self.logger.log(step, metrics)
         return metrics
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out accuracy per distribution. The scheduler only hands out the
+        rows; results never reach the curriculum."""
+        cfg = self.cfg
+        rows = ray.get(self.scheduler.eval_rows.remote())
+        items = [row for name in rows for row in rows[name]]
+        groups, seconds = self.rollout.generate(
+            items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature,
+            top_p=1.0, system_prompt=cfg.data.system_prompt,
+        )
+        out = {"time/eval": seconds}
+        for name in rows:
+            correct = [s["correct"] for g in groups if g["distribution"] == name for s in g["samples"]]
+            out[f"eval/{name}/accuracy"] = sum(correct) / len(correct)
+        out["eval/accuracy"] = sum(s["correct"] for g in groups for s in g["samples"]) / sum(len(g["samples"]) for g in groups)
+        return out
 
     def close(self) -> None:
         if hasattr(self, "logger"):

@@ -8,6 +8,7 @@ import numpy as np
 import ray
 
 from rollout.worker import RolloutWorker, engine_env
+from trainer.batching import PAD, plan
 from trainer.worker import TrainerWorker
 
 
@@ -20,9 +21,12 @@ def free_port() -> int:
 class RolloutGroup:
     """Data-parallel vLLM engines; a batch is split into contiguous shards."""
 
-    def __init__(self, n: int, model_path: str, dtype: str, seed: int, max_model_len: int, threads: int, kv_cache_gib: float, reward: dict) -> None:
-        actor = ray.remote(num_cpus=1)(RolloutWorker).options(runtime_env={"env_vars": engine_env(threads, kv_cache_gib)})
-        self.workers = [actor.remote(model_path, dtype, seed + i, max_model_len, reward) for i in range(n)]
+    def __init__(self, n: int, model_path: str, rollout: Any, dtype: str, seed: int, reward: dict) -> None:
+        actor = ray.remote(num_cpus=1)(RolloutWorker).options(runtime_env={"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)})
+        self.workers = [actor.remote(model_path, dtype, seed + i, rollout.max_model_len, reward, rollout.enforce_eager) for i in range(n)]
+
+    def ready(self) -> None:
+        ray.get([w.ready.remote() for w in self.workers])
 
     def generate(self, items: Sequence[dict], **sampling: Any) -> tuple[list[dict], float]:
         """Groups in item order, and the slowest shard's generation seconds."""
@@ -49,9 +53,15 @@ class TrainerGroup:
     def setup(self, model_path: str, dtype: str, cfg: dict, seed: int) -> int:
         return ray.get([r.setup.remote(model_path, dtype, cfg, seed) for r in self.ranks])[0]
 
-    def train(self, samples: Sequence[dict], num_tokens: int, num_seqs: int) -> list[dict[str, float]]:
-        shards = np.array_split(np.arange(len(samples)), len(self.ranks))
-        return ray.get([r.train.remote([samples[i] for i in idx], num_tokens, num_seqs) for r, idx in zip(self.ranks, shards)])
+    def train(self, samples: Sequence[dict], max_tokens_per_micro_batch: int, num_tokens: int, num_seqs: int) -> list[dict[str, float]]:
+        """Split by trainer.batching.plan; PAD slots become zero-weight samples."""
+        lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in samples]
+        padding = {**samples[0], "weight": 0.0}
+        per_rank = [
+            [[samples[i] if i != PAD else padding for i in micro] for micro in micros]
+            for micros in plan(lengths, len(self.ranks), max_tokens_per_micro_batch)
+        ]
+        return ray.get([r.train.remote(micros, num_tokens, num_seqs) for r, micros in zip(self.ranks, per_rank)])
 
     def export_weights(self) -> Any:
         """An object-store reference to rank 0's weights (never copied through the driver)."""

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-REWARD_TERMS = ("reward", "correct", "format", "length")
+REWARD_TERMS = ("reward", "correct", "format", "length", "unused_budget")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -47,6 +47,8 @@ def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
     out["accuracy"] = out.pop("correct/mean")
     out["length/tokens_mean"] = _mean([len(s["tokens"]) for s in samples])
     out["tokens/generated"] = sum(len(s["tokens"]) for s in samples)
+    out["verify/errors"] = sum(s["verify_error"] for s in samples)
+    out["verify/timeouts"] = sum(s["verify_timeout"] for s in samples)
     return out
 
 

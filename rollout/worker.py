@@ -2,6 +2,7 @@
 scores them, and takes new weights in place (no restart, no disk)."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Sequence
@@ -60,13 +61,18 @@ def _engine_param_sums(worker: Any) -> dict[str, float]:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 512, reward: dict | None = None) -> None:
+    def __init__(
+        self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 512, reward: dict | None = None, enforce_eager: bool = True
+    ) -> None:
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len)
+        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager)
         self.tokenizer = self.llm.get_tokenizer()
         self.weights = RewardWeights(**(reward or {}))
         self.version = 0
+
+    def ready(self) -> bool:
+        return True
 
     def encode(self, prompt: str, system_prompt: str = "") -> list[int]:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": prompt}]
@@ -81,13 +87,19 @@ class RolloutWorker:
         temperature: float = 1.0,
         top_p: float = 1.0,
         system_prompt: str = "",
+        budget_slack: float = 0.0,
     ) -> dict[str, Any]:
-        """One group per item: its samples' tokens, texts and reward terms."""
+        """One group per item: its samples' tokens, texts and reward terms. With
+        budget_slack > 0 an item's budget also caps its tokens (budget * slack)."""
         from vllm import SamplingParams, TokensPrompt
 
         start = time.perf_counter()
         prompt_ids = [self.encode(item["prompt"], system_prompt) for item in items]
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0)
+        caps = [
+            min(max_tokens, math.ceil(item["budget"] * budget_slack)) if budget_slack > 0 and item.get("budget") else max_tokens
+            for item in items
+        ]
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0) for cap in caps]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
         groups = []
         for item, ids, out in zip(items, prompt_ids, outputs):

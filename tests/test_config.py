@@ -63,3 +63,16 @@ def test_cli_not_a_model_dir(tmp_path):
     (tmp_path / "m").mkdir()
     code, lines = _cli("train", DEFAULT, f"model.path={tmp_path / 'm'}", f"run.run_dir={tmp_path / 'run'}")
     assert code == 2 and lines == [f"gradus: error: model.path: {tmp_path / 'm'} is not a model directory (no config.json); point it at a directory made by save_pretrained"]
+
+
+def test_presets_share_tasks_through_base(tmp_path):
+    names = {}
+    for preset, kind in [("uniform", "uniform"), ("dump", "ucb"), ("sec", "td0")]:
+        cfg = load_config(f"configs/{preset}.yaml")
+        assert cfg.curriculum.kind == kind
+        names[preset] = [(d.name, d.params) for d in cfg.data.distributions]
+    assert names["uniform"] == names["dump"] == names["sec"]
+    loop = tmp_path / "a.yaml"
+    loop.write_text("base: a.yaml\n")
+    with pytest.raises(GradusError, match="loops"):
+        load_config(loop)

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import ray
 
 from launch.config import load_config
 from launch.driver import Run
@@ -20,7 +21,7 @@ def _assert_same_weights(trainer: dict[str, float], engine: dict[str, float]) ->
 def test_two_steps_two_ranks_weights_synced(tiny_model, tmp_path):
     cfg = load_config("configs/default.yaml", [
         f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "wandb.mode=offline",
-        "trainer.world_size=2", "trainer.micro_batch_size=4", "trainer.lr=1e-3", "rollout.max_tokens=16",
+        "trainer.world_size=2", "trainer.max_tokens_per_micro_batch=200", "trainer.lr=1e-3", "rollout.max_tokens=16",
         "rollout.kv_cache_gib=1", "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}",
     ])
     run = Run(cfg)
@@ -54,3 +55,38 @@ def test_two_steps_two_ranks_weights_synced(tiny_model, tmp_path):
         assert m["dist/add1/budget"] == 4
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
+    """DUMP on the real stack: logged probabilities are the bandit's own, they
+    leave uniform, and held-out evaluation never touches the curriculum."""
+    from curriculum.bandits import make_curriculum
+
+    names = ["add1", "add2", "add3"]
+    cfg = load_config("configs/dump.yaml", [
+        f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=3", "wandb.mode=disabled",
+        "trainer.world_size=1", "rollout.max_tokens=16", "reward.length=1.0", "eval.every=2", "data.eval_size=4",
+        "curriculum.budget={kind: constant, budget: 4}", "curriculum.filters=[{kind: nonzero_std}]",
+    ])
+    run = Run(cfg)
+    logged = []
+    try:
+        run.start()
+        for step in range(3):
+            reported = ray.get(run.scheduler.report.remote(step))
+            logged.append(run.step(step))
+            assert [logged[-1][f"dist/{n}/prob"] for n in names] == pytest.approx([reported["probabilities"][n] for n in names])
+        state = ray.get(run.scheduler.state_dict.remote())
+        run.evaluate(3)
+        assert ray.get(run.scheduler.state_dict.remote()) == state
+    finally:
+        run.close()
+
+    assert "eval/add1/accuracy" in logged[1] and "eval/add1/accuracy" in logged[2] and "eval/add1/accuracy" not in logged[0]
+    replay = make_curriculum("ucb", names, c=1.0, window=300, temperature=0.1)
+    for m in logged:
+        assert [m[f"dist/{n}/prob"] for n in names] == pytest.approx([replay.probabilities()[n] for n in names], abs=1e-6)
+        replay.update({n: [m[f"dist/{n}/abs_adv"]] * m[f"dist/{n}/samples"] for n in names if m[f"dist/{n}/samples"]})
+        assert m["groups/generated"] >= m["groups/kept"] and m["groups/kept"] + m["groups/dropped"] == m["groups/generated"]
+    assert logged[0][f"dist/add1/prob"] == pytest.approx(1 / 3)
+    assert max(abs(logged[-1][f"dist/{n}/prob"] - 1 / 3) for n in names) > 0.01

@@ -89,5 +89,30 @@ def test_unknown_kind_and_garbage_never_raise():
 def test_score_terms():
     w = RewardWeights(correct=1.0, format=0.5, length=2.0)
     terms = score("numeric", "<answer>7</answer>", "7", num_tokens=30, budget=20, weights=w)
-    assert terms == pytest.approx({"correct": 1.0, "format": 1.0, "length": -0.5, "reward": 1.0 + 0.5 - 1.0})
-    assert score("numeric", "8", "7", 5, None, w) == pytest.approx({"correct": 0.0, "format": 0.0, "length": 0.0, "reward": 0.0})
+    assert terms == pytest.approx({"correct": 1.0, "format": 1.0, "length": -0.5, "unused_budget": 0.0, "reward": 1.0 + 0.5 - 1.0, "verify_error": 0.0, "verify_timeout": 0.0})
+    plain = score("numeric", "8", "7", 5, None, w)
+    assert plain["reward"] == 0.0 and plain["length"] == 0.0
+    bonus = score("numeric", "<answer>7</answer>", "7", 5, 20, RewardWeights(unused_budget=0.4))
+    assert bonus["unused_budget"] == pytest.approx(0.75) and bonus["reward"] == pytest.approx(1.0 + 0.4 * 0.75)
+    wrong = score("numeric", "<answer>6</answer>", "7", 5, 20, RewardWeights(unused_budget=0.4))
+    assert wrong["unused_budget"] == 0.0 and wrong["reward"] == 0.0
+
+
+def test_timeout_and_errors_are_counted(monkeypatch):
+    from rollout import rewards
+
+    def slow(text, answer, tagged):
+        while True:
+            pass
+
+    def broken(text, answer, tagged):
+        raise RuntimeError("bug")
+
+    monkeypatch.setitem(rewards.VERIFIERS, "slow", slow)
+    monkeypatch.setitem(rewards.VERIFIERS, "broken", broken)
+    start = time.perf_counter()
+    assert rewards.check("slow", "x", "1", timeout=0.2) == (0.0, "timeout")
+    assert time.perf_counter() - start < 1.0
+    assert rewards.check("broken", "x", "1") == (0.0, "error")
+    terms = score("broken", "x", "1", 3, None, RewardWeights())
+    assert terms["verify_error"] == 1.0 and terms["reward"] == 0.0

@@ -56,3 +56,17 @@ def test_state_round_trip_continues_identically():
     b.load_state_dict(a.state_dict())
     assert a.next_batch(1, 9) == b.next_batch(1, 9)
     assert a.report(2) == b.report(2)
+
+
+def test_budget_prompt_and_per_distribution_base():
+    dists = [dict(DISTS[0], budget=100), DISTS[1]]
+    s = CurriculumScheduler(
+        dists, curriculum="fixed", curriculum_params={"weights": {"add1": 1, "add3": 1}},
+        budget={"kind": "exponential", "initial": 64, "decay": 0.5, "every": 1, "minimum": 8},
+        budget_prompt="{prompt} Use at most {budget} tokens.", seed=0,
+    )
+    assert s.budget_for("add1", 0) == 100 and s.budget_for("add1", 2) == 25  # base decayed by the schedule's factor
+    assert s.budget_for("add3", 2) == 16
+    for item in s.next_batch(2, 8):
+        assert item["prompt"].endswith(f"Use at most {item['budget']} tokens.")
+        assert item["budget"] == (25 if item["distribution"] == "add1" else 16)

@@ -7,7 +7,6 @@ ranks and micro-batches.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, Sequence
@@ -24,18 +23,23 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [B, T] of each sample's completion tokens, and their mask [B, T]."""
+    """Log-probs [B, T] of each sample's completion tokens and their mask [B, T]
+    (T = longest sequence - 1). The vocabulary projection, the costliest layer of
+    a small model, runs only where a completion token is predicted."""
     sequences = [s["prompt_ids"] + s["tokens"] for s in samples]
     input_ids = _pad(sequences, 0)  # [B, L]
     attention = _pad([[1] * len(q) for q in sequences], 0)
-    logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()  # [B, L-1, V]
-    targets = input_ids[:, 1:]
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, L-1]
-    mask = torch.zeros_like(logp)
+    predicts = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool)  # [B, L-1]
     for i, s in enumerate(samples):
-        start = len(s["prompt_ids"]) - 1  # position predicting the first completion token
-        mask[i, start : start + len(s["tokens"])] = float(s.get("weight", 1.0) > 0)
-    return logp, mask
+        start = len(s["prompt_ids"]) - 1  # the position that predicts the first completion token
+        predicts[i, start : start + len(s["tokens"])] = True
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state  # [B, L, H]
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()  # [N, V]
+    targets = input_ids[:, 1:][predicts]  # [N]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [N]
+    logp = torch.zeros(predicts.shape, dtype=picked.dtype).masked_scatter(predicts, picked)
+    weights = torch.tensor([float(s.get("weight", 1.0) > 0) for s in samples]).unsqueeze(-1)
+    return logp, predicts.float() * weights
 
 
 class TrainerWorker:
@@ -62,44 +66,41 @@ class TrainerWorker:
         return sum(p.numel() for p in model.parameters())
 
     def _ds_config(self) -> dict[str, Any]:
-        self.accumulation = math.ceil(self.cfg["samples_per_rank"] / self.cfg["micro_batch_size"])
         return {
-            "train_micro_batch_size_per_gpu": self.cfg["micro_batch_size"],
-            "gradient_accumulation_steps": self.accumulation,
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, one step()
             "gradient_clipping": self.cfg["grad_clip"],
             "zero_optimization": {"stage": self.cfg["zero_stage"]},
             "zero_force_ds_cpu_optimizer": False,
             "steps_per_print": 10**9,
         }
 
-    def train(self, samples: Sequence[dict], num_tokens: int, num_seqs: int) -> dict[str, float]:
-        """One optimiser step on this rank's shard. num_tokens / num_seqs are the
-        global batch's trained tokens and sequences (the loss denominators)."""
+    def train(self, micro_batches: Sequence[Sequence[dict]], num_tokens: int, num_seqs: int) -> dict[str, float]:
+        """One optimiser step over this rank's micro-batches. num_tokens / num_seqs
+        are the global batch's trained tokens and sequences (loss denominators),
+        so the summed gradient is the global-batch gradient on any number of ranks."""
         start = time.perf_counter()
         cfg, engine = self.cfg, self.engine
         engine.train()
-        chunks = np.array_split(np.arange(len(samples)), self.accumulation)
-        scale = self.accumulation * self.world_size  # DeepSpeed divides by both
         loss_sum = clipped = tokens = 0.0
-        for idx in chunks:
-            micro = [samples[i] for i in idx]
-            if not micro:
-                raise ValueError("empty micro-batch: the driver must give every rank samples_per_rank samples")
-            logp, mask = completion_logprobs(engine, micro)
+        for micro in micro_batches:
+            logp, mask = completion_logprobs(engine.module, micro)
             advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype)
             old = logp.detach()  # one update per batch: the sampling policy is the current one
             losses, clip_mask = token_policy_loss(logp, old, advantages, cfg["clip_low"], cfg["clip_high"])
             loss = aggregate(losses, mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
-            engine.backward(loss * scale)
-            engine.step()
+            engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks
             loss_sum += float(loss)
             clipped += float((clip_mask * mask).sum())
             tokens += float(mask.sum())
+        engine.step()
         grad_norm = engine.get_global_grad_norm()
         return {
             "loss": loss_sum,
             "clip_tokens": clipped,
             "tokens": tokens,
+            "micro_batches": len(micro_batches),
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "lr": float(engine.get_lr()[0]),
             "seconds": time.perf_counter() - start,

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from curriculum.sources import Distribution, SOURCES
+from rollout.rewards import verify
+
+
+def test_countdown_rows_are_solvable_and_scale():
+    rows = SOURCES.build("countdown", 20, np.random.default_rng(0), numbers=4)
+    assert len(rows) == 20
+    for row in rows:
+        assert len(row["answer"]["numbers"]) == 4 and 0 < row["answer"]["target"] <= 1000
+        assert str(row["answer"]["target"]) in row["prompt"]
+
+
+def test_kk_rows_have_unique_solution_that_verifies():
+    rows = SOURCES.build("kk", 10, np.random.default_rng(1), people=3)
+    for row in rows:
+        assert set(row["answer"]) == {"Alice", "Bob", "Carol"}
+        text = ", ".join(f"{name} is a {role}" for name, role in row["answer"].items())
+        assert verify("kk", f"<answer>{text}</answer>", row["answer"]) == 1.0
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_jsonl_with_field_mapping_and_where(tmp_path):
+    data = tmp_path / "d.jsonl"
+    _write_jsonl(data, [{"q": f"What is {i}?", "a": i, "level": i % 2} for i in range(40)])
+    d = Distribution("odd", "file", {"path": str(data), "fields": {"prompt": "q", "answer": "a"}, "where": {"level": 1}}, "numeric", 100, 5, seed=0)
+    assert len(d.eval_rows) == 5 and len(d.train_rows) == 15
+    assert all(int(r["answer"]) % 2 == 1 for r in d.eval_rows + d.train_rows)
+    again = Distribution("odd", "file", {"path": str(data), "fields": {"prompt": "q", "answer": "a"}, "where": {"level": 1}}, "numeric", 100, 5, seed=0)
+    assert again.eval_rows == d.eval_rows
+
+
+def test_parquet_and_hf_dir(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "answer": str(i)} for i in range(12)]
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "hf"))
+    for path in (tmp_path / "d.parquet", tmp_path / "hf"):
+        d = Distribution("x", "file", {"path": str(path)}, "numeric", 100, 2, seed=0)
+        assert sorted(r["prompt"] for r in d.eval_rows + d.train_rows) == sorted(r["prompt"] for r in rows)
+
+
+def test_missing_field_names_file_row_and_field(tmp_path):
+    data = tmp_path / "d.jsonl"
+    _write_jsonl(data, [{"prompt": "a", "answer": 1}, {"prompt": "b"}])
+    with pytest.raises(ValueError, match=r"d.jsonl: row 2 has no field 'answer'"):
+        Distribution("x", "file", {"path": str(data)}, "numeric", 10, 0, seed=0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": 1}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl: line 2 is not valid JSON"):
+        Distribution("x", "file", {"path": str(bad)}, "numeric", 10, 0, seed=0)
+    with pytest.raises(ValueError, match="does not exist"):
+        Distribution("x", "file", {"path": str(tmp_path / "nope.jsonl")}, "numeric", 10, 0, seed=0)
