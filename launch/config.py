@@ -71,6 +71,15 @@ class TrainerConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    lr_schedule: str = "constant"  # constant | linear | cosine | wsd (trainer/schedules.py)
+    warmup_steps: int = 0  # optimiser steps of linear warmup
+    min_lr_ratio: float = 0.0  # where decaying schedules end, as a fraction of lr
+    decay_fraction: float = 0.2  # wsd: the last fraction of training that decays
+    ppo_epochs: int = 1  # passes over each batch
+    mini_batches: int = 1  # optimiser steps per pass
+    old_logprobs: str = "recompute"  # with several updates per batch: recompute (trainer) | rollout (vLLM's)
+    kl_coef: float = 0.0  # 0 = no reference model at all
+    kl_kind: str = "k3"
     max_tokens_per_micro_batch: int = 1024  # padded tokens (rows x longest row) per forward/backward
     zero_stage: int = 1
     estimator: str = "grpo"  # trainer/grpo.py ADVANTAGE_ESTIMATORS
@@ -239,7 +248,8 @@ def validate(cfg: Config) -> None:
     from curriculum.filters import FILTERS
     from curriculum.sources import SOURCES
     from rollout.rewards import VERIFIERS
-    from trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS
+    from trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_PENALTIES
+    from trainer.schedules import LR_SCHEDULES
 
     def choice(key: str, value: str, options) -> None:
         if value not in options:
@@ -260,6 +270,9 @@ def validate(cfg: Config) -> None:
         choice("curriculum.budget.kind", str(cfg.curriculum.budget.get("kind")), list(BUDGETS))
     choice("trainer.estimator", cfg.trainer.estimator, list(ADVANTAGE_ESTIMATORS))
     choice("trainer.loss_agg", cfg.trainer.loss_agg, list(AGGREGATIONS))
+    choice("trainer.lr_schedule", cfg.trainer.lr_schedule, list(LR_SCHEDULES))
+    choice("trainer.old_logprobs", cfg.trainer.old_logprobs, ["recompute", "rollout"])
+    choice("trainer.kl_kind", cfg.trainer.kl_kind, list(KL_PENALTIES))
     choice("wandb.mode", cfg.wandb.mode, ["offline", "online", "disabled"])
     choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
     for key, value in [
@@ -271,6 +284,8 @@ def validate(cfg: Config) -> None:
         ("trainer.max_tokens_per_micro_batch", cfg.trainer.max_tokens_per_micro_batch),
         ("run.steps", cfg.run.steps),
         ("eval.samples", cfg.eval.samples),
+        ("trainer.ppo_epochs", cfg.trainer.ppo_epochs),
+        ("trainer.mini_batches", cfg.trainer.mini_batches),
     ]:
         if value < 1:
             raise GradusError(f"{key}: must be >= 1, got {value}")

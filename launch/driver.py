@@ -17,7 +17,7 @@ from curriculum.scheduler import CurriculumScheduler, remote_scheduler
 from launch.config import Config, to_dict
 from launch.errors import GradusError
 from launch.groups import RolloutGroup, TrainerGroup
-from launch.metrics import MetricsLogger, batch_metrics, distribution_metrics
+from launch.metrics import MetricsLogger, batch_metrics, distribution_metrics, train_metrics
 from launch.models import resolve_model
 from trainer.grpo import group_advantages
 
@@ -71,7 +71,7 @@ class Run:
         self.scheduler = remote_scheduler(**self.scheduler_args)
         self.rollout = RolloutGroup(cfg.rollout.num_workers, self.model_path, cfg.rollout, cfg.model.dtype, cfg.run.seed, dataclasses.asdict(cfg.reward))
         self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads)
-        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, dataclasses.asdict(cfg.trainer), cfg.run.seed)
+        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, dataclasses.asdict(cfg.trainer), cfg.run.seed, cfg.run.steps)
         self.rollout.ready()
         self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps)
 
@@ -117,7 +117,7 @@ class Run:
             return []
         chosen += [(g, 0.0) for g, k in zip(groups, kept) if not k][: want - len(chosen)]
         return [
-            {"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "advantage": s["advantage"], "weight": w}
+            {"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "logprobs": s["logprobs"], "advantage": s["advantage"], "weight": w}
             for g, w in chosen
             for s in g["samples"]
         ]
@@ -130,22 +130,14 @@ class Run:
         trained = [s for s in samples if s["weight"] > 0]
         metrics["train/skipped"] = float(not trained)
         if trained:
-            tokens = sum(len(s["tokens"]) for s in trained)
             t0 = time.perf_counter()
-            ranks = self.trainers.train(samples, self.cfg.trainer.max_tokens_per_micro_batch, num_tokens=tokens, num_seqs=len(trained))
+            ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch)
             metrics["time/train"] = time.perf_counter() - t0
             self.version += 1
             t0 = time.perf_counter()
             metrics["time/sync_load"] = self.rollout.update_weights(self.trainers.export_weights(), self.version)
             metrics["time/sync"] = time.perf_counter() - t0
-            metrics.update({
-                "train/loss": sum(r["loss"] for r in ranks),
-                "train/clip_frac": sum(r["clip_tokens"] for r in ranks) / max(1.0, sum(r["tokens"] for r in ranks)),
-                "train/grad_norm": ranks[0]["grad_norm"],
-                "train/lr": ranks[0]["lr"],
-                "train/tokens": tokens,
-                "train/micro_batches": ranks[0]["micro_batches"],
-            })
+            metrics.update(train_metrics(ranks))
         metrics["policy_version"] = self.version
         metrics["time/scheduler"] = ray.get(self.scheduler.pop_overhead.remote())
         metrics.update(batch_metrics(groups))

@@ -50,22 +50,30 @@ class TrainerGroup:
         port = free_port()
         self.ranks = [actor.remote(r, world_size, "127.0.0.1", port, threads) for r in range(world_size)]
 
-    def setup(self, model_path: str, dtype: str, cfg: dict, seed: int) -> int:
-        return ray.get([r.setup.remote(model_path, dtype, cfg, seed) for r in self.ranks])[0]
+    def setup(self, model_path: str, dtype: str, cfg: dict, seed: int, total_steps: int) -> int:
+        return ray.get([r.setup.remote(model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
 
-    def train(self, samples: Sequence[dict], max_tokens_per_micro_batch: int, num_tokens: int, num_seqs: int) -> list[dict[str, float]]:
-        """Split by trainer.batching.plan; PAD slots become zero-weight samples."""
-        lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in samples]
-        padding = {**samples[0], "weight": 0.0}
-        per_rank = [
-            [[samples[i] if i != PAD else padding for i in micro] for micro in micros]
-            for micros in plan(lengths, len(self.ranks), max_tokens_per_micro_batch)
-        ]
-        return ray.get([r.train.remote(micros, num_tokens, num_seqs) for r, micros in zip(self.ranks, per_rank)])
+    def train(self, samples: Sequence[dict], mini_batches: int, max_tokens_per_micro_batch: int) -> list[dict[str, float]]:
+        """Split the batch into mini-batches (one optimiser step each) and those by
+        trainer.batching.plan over ranks; PAD slots become zero-weight samples."""
+        per_rank: list[list[dict]] = [[] for _ in self.ranks]
+        for idx in np.array_split(np.arange(len(samples)), mini_batches):
+            mini = [samples[i] for i in idx]
+            trained = [s for s in mini if s["weight"] > 0]
+            lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in mini]
+            padding = {**mini[0], "weight": 0.0}
+            for rank, micros in enumerate(plan(lengths, len(self.ranks), max_tokens_per_micro_batch)):
+                per_rank[rank].append({
+                    "micro_batches": [[mini[i] if i != PAD else padding for i in micro] for micro in micros],
+                    "num_tokens": sum(len(s["tokens"]) for s in trained),
+                    "num_seqs": len(trained),
+                })
+        return ray.get([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)])
 
     def export_weights(self) -> Any:
-        """An object-store reference to rank 0's weights (never copied through the driver)."""
-        return self.ranks[0].export_weights.remote()
+        """An object-store reference to rank 0's weights (never copied through the
+        driver); every rank takes part, as ZeRO-3 gathers the full parameters."""
+        return [r.export_weights.remote() for r in self.ranks][0]
 
     def param_sums(self) -> dict[str, float]:
-        return ray.get(self.ranks[0].param_sums.remote())
+        return ray.get([r.param_sums.remote() for r in self.ranks])[0]

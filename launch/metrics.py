@@ -52,6 +52,25 @@ def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
     return out
 
 
+def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
+    """Trainer statistics summed over ranks (per-token ones divided by tokens)."""
+    total = {k: sum(r[k] for r in ranks) for k in ranks[0] if isinstance(ranks[0][k], (int, float))}
+    tokens = max(total["tokens"], 1.0)
+    out = {
+        "train/loss": total["loss"],
+        "train/clip_frac": total["clip_tokens"] / tokens,
+        "train/entropy": total["entropy_sum"] / tokens,
+        "train/tokens": total["tokens"],
+        "train/micro_batches": ranks[0]["micro_batches"],
+        "train/grad_norm": ranks[0]["grad_norm"],
+        "train/lr": ranks[0]["lr"],
+        "train/rollout_logprob_gap": total["rollout_gap_sum"] / max(total["rollout_gap_tokens"], 1.0),
+    }
+    if total["kl"]:
+        out["train/kl"] = total["kl"]
+    return out
+
+
 class MetricsLogger:
     """metrics.jsonl (always) + wandb (offline by default) + a progress line."""
 

@@ -1,20 +1,22 @@
 """TrainerWorker: one data-parallel rank of a DeepSpeed engine doing the GRPO update.
 
 Ranks are Ray actors that form one torch.distributed group (gloo on CPU, NCCL
-on CUDA). Each rank trains on its shard; losses are scaled so that the summed
-gradient equals the gradient of the global-batch loss, whatever the number of
-ranks and micro-batches.
+on CUDA). Each rank trains on its micro-batches; every loss is divided by the
+global batch's token (or sequence) count, so the summed gradient equals the
+gradient of the global-batch loss whatever the number of ranks and micro-batches.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from trainer.grpo import aggregate, token_policy_loss
+from trainer.grpo import aggregate, kl_penalty, token_policy_loss
+from trainer.schedules import lr_multiplier
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -22,10 +24,18 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [B, T] of each sample's completion tokens and their mask [B, T]
-    (T = longest sequence - 1). The vocabulary projection, the costliest layer of
-    a small model, runs only where a completion token is predicted."""
+def _per_token(samples: Sequence[dict], key: str, predicts: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-completion-token values (e.g. vLLM log-probs) laid out
+    like the log-probs [B, T]: masked_scatter fills row-major, in sample order."""
+    values = torch.tensor([v for s in samples for v in s[key]], dtype=torch.float32)
+    return torch.zeros(predicts.shape).masked_scatter(predicts, values)
+
+
+def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict], with_entropy: bool = False) -> dict[str, torch.Tensor]:
+    """Log-probs [B, T] of each sample's completion tokens, the positions that
+    predict them ("predicts", bool [B, T]; T = longest sequence - 1) and optionally
+    per-token entropy. The vocabulary projection, the costliest layer of a small
+    model, runs only where a completion token is predicted."""
     sequences = [s["prompt_ids"] + s["tokens"] for s in samples]
     input_ids = _pad(sequences, 0)  # [B, L]
     attention = _pad([[1] * len(q) for q in sequences], 0)
@@ -35,11 +45,14 @@ def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict]) -> tupl
         predicts[i, start : start + len(s["tokens"])] = True
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state  # [B, L, H]
     logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()  # [N, V]
-    targets = input_ids[:, 1:][predicts]  # [N]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [N]
-    logp = torch.zeros(predicts.shape, dtype=picked.dtype).masked_scatter(predicts, picked)
-    weights = torch.tensor([float(s.get("weight", 1.0) > 0) for s in samples]).unsqueeze(-1)
-    return logp, predicts.float() * weights
+    norm = torch.logsumexp(logits, dim=-1)  # [N]
+    picked = logits.gather(-1, input_ids[:, 1:][predicts].unsqueeze(-1)).squeeze(-1) - norm  # [N]
+    out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype).masked_scatter(predicts, picked), "predicts": predicts}
+    if with_entropy:
+        with torch.no_grad():
+            entropy = norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # [N]
+        out["entropy"] = torch.zeros(predicts.shape).masked_scatter(predicts, entropy)
+    return out
 
 
 class TrainerWorker:
@@ -51,18 +64,26 @@ class TrainerWorker:
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
 
-    def setup(self, model_path: str, dtype: str, cfg: dict[str, Any], seed: int) -> int:
-        """Build model, optimizer and engine; a collective, so call on all ranks at once."""
+    def setup(self, model_path: str, dtype: str, cfg: dict[str, Any], seed: int, total_steps: int) -> int:
+        """Build model, optimizer, LR schedule, engine and (if kl_coef > 0) the frozen
+        reference model; a collective, so call on all ranks at once."""
         import deepspeed
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-        model.config.use_cache = False
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.cfg = cfg
+        torch_dtype = getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        model.config.use_cache = False
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
+        updates = total_steps * cfg["ppo_epochs"] * cfg["mini_batches"]
+        multiplier = lr_multiplier(cfg["lr_schedule"], updates, cfg["warmup_steps"], cfg["min_lr_ratio"], cfg["decay_fraction"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config())
+        self.ref = None
+        if cfg["kl_coef"] > 0:
+            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval().requires_grad_(False)
         return sum(p.numel() for p in model.parameters())
 
     def _ds_config(self) -> dict[str, Any]:
@@ -76,42 +97,98 @@ class TrainerWorker:
             "steps_per_print": 10**9,
         }
 
-    def train(self, micro_batches: Sequence[Sequence[dict]], num_tokens: int, num_seqs: int) -> dict[str, float]:
-        """One optimiser step over this rank's micro-batches. num_tokens / num_seqs
-        are the global batch's trained tokens and sequences (loss denominators),
-        so the summed gradient is the global-batch gradient on any number of ranks."""
+    def _old_logprobs(self, mini_batches: Sequence[dict], stats: dict[str, float]) -> None:
+        """Attach each sample's old (behaviour) log-probs, from vLLM ("rollout") or
+        recomputed here before any update ("recompute")."""
+        self.engine.eval()
+        for mini in mini_batches:
+            for micro in mini["micro_batches"]:
+                with torch.no_grad():
+                    out = completion_logprobs(self.engine.module, micro)
+                for s, row, mask in zip(micro, out["logp"], out["predicts"]):
+                    s["old_logp"] = row[mask].tolist() if self.cfg["old_logprobs"] == "recompute" else s["logprobs"]
+                self._rollout_gap(micro, out, stats)
+
+    @staticmethod
+    def _rollout_gap(micro: Sequence[dict], out: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
+        """Sum of |trainer - vLLM| log-prob over tokens: exposes rollout/trainer mismatch."""
+        vllm = _per_token(micro, "logprobs", out["predicts"])
+        stats["rollout_gap_sum"] += float(((out["logp"].detach() - vllm).abs() * out["predicts"]).sum())
+        stats["rollout_gap_tokens"] += float(out["predicts"].sum())
+
+    def train(self, mini_batches: Sequence[dict]) -> dict[str, float]:
+        """ppo_epochs passes over the mini-batches, one optimiser step each. A mini-batch
+        is {"micro_batches": [[sample, ...], ...], "num_tokens": int, "num_seqs": int},
+        the counts being the whole mini-batch's over all ranks (loss denominators)."""
         start = time.perf_counter()
         cfg, engine = self.cfg, self.engine
+        stats = dict.fromkeys(("loss", "kl", "clip_tokens", "tokens", "entropy_sum", "rollout_gap_sum", "rollout_gap_tokens"), 0.0)
+        # One update per batch: the forward itself is at the sampling weights, so
+        # the old log-probs are its own (detached) and no extra pass is needed.
+        single = cfg["ppo_epochs"] == 1 and len(mini_batches) == 1
+        if not single:
+            self._old_logprobs(mini_batches, stats)
         engine.train()
-        loss_sum = clipped = tokens = 0.0
-        for micro in micro_batches:
-            logp, mask = completion_logprobs(engine.module, micro)
-            advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype)
-            old = logp.detach()  # one update per batch: the sampling policy is the current one
-            losses, clip_mask = token_policy_loss(logp, old, advantages, cfg["clip_low"], cfg["clip_high"])
-            loss = aggregate(losses, mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
-            engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks
-            loss_sum += float(loss)
-            clipped += float((clip_mask * mask).sum())
-            tokens += float(mask.sum())
-        engine.step()
-        grad_norm = engine.get_global_grad_norm()
+        grad_norms = []
+        for _ in range(cfg["ppo_epochs"]):
+            for mini in mini_batches:
+                for micro in mini["micro_batches"]:
+                    self._micro_step(micro, mini["num_tokens"], mini["num_seqs"], single, stats)
+                engine.step()
+                norm = engine.get_global_grad_norm()
+                grad_norms.append(float(norm) if norm is not None else float("nan"))
         return {
-            "loss": loss_sum,
-            "clip_tokens": clipped,
-            "tokens": tokens,
-            "micro_batches": len(micro_batches),
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            **stats,
+            "grad_norm": float(np.mean(grad_norms)),
+            "micro_batches": sum(len(m["micro_batches"]) for m in mini_batches),
             "lr": float(engine.get_lr()[0]),
             "seconds": time.perf_counter() - start,
         }
 
+    def _micro_step(self, micro: Sequence[dict], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> None:
+        cfg = self.cfg
+        out = completion_logprobs(self.engine.module, micro, with_entropy=True)
+        logp, predicts = out["logp"], out["predicts"]
+        mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro]).unsqueeze(-1)
+        old = logp.detach() if single else _per_token(micro, "old_logp", predicts)
+        if single:
+            self._rollout_gap(micro, out, stats)
+        advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype)
+        losses, clip_mask = token_policy_loss(logp, old, advantages, cfg["clip_low"], cfg["clip_high"])
+        loss = aggregate(losses, mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_logp = completion_logprobs(self.ref, micro)["logp"]
+            kl = aggregate(kl_penalty(logp, ref_logp, cfg["kl_kind"]), mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
+            loss = loss + cfg["kl_coef"] * kl
+            stats["kl"] += float(kl)
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks
+        stats["loss"] += float(loss)
+        stats["clip_tokens"] += float((clip_mask * mask).sum())
+        stats["tokens"] += float(mask.sum())
+        stats["entropy_sum"] += float((out["entropy"] * mask).sum())
+
+    @contextlib.contextmanager
+    def _full_state(self) -> Iterator[dict[str, torch.Tensor]]:
+        """HF-named full tensors; under ZeRO-3 gathered from all ranks (a collective)."""
+        module = self.engine.module
+        if self.cfg["zero_stage"] == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                yield module.state_dict()
+        else:
+            yield module.state_dict()
+
     def export_weights(self) -> dict[str, np.ndarray] | None:
-        """Full HF-named float32 weights on rank 0, None on other ranks. A tied
-        lm_head is sent too: vLLM unties it when weights are reloaded."""
-        if self.rank != 0:
-            return None
-        return {name: t.detach().float().numpy() for name, t in self.engine.module.state_dict().items()}
+        """Full HF-named float32 weights on rank 0, None on other ranks; call on all
+        ranks. A tied lm_head is sent too: vLLM unties it when weights are reloaded."""
+        with self._full_state() as state:
+            if self.rank != 0:
+                return None
+            gathered = self.cfg["zero_stage"] == 3  # gathered tensors are freed when the context ends
+            return {name: t.detach().float().numpy().copy() if gathered else t.detach().float().numpy() for name, t in state.items()}
 
     def param_sums(self) -> dict[str, float]:
-        return {name: float(t.detach().double().sum()) for name, t in self.engine.module.state_dict().items()}
+        with self._full_state() as state:
+            return {name: float(t.detach().double().sum()) for name, t in state.items()}
