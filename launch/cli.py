@@ -14,6 +14,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML preset, e.g. configs/default.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.lr=1e-6 rollout.group_size=4")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same run.run_dir")
+    train.add_argument(
+        "--resume", nargs="?", const="latest", default=None, metavar="PATH",
+        help="continue from the run dir's latest checkpoint, or from checkpoints/step-NNNNNN at PATH",
+    )
     prepare = sub.add_parser("prepare-model", help="convert the embedded default model to a local safetensors directory")
     prepare.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     prepare.add_argument("--out", default=None, help="target directory (default: $GRADUS_HOME/models/NAME)")
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             from launch.driver import train
 
             cfg = load_config(args.config, args.overrides)
-            print(f"gradus: run finished, metrics in {train(cfg, overwrite=args.overwrite) / 'metrics.jsonl'}")
+            print(f"gradus: run finished, metrics in {train(cfg, overwrite=args.overwrite, resume=args.resume) / 'metrics.jsonl'}")
     except GradusError as err:
         print(f"gradus: error: {err}", file=sys.stderr)
         return 2

@@ -107,6 +107,9 @@ class RunConfig:
     steps: int = 10
     seed: int = 0
     run_dir: str = "runs/default"
+    checkpoint_every: int = 10  # steps between checkpoints (and one at the end); 0 = none
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    max_restarts: int = 2  # automatic restarts from the newest checkpoint when a trainer rank dies
 
 
 @dataclass

@@ -3,6 +3,8 @@ curriculum update + filter -> GRPO update -> weight sync -> metrics."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections import defaultdict
@@ -11,9 +13,11 @@ from typing import Any
 
 import ray
 import torch
+from ray.exceptions import RayActorError
 import yaml
 
 from curriculum.scheduler import CurriculumScheduler, remote_scheduler
+from launch import checkpoint
 from launch.config import Config, to_dict
 from launch.errors import GradusError
 from launch.groups import RolloutGroup, TrainerGroup
@@ -22,11 +26,17 @@ from launch.models import resolve_model
 from trainer.grpo import group_advantages
 
 
-def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+def sample_seed(*parts: Any) -> int:
+    """A per-request sampling seed from (run seed, step, round, index): a resumed
+    run draws exactly the samples the uninterrupted run drew."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     """Create the run directory before anything expensive starts; refuse to
     clobber an earlier run unless asked."""
     run_dir = Path(cfg.run.run_dir)
-    if (run_dir / "metrics.jsonl").exists():
+    if (run_dir / "metrics.jsonl").exists() and not resume:
         if not overwrite:
             raise GradusError(f"run.run_dir {run_dir} already holds a run; pass --overwrite or choose another run.run_dir=...")
         (run_dir / "metrics.jsonl").unlink()
@@ -38,10 +48,17 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
     return run_dir
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines of steps after `last_step` (logged by a run killed before its next checkpoint)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
 class Run:
     """One training run; `step` is the whole synchronous step loop body."""
 
-    def __init__(self, cfg: Config, overwrite: bool = False) -> None:
+    def __init__(self, cfg: Config, overwrite: bool = False, resume: str | None = None) -> None:
         self.cfg = cfg
         self.scheduler_args = {
             "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
@@ -59,8 +76,10 @@ class Run:
         except (ValueError, KeyError, TypeError) as err:
             raise GradusError(str(err).strip("'\"")) from None
         self.model_path = str(resolve_model(cfg.model.path))
-        self.run_dir = prepare_run_dir(cfg, overwrite)
+        self.run_dir = prepare_run_dir(cfg, overwrite, resume=resume is not None)
+        self.resume_from = checkpoint.resolve(self.run_dir, resume) if resume else None
         self.version = 0
+        self.start_step = 0
 
     def start(self) -> None:
         cfg = self.cfg
@@ -73,7 +92,33 @@ class Run:
         self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads)
         self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, dataclasses.asdict(cfg.trainer), cfg.run.seed, cfg.run.steps)
         self.rollout.ready()
-        self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps)
+        wandb_id = None
+        if self.resume_from is not None:
+            wandb_id = self.restore(self.resume_from)
+        self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps, wandb_id)
+
+    def restore(self, path: Path) -> str | None:
+        """Trainer engine, curriculum and counters from a checkpoint; the rollout
+        engines get the checkpoint's weights. Returns the wandb run id."""
+        state = checkpoint.load_state(path)
+        self.trainers.load_checkpoint(str(path / "trainer"))
+        ray.get(self.scheduler.load_state_dict.remote(state["scheduler"]))
+        self.version, self.start_step = state["version"], state["step"] + 1
+        self.rollout.update_weights(self.trainers.export_weights(), self.version)
+        truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+        print(f"gradus: resumed from {path} at step {self.start_step + 1}", flush=True)
+        return state.get("wandb_id")
+
+    def save(self, step: int) -> Path:
+        staging = checkpoint.staging_dir(self.run_dir, step)
+        self.trainers.save_checkpoint(str(staging / "trainer"))
+        state = {
+            "step": step,
+            "version": self.version,
+            "scheduler": ray.get(self.scheduler.state_dict.remote()),
+            "wandb_id": self.logger.run_id,
+        }
+        return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints)
 
     def collect(self, step: int) -> tuple[list[dict], list[bool], dict[str, float]]:
         """Generate until prompts_per_step groups pass the filters or the refill
@@ -82,11 +127,13 @@ class Run:
         groups: list[dict] = []
         kept: list[bool] = []
         stats = {"time/generate": 0.0, "groups/rounds": 0}
-        for _ in range(1 + cfg.curriculum.max_refill_rounds):
+        for round_ in range(1 + cfg.curriculum.max_refill_rounds):
             need = want - sum(kept)
             if need <= 0:
                 break
             items = ray.get(self.scheduler.next_batch.remote(step, need))
+            for i, item in enumerate(items):
+                item["seed"] = sample_seed(cfg.run.seed, step, round_, i)
             new, seconds = self.rollout.generate(
                 items, n=cfg.rollout.group_size, max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt, budget_slack=cfg.rollout.budget_slack,
@@ -139,6 +186,7 @@ class Run:
             metrics["time/sync"] = time.perf_counter() - t0
             metrics.update(train_metrics(ranks))
         metrics["policy_version"] = self.version
+        metrics["faults/rollout_restarts"] = self.rollout.restarts
         metrics["time/scheduler"] = ray.get(self.scheduler.pop_overhead.remote())
         metrics.update(batch_metrics(groups))
         metrics.update(distribution_metrics(groups, kept, report))
@@ -175,12 +223,28 @@ class Run:
             ray.shutdown()
 
 
-def train(cfg: Config, overwrite: bool = False) -> Path:
-    run = Run(cfg, overwrite)
-    try:
-        run.start()
-        for step in range(cfg.run.steps):
-            run.step(step)
-    finally:
-        run.close()
+def checkpoint_due(cfg: Config, step: int) -> bool:
+    every = cfg.run.checkpoint_every
+    return every > 0 and ((step + 1) % every == 0 or step + 1 == cfg.run.steps)
+
+
+def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
+    """Run to the last step. If a trainer rank dies, start again from the newest
+    checkpoint (from scratch if there is none), up to run.max_restarts times."""
+    for attempt in range(cfg.run.max_restarts + 1):
+        run = Run(cfg, overwrite if attempt == 0 else True, resume)
+        try:
+            run.start()
+            for step in range(run.start_step, cfg.run.steps):
+                run.step(step)
+                if checkpoint_due(cfg, step):
+                    run.save(step)
+            return run.run_dir
+        except RayActorError as err:
+            if attempt == cfg.run.max_restarts:
+                raise GradusError(f"a worker died and run.max_restarts={cfg.run.max_restarts} restarts are used up: {err}".splitlines()[0]) from None
+            resume = "latest" if checkpoint.complete(run.run_dir) else None
+            print(f"gradus: a worker died ({type(err).__name__}); restarting from {resume or 'scratch'} ({attempt + 1}/{cfg.run.max_restarts})", flush=True)
+        finally:
+            run.close()
     return run.run_dir

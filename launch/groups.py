@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import ray
+from ray.exceptions import RayActorError
 
 from rollout.worker import RolloutWorker, engine_env
 from trainer.batching import PAD, plan
@@ -19,24 +20,56 @@ def free_port() -> int:
 
 
 class RolloutGroup:
-    """Data-parallel vLLM engines; a batch is split into contiguous shards."""
+    """Data-parallel vLLM engines; a batch is split into contiguous shards. A
+    worker that dies is replaced, given the current weights, and its shard
+    generated again (up to `max_restarts` times per call)."""
 
-    def __init__(self, n: int, model_path: str, rollout: Any, dtype: str, seed: int, reward: dict) -> None:
-        actor = ray.remote(num_cpus=1)(RolloutWorker).options(runtime_env={"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)})
-        self.workers = [actor.remote(model_path, dtype, seed + i, rollout.max_model_len, reward, rollout.enforce_eager) for i in range(n)]
+    def __init__(self, n: int, model_path: str, rollout: Any, dtype: str, seed: int, reward: dict, max_restarts: int = 3) -> None:
+        self.actor = ray.remote(num_cpus=1)(RolloutWorker).options(runtime_env={"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)})
+        self.args = [(model_path, dtype, seed + i, rollout.max_model_len, reward, rollout.enforce_eager) for i in range(n)]
+        self.workers = [self.actor.remote(*args) for args in self.args]
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.weights: tuple[Any, int] | None = None  # (object ref, version) of the newest weights
 
     def ready(self) -> None:
         ray.get([w.ready.remote() for w in self.workers])
 
+    def _replace(self, i: int) -> None:
+        ray.kill(self.workers[i])
+        self.workers[i] = self.actor.remote(*self.args[i])
+        if self.weights is not None:
+            ray.get(self.workers[i].update_weights.remote(*self.weights))
+        self.restarts += 1
+
     def generate(self, items: Sequence[dict], **sampling: Any) -> tuple[list[dict], float]:
         """Groups in item order, and the slowest shard's generation seconds."""
-        shards = [list(s) for s in np.array_split(np.arange(len(items)), len(self.workers))]
-        futures = [w.generate.remote([items[i] for i in idx], **sampling) for w, idx in zip(self.workers, shards) if idx]
-        results = ray.get(futures)
-        return [g for r in results for g in r["groups"]], max(r["seconds"] for r in results)
+        shards = [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), len(self.workers))]
+        futures = {i: self.workers[i].generate.remote(shard, **sampling) for i, shard in enumerate(shards) if shard}
+        results: dict[int, dict] = {}
+        for i, future in futures.items():
+            for attempt in range(self.max_restarts + 1):
+                try:
+                    results[i] = ray.get(future)
+                    break
+                except RayActorError:
+                    if attempt == self.max_restarts:
+                        raise
+                    self._replace(i)
+                    future = self.workers[i].generate.remote(shards[i], **sampling)
+        ordered = [results[i] for i in sorted(results)]
+        return [g for r in ordered for g in r["groups"]], max(r["seconds"] for r in ordered)
 
     def update_weights(self, weights_ref: Any, version: int) -> float:
-        return max(ray.get([w.update_weights.remote(weights_ref, version) for w in self.workers]))
+        self.weights = (weights_ref, version)
+        futures = [w.update_weights.remote(weights_ref, version) for w in self.workers]
+        seconds = []
+        for i, future in enumerate(futures):
+            try:
+                seconds.append(ray.get(future))
+            except RayActorError:
+                self._replace(i)  # the replacement loads these weights
+        return max(seconds, default=0.0)
 
     def param_sums(self) -> list[dict[str, float]]:
         return ray.get([w.param_sums.remote() for w in self.workers])
@@ -75,5 +108,15 @@ class TrainerGroup:
         driver); every rank takes part, as ZeRO-3 gathers the full parameters."""
         return [r.export_weights.remote() for r in self.ranks][0]
 
+    def save_checkpoint(self, directory: str) -> None:
+        ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])
+
+    def load_checkpoint(self, directory: str) -> None:
+        ray.get([r.load_checkpoint.remote(directory) for r in self.ranks])
+
     def param_sums(self) -> dict[str, float]:
         return ray.get([r.param_sums.remote() for r in self.ranks])[0]
+
+    def shutdown(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank)

@@ -74,14 +74,21 @@ def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
 class MetricsLogger:
     """metrics.jsonl (always) + wandb (offline by default) + a progress line."""
 
-    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, total_steps: int) -> None:
+    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, total_steps: int, wandb_id: str | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.total_steps = total_steps
         self.wandb = None
         if wandb_cfg.mode != "disabled":
             import wandb
 
-            self.wandb = wandb.init(project=wandb_cfg.project, mode=wandb_cfg.mode, dir=str(run_dir), config=config, name=run_dir.name)
+            self.wandb = wandb.init(
+                project=wandb_cfg.project, mode=wandb_cfg.mode, dir=str(run_dir), config=config, name=run_dir.name,
+                id=wandb_id, resume="allow" if wandb_id else None,
+            )
+
+    @property
+    def run_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}

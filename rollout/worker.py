@@ -99,7 +99,10 @@ class RolloutWorker:
             min(max_tokens, math.ceil(item["budget"] * budget_slack)) if budget_slack > 0 and item.get("budget") else max_tokens
             for item in items
         ]
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0) for cap in caps]
+        params = [
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0, seed=item.get("seed") if temperature > 0 else None)
+            for item, cap in zip(items, caps)
+        ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
         groups = []
         for item, ids, out in zip(items, prompt_ids, outputs):

@@ -55,6 +55,20 @@ def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict], with_en
     return out
 
 
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
 class TrainerWorker:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, threads: int = 2) -> None:
         os.environ.update(
@@ -167,6 +181,14 @@ class TrainerWorker:
         stats["clip_tokens"] += float((clip_mask * mask).sum())
         stats["tokens"] += float(mask.sum())
         stats["entropy_sum"] += float((out["entropy"] * mask).sum())
+
+    def save_checkpoint(self, directory: str) -> None:
+        """Model, optimizer, LR scheduler and this rank's RNG (all ranks call it)."""
+        self.engine.save_checkpoint(directory, tag="trainer", client_state={"rng": _rng_state()})
+
+    def load_checkpoint(self, directory: str) -> None:
+        _, client = self.engine.load_checkpoint(directory, tag="trainer", load_optimizer_states=True, load_lr_scheduler_states=True)
+        _set_rng_state(client["rng"])
 
     @contextlib.contextmanager
     def _full_state(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -1,0 +1,65 @@
+"""Checkpoint directories: written under a temporary name and renamed when
+complete, so a crash mid-save never leaves one that looks finished; the newest
+`keep` are kept.
+
+<run_dir>/checkpoints/step-000012/
+    trainer/     DeepSpeed engine: model, optimizer, LR scheduler, per-rank RNG
+    state.json   step, policy version, curriculum scheduler (bandit, cursors,
+                 RNG), wandb run id
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from launch.errors import GradusError
+
+PREFIX = "step-"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def staging_dir(run_dir: Path, step: int) -> Path:
+    path = checkpoint_root(run_dir) / f".tmp-{PREFIX}{step:06d}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def commit(staging: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write state.json last, then rename: only complete checkpoints carry the final name."""
+    (staging / "state.json").write_text(json.dumps(state))
+    final = staging.parent / staging.name.removeprefix(".tmp-")
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    for old in complete(staging.parent.parent)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = checkpoint_root(run_dir)
+    found = [p for p in root.glob(f"{PREFIX}*") if (p / "state.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def resolve(run_dir: Path, resume: str) -> Path:
+    """`latest` -> the run dir's newest checkpoint; otherwise a checkpoint path."""
+    if resume == "latest":
+        found = complete(run_dir)
+        if not found:
+            raise GradusError(f"--resume: {checkpoint_root(run_dir)} holds no complete checkpoint; train without --resume or set run.checkpoint_every")
+        return found[-1]
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise GradusError(f"--resume {path}: not a complete checkpoint (no state.json); pass a checkpoints/step-NNNNNN directory")
+    return path
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / "state.json").read_text())
