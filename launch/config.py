@@ -68,7 +68,7 @@ class RolloutConfig:
 @dataclass
 class TrainerConfig:
     world_size: int = 1  # data-parallel DeepSpeed ranks
-    lr: float = 1e-5
+    lr: float = 2e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     lr_schedule: str = "constant"  # constant | linear | cosine | wsd (trainer/schedules.py)
@@ -237,9 +237,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _merge(base: dict, update: dict) -> None:
-    """Recursive merge so a preset only names what it changes; lists replace."""
+    """Recursive merge so a preset only names what it changes. Lists and `params`
+    mappings replace: a kind's parameters never mix with another kind's."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "params":
             _merge(base[key], value)
         else:
             base[key] = value

@@ -67,12 +67,18 @@ def test_cli_not_a_model_dir(tmp_path):
 
 def test_presets_share_tasks_through_base(tmp_path):
     names = {}
-    for preset, kind in [("uniform", "uniform"), ("dump", "ucb"), ("sec", "td0")]:
+    for preset, kind in [("default", "ucb"), ("uniform", "uniform"), ("dump", "ucb"), ("sec", "td0")]:
         cfg = load_config(f"configs/{preset}.yaml")
         assert cfg.curriculum.kind == kind
         names[preset] = [(d.name, d.params) for d in cfg.data.distributions]
-    assert names["uniform"] == names["dump"] == names["sec"]
+    assert names["default"] == names["uniform"] == names["dump"] == names["sec"]
     loop = tmp_path / "a.yaml"
     loop.write_text("base: a.yaml\n")
     with pytest.raises(GradusError, match="loops"):
         load_config(loop)
+
+
+def test_params_replace_rather_than_merge():
+    cfg = load_config("configs/sec.yaml")
+    assert cfg.curriculum.params == {"alpha": 0.5, "temperature": 1.0}
+    assert load_config("configs/uniform.yaml").curriculum.params == {}

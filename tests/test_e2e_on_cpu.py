@@ -18,10 +18,12 @@ def _assert_same_weights(trainer: dict[str, float], engine: dict[str, float]) ->
         assert math.isclose(value, engine[name], rel_tol=1e-9, abs_tol=1e-6), (name, value, engine[name])
 
 
-def test_two_steps_two_ranks_weights_synced(tiny_model, tmp_path):
-    cfg = load_config("configs/default.yaml", [
-        f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "wandb.mode=offline",
-        "trainer.world_size=2", "trainer.max_tokens_per_micro_batch=200", "trainer.lr=1e-3", "rollout.max_tokens=16",
+def test_two_steps_two_ranks_zero3_weights_synced(tiny_model, tmp_path):
+    """Under ZeRO-3 the export gathers full parameters: the engine's checksums must
+    equal the trainer's for every parameter after every sync."""
+    cfg = load_config("configs/uniform.yaml", [
+        f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "wandb.mode=offline", "eval.every=0",
+        "trainer.world_size=2", "trainer.zero_stage=3", "trainer.max_tokens_per_micro_batch=200", "trainer.lr=1e-3", "rollout.max_tokens=16",
         "rollout.kv_cache_gib=1", "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}",
     ])
     run = Run(cfg)

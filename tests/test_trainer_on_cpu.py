@@ -30,7 +30,7 @@ def _batch(seed: int = 0, n: int = 12) -> list[dict]:
 
 
 def _train(model, world_size: int, **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
-    cfg = dataclasses.replace(TrainerConfig(), lr=1e-3, threads=1, max_tokens_per_micro_batch=48, **overrides)
+    cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, **overrides)
     group = TrainerGroup(world_size, threads=1)
     try:
         group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
@@ -39,7 +39,7 @@ def _train(model, world_size: int, **overrides) -> tuple[dict[str, np.ndarray], 
         after = ray.get(group.export_weights())
     finally:
         group.shutdown()
-    assert max(np.abs(after[k] - before[k]).max() for k in after) > 1e-4, "the step changed nothing"
+    assert max(np.abs(after[k] - before[k]).max() for k in after) > 5e-5, "the step changed nothing"
     return after, stats
 
 

@@ -31,11 +31,12 @@ def _per_token(samples: Sequence[dict], key: str, predicts: torch.Tensor) -> tor
     return torch.zeros(predicts.shape).masked_scatter(predicts, values)
 
 
-def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict], with_entropy: bool = False) -> dict[str, torch.Tensor]:
+def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False) -> dict[str, torch.Tensor]:
     """Log-probs [B, T] of each sample's completion tokens, the positions that
     predict them ("predicts", bool [B, T]; T = longest sequence - 1) and optionally
-    per-token entropy. The vocabulary projection, the costliest layer of a small
-    model, runs only where a completion token is predicted."""
+    per-token entropy. `logits_to_keep` skips the vocabulary projection (the
+    costliest layer of a small model) over the prompt; the call goes through the
+    model's (or DeepSpeed engine's) own forward, which ZeRO-3 needs."""
     sequences = [s["prompt_ids"] + s["tokens"] for s in samples]
     input_ids = _pad(sequences, 0)  # [B, L]
     attention = _pad([[1] * len(q) for q in sequences], 0)
@@ -43,14 +44,17 @@ def completion_logprobs(model: torch.nn.Module, samples: Sequence[dict], with_en
     for i, s in enumerate(samples):
         start = len(s["prompt_ids"]) - 1  # the position that predicts the first completion token
         predicts[i, start : start + len(s["tokens"])] = True
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state  # [B, L, H]
-    logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()  # [N, V]
-    norm = torch.logsumexp(logits, dim=-1)  # [N]
-    picked = logits.gather(-1, input_ids[:, 1:][predicts].unsqueeze(-1)).squeeze(-1) - norm  # [N]
+    first = min(len(s["prompt_ids"]) for s in samples) - 1
+    keep = torch.arange(first, input_ids.shape[1] - 1)
+    logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits.float()  # [B, K, V]
+    kept = predicts[:, first:]  # [B, K]
+    selected = logits[kept]  # [N, V]
+    norm = torch.logsumexp(selected, dim=-1)  # [N]
+    picked = selected.gather(-1, input_ids[:, 1:][predicts].unsqueeze(-1)).squeeze(-1) - norm  # [N]
     out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype).masked_scatter(predicts, picked), "predicts": predicts}
     if with_entropy:
         with torch.no_grad():
-            entropy = norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # [N]
+            entropy = norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)  # [N]
         out["entropy"] = torch.zeros(predicts.shape).masked_scatter(predicts, entropy)
     return out
 
@@ -102,9 +106,9 @@ class TrainerWorker:
 
     def _ds_config(self) -> dict[str, Any]:
         return {
-            "train_micro_batch_size_per_gpu": 1,
+            "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: micro-batches are sized by tokens
             "gradient_accumulation_steps": 1,
-            "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, one step()
+            "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, then step()
             "gradient_clipping": self.cfg["grad_clip"],
             "zero_optimization": {"stage": self.cfg["zero_stage"]},
             "zero_force_ds_cpu_optimizer": False,
@@ -118,7 +122,7 @@ class TrainerWorker:
         for mini in mini_batches:
             for micro in mini["micro_batches"]:
                 with torch.no_grad():
-                    out = completion_logprobs(self.engine.module, micro)
+                    out = completion_logprobs(self.engine, micro)
                 for s, row, mask in zip(micro, out["logp"], out["predicts"]):
                     s["old_logp"] = row[mask].tolist() if self.cfg["old_logprobs"] == "recompute" else s["logprobs"]
                 self._rollout_gap(micro, out, stats)
@@ -146,6 +150,8 @@ class TrainerWorker:
         grad_norms = []
         for _ in range(cfg["ppo_epochs"]):
             for mini in mini_batches:
+                # Every rank runs the same number of micro-batches (trainer.batching.plan):
+                # ZeRO-2/3 reduce gradients in each backward.
                 for micro in mini["micro_batches"]:
                     self._micro_step(micro, mini["num_tokens"], mini["num_seqs"], single, stats)
                 engine.step()
@@ -161,7 +167,7 @@ class TrainerWorker:
 
     def _micro_step(self, micro: Sequence[dict], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> None:
         cfg = self.cfg
-        out = completion_logprobs(self.engine.module, micro, with_entropy=True)
+        out = completion_logprobs(self.engine, micro, with_entropy=True)
         logp, predicts = out["logp"], out["predicts"]
         mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro]).unsqueeze(-1)
         old = logp.detach() if single else _per_token(micro, "old_logp", predicts)
@@ -176,7 +182,7 @@ class TrainerWorker:
             kl = aggregate(kl_penalty(logp, ref_logp, cfg["kl_kind"]), mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
             loss = loss + cfg["kl_coef"] * kl
             stats["kl"] += float(kl)
-        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks; we normalise globally
         stats["loss"] += float(loss)
         stats["clip_tokens"] += float((clip_mask * mask).sum())
         stats["tokens"] += float(mask.sum())
