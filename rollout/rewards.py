@@ -13,7 +13,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from rollout.safe_arith import ParseError, evaluate
 

@@ -3,7 +3,6 @@ scores them, and takes new weights in place (no restart, no disk)."""
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any, Sequence
 

@@ -90,5 +90,5 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         assert [m[f"dist/{n}/prob"] for n in names] == pytest.approx([replay.probabilities()[n] for n in names], abs=1e-6)
         replay.update({n: [m[f"dist/{n}/abs_adv"]] * m[f"dist/{n}/samples"] for n in names if m[f"dist/{n}/samples"]})
         assert m["groups/generated"] >= m["groups/kept"] and m["groups/kept"] + m["groups/dropped"] == m["groups/generated"]
-    assert logged[0][f"dist/add1/prob"] == pytest.approx(1 / 3)
+    assert logged[0]["dist/add1/prob"] == pytest.approx(1 / 3)
     assert max(abs(logged[-1][f"dist/{n}/prob"] - 1 / 3) for n in names) > 0.01
