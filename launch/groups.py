@@ -7,6 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rollout.worker import RolloutWorker, engine_env
 from trainer.batching import PAD, plan
@@ -79,9 +81,19 @@ class TrainerGroup:
     """DeepSpeed data-parallel ranks forming one process group."""
 
     def __init__(self, world_size: int, threads: int) -> None:
-        actor = ray.remote(num_cpus=1)(TrainerWorker).options(runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}})
+        # One bundle per rank, packed onto as few nodes as possible (OpenRLHF-style).
+        self.placement = placement_group([{"CPU": 1}] * world_size, strategy="PACK")
+        ray.get(self.placement.ready())
         port = free_port()
-        self.ranks = [actor.remote(r, world_size, "127.0.0.1", port, threads) for r in range(world_size)]
+        self.ranks = [
+            ray.remote(num_cpus=1)(TrainerWorker)
+            .options(
+                runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}},
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
+            )
+            .remote(r, world_size, "127.0.0.1", port, threads)
+            for r in range(world_size)
+        ]
 
     def setup(self, model_path: str, dtype: str, cfg: dict, seed: int, total_steps: int) -> int:
         return ray.get([r.setup.remote(model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
@@ -120,3 +132,4 @@ class TrainerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)
+        remove_placement_group(self.placement)
