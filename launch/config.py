@@ -80,6 +80,7 @@ class TrainerConfig:
     old_logprobs: str = "recompute"  # with several updates per batch: recompute (trainer) | rollout (vLLM's)
     kl_coef: float = 0.0  # 0 = no reference model at all
     kl_kind: str = "k3"
+    kl_in: str = "loss"  # loss: a KL term in the loss | reward: reward -= kl_coef * summed KL before advantages
     max_tokens_per_micro_batch: int = 1024  # padded tokens (rows x longest row) per forward/backward
     zero_stage: int = 1
     estimator: str = "grpo"  # trainer/grpo.py ADVANTAGE_ESTIMATORS
@@ -277,6 +278,7 @@ def validate(cfg: Config) -> None:
     choice("trainer.lr_schedule", cfg.trainer.lr_schedule, list(LR_SCHEDULES))
     choice("trainer.old_logprobs", cfg.trainer.old_logprobs, ["recompute", "rollout"])
     choice("trainer.kl_kind", cfg.trainer.kl_kind, list(KL_PENALTIES))
+    choice("trainer.kl_in", cfg.trainer.kl_in, ["loss", "reward"])
     choice("wandb.mode", cfg.wandb.mode, ["offline", "online", "disabled"])
     choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
     for key, value in [

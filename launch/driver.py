@@ -138,6 +138,8 @@ class Run:
                 items, n=cfg.rollout.group_size, max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt, budget_slack=cfg.rollout.budget_slack,
             )
+            if cfg.trainer.kl_coef > 0 and cfg.trainer.kl_in == "reward":
+                self.penalise_kl(new)
             rewards = torch.tensor([[s["reward"] for s in g["samples"]] for g in new])
             for g, adv in zip(new, group_advantages(rewards, cfg.trainer.estimator).tolist()):
                 for s, a in zip(g["samples"], adv):
@@ -154,6 +156,15 @@ class Run:
         ray.get(self.scheduler.observe.remote(step, dict(signals)))
         stats.update({"groups/generated": len(groups), "groups/kept": sum(kept), "groups/dropped": len(groups) - sum(kept)})
         return groups, kept, stats
+
+    def penalise_kl(self, groups: list[dict]) -> None:
+        """KL in the reward: reward -= kl_coef * sum over tokens of KL(sampling || reference)."""
+        samples = [{"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "logprobs": s["logprobs"]} for g in groups for s in g["samples"]]
+        kls = iter(self.trainers.sequence_kl(samples))
+        for g in groups:
+            for s in g["samples"]:
+                s["kl"] = next(kls)
+                s["reward"] -= self.cfg.trainer.kl_coef * s["kl"]
 
     def training_batch(self, groups: list[dict], kept: list[bool]) -> list[dict]:
         """Kept groups; if refills ran out, dropped groups pad the batch with zero

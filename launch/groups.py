@@ -120,6 +120,12 @@ class TrainerGroup:
         driver); every rank takes part, as ZeRO-3 gathers the full parameters."""
         return [r.export_weights.remote() for r in self.ranks][0]
 
+    def sequence_kl(self, samples: Sequence[dict]) -> list[float]:
+        """Reference-model KL per sample, spread over the ranks."""
+        shards = np.array_split(np.arange(len(samples)), len(self.ranks))
+        parts = ray.get([r.sequence_kl.remote([samples[i] for i in idx]) for r, idx in zip(self.ranks, shards)])
+        return [kl for part in parts for kl in part]
+
     def save_checkpoint(self, directory: str) -> None:
         ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])
 

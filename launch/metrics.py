@@ -47,6 +47,8 @@ def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
     out["accuracy"] = out.pop("correct/mean")
     out["length/tokens_mean"] = _mean([len(s["tokens"]) for s in samples])
     out["tokens/generated"] = sum(len(s["tokens"]) for s in samples)
+    if "kl" in samples[0]:
+        out["kl/reward_mean"] = _mean([s["kl"] for s in samples])
     out["verify/errors"] = sum(s["verify_error"] for s in samples)
     out["verify/timeouts"] = sum(s["verify_timeout"] for s in samples)
     return out
@@ -64,6 +66,7 @@ def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
         "train/micro_batches": ranks[0]["micro_batches"],
         "train/grad_norm": ranks[0]["grad_norm"],
         "train/lr": ranks[0]["lr"],
+        "train/skipped_updates": total["skipped_updates"],
         "train/rollout_logprob_gap": total["rollout_gap_sum"] / max(total["rollout_gap_tokens"], 1.0),
     }
     if total["kl"]:

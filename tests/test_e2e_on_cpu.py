@@ -69,6 +69,7 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=3", "wandb.mode=disabled",
         "trainer.world_size=1", "rollout.max_tokens=16", "reward.length=1.0", "eval.every=2", "data.eval_size=4",
         "curriculum.budget={kind: constant, budget: 4}", "curriculum.filters=[{kind: nonzero_std}]",
+        "trainer.kl_coef=0.05", "trainer.kl_in=reward",
     ])
     run = Run(cfg)
     logged = []

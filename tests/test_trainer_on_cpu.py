@@ -66,3 +66,43 @@ def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):
     assert _max_diff(z2, z3) < 1e-5
     reference = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     assert {k: tuple(v.shape) for k, v in reference.items()} == {k: v.shape for k, v in z3.items()}
+
+
+def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.worker import completion_logprobs
+
+    cfg = dataclasses.replace(TrainerConfig(), threads=1, kl_coef=0.1, kl_in="reward", kl_kind="k1")
+    group = TrainerGroup(2, threads=1)
+    samples = _batch(n=5)
+    try:
+        group.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
+        kls = group.sequence_kl(samples)
+    finally:
+        group.shutdown()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    for sample, kl in zip(samples, kls):
+        with torch.no_grad():
+            ref = completion_logprobs(model, [sample])
+        expected = sum(-2.0 - v for v in ref["logp"][ref["predicts"]].tolist())  # k1 = logp - ref_logp, vLLM logp = -2
+        assert kl == pytest.approx(expected, abs=1e-4)
+
+
+def test_nonfinite_loss_skips_the_update_on_every_rank(local_ray, tiny_model):
+    cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48)
+    group = TrainerGroup(2, threads=1)
+    try:
+        group.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=2)
+        before = ray.get(group.export_weights())
+        poisoned = _batch()
+        poisoned[3]["advantage"] = float("nan")
+        stats = group.train(poisoned, 1, cfg.max_tokens_per_micro_batch)
+        assert [s["skipped_updates"] for s in stats] == [1.0, 1.0]
+        assert _max_diff(before, ray.get(group.export_weights())) == 0.0
+        stats = group.train(_batch(), 1, cfg.max_tokens_per_micro_batch)  # training goes on afterwards
+        assert [s["skipped_updates"] for s in stats] == [0.0, 0.0]
+        assert _max_diff(before, ray.get(group.export_weights())) > 5e-5
+    finally:
+        group.shutdown()

@@ -140,7 +140,9 @@ class TrainerWorker:
         the counts being the whole mini-batch's over all ranks (loss denominators)."""
         start = time.perf_counter()
         cfg, engine = self.cfg, self.engine
-        stats = dict.fromkeys(("loss", "kl", "clip_tokens", "tokens", "entropy_sum", "rollout_gap_sum", "rollout_gap_tokens"), 0.0)
+        stats = dict.fromkeys(
+            ("loss", "kl", "clip_tokens", "tokens", "entropy_sum", "rollout_gap_sum", "rollout_gap_tokens", "skipped_updates"), 0.0
+        )
         # One update per batch: the forward itself is at the sampling weights, so
         # the old log-probs are its own (detached) and no extra pass is needed.
         single = cfg["ppo_epochs"] == 1 and len(mini_batches) == 1
@@ -152,20 +154,35 @@ class TrainerWorker:
             for mini in mini_batches:
                 # Every rank runs the same number of micro-batches (trainer.batching.plan):
                 # ZeRO-2/3 reduce gradients in each backward.
-                for micro in mini["micro_batches"]:
-                    self._micro_step(micro, mini["num_tokens"], mini["num_seqs"], single, stats)
-                engine.step()
+                finite = all([self._micro_step(micro, mini["num_tokens"], mini["num_seqs"], single, stats) for micro in mini["micro_batches"]])
+                if self._all_finite(finite):
+                    engine.step()
+                else:  # a NaN/inf loss or gradient on any rank: drop this update everywhere
+                    engine.zero_grad()
+                    stats["skipped_updates"] += 1
+                    continue
                 norm = engine.get_global_grad_norm()
                 grad_norms.append(float(norm) if norm is not None else float("nan"))
         return {
             **stats,
-            "grad_norm": float(np.mean(grad_norms)),
+            "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
             "micro_batches": sum(len(m["micro_batches"]) for m in mini_batches),
             "lr": float(engine.get_lr()[0]),
             "seconds": time.perf_counter() - start,
         }
 
-    def _micro_step(self, micro: Sequence[dict], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> None:
+    def _all_finite(self, local: bool) -> bool:
+        """Whether every rank's losses and (local) gradients are finite; a collective."""
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        ok = local and all(bool(torch.isfinite(g).all()) for g in grads)
+        flag = torch.tensor([0.0 if ok else 1.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() == 0.0
+
+    def _micro_step(self, micro: Sequence[dict], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> bool:
+        """Forward and backward of one micro-batch; False if its loss was not finite."""
         cfg = self.cfg
         out = completion_logprobs(self.engine, micro, with_entropy=True)
         logp, predicts = out["logp"], out["predicts"]
@@ -176,17 +193,31 @@ class TrainerWorker:
         advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype)
         losses, clip_mask = token_policy_loss(logp, old, advantages, cfg["clip_low"], cfg["clip_high"])
         loss = aggregate(losses, mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
-        if self.ref is not None:
+        if self.ref is not None and cfg["kl_in"] == "loss":
             with torch.no_grad():
                 ref_logp = completion_logprobs(self.ref, micro)["logp"]
             kl = aggregate(kl_penalty(logp, ref_logp, cfg["kl_kind"]), mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
             loss = loss + cfg["kl_coef"] * kl
             stats["kl"] += float(kl)
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks; we normalise globally
+        if not torch.isfinite(loss):
+            return False
         stats["loss"] += float(loss)
         stats["clip_tokens"] += float((clip_mask * mask).sum())
         stats["tokens"] += float(mask.sum())
         stats["entropy_sum"] += float((out["entropy"] * mask).sum())
+        return True
+
+    def sequence_kl(self, samples: Sequence[dict]) -> list[float]:
+        """Per sample, the sum over its tokens of kl_penalty(sampling log-prob (vLLM's),
+        reference log-prob): the KL-in-reward penalty (OpenRLHF/verl style)."""
+        out = []
+        for sample in samples:
+            with torch.no_grad():
+                ref = completion_logprobs(self.ref, [sample])
+            policy = _per_token([sample], "logprobs", ref["predicts"])
+            out.append(float((kl_penalty(policy, ref["logp"], self.cfg["kl_kind"]) * ref["predicts"]).sum()))
+        return out
 
     def save_checkpoint(self, directory: str) -> None:
         """Model, optimizer, LR scheduler and this rank's RNG (all ranks call it)."""
