@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -48,6 +49,22 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) 
     return run_dir
 
 
+def check_disk(cfg: Config, run_dir: Path, model_path: Path) -> None:
+    """Fail before training if the checkpoints cannot fit: each holds the weights
+    and two Adam moments (~3x the model files); one more is written before the
+    oldest is removed."""
+    if cfg.run.checkpoint_every <= 0:
+        return
+    model_bytes = sum(f.stat().st_size for f in model_path.glob("*.safetensors")) or sum(f.stat().st_size for f in model_path.glob("*.bin"))
+    need = 3 * model_bytes * (cfg.run.keep_checkpoints + 1)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise GradusError(
+            f"run.run_dir {run_dir}: {free / 2**30:.1f} GiB free, checkpoints need about {need / 2**30:.1f} GiB; "
+            "free space, lower run.keep_checkpoints, set run.checkpoint_every=0, or choose another run.run_dir"
+        )
+
+
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop lines of steps after `last_step` (logged by a run killed before its next checkpoint)."""
     if path.exists():
@@ -77,6 +94,7 @@ class Run:
             raise GradusError(str(err).strip("'\"")) from None
         self.model_path = str(resolve_model(cfg.model.path))
         self.run_dir = prepare_run_dir(cfg, overwrite, resume=resume is not None)
+        check_disk(cfg, self.run_dir, Path(self.model_path))
         self.resume_from = checkpoint.resolve(self.run_dir, resume) if resume else None
         self.version = 0
         self.start_step = 0

@@ -82,3 +82,21 @@ def test_params_replace_rather_than_merge():
     cfg = load_config("configs/sec.yaml")
     assert cfg.curriculum.params == {"alpha": 0.5, "temperature": 1.0}
     assert load_config("configs/uniform.yaml").curriculum.params == {}
+
+
+def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from launch.driver import check_disk
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 1000)
+    cfg = load_config(DEFAULT, ["run.keep_checkpoints=2"])
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=8999))
+    with pytest.raises(GradusError, match=r"checkpoints need about .*run.checkpoint_every=0"):
+        check_disk(cfg, tmp_path, model)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=9000))
+    check_disk(cfg, tmp_path, model)  # 3 x 1000 bytes x (2 + 1) fits exactly
+    check_disk(load_config(DEFAULT, ["run.checkpoint_every=0"]), tmp_path, model)
