@@ -159,6 +159,7 @@ class TrainerWorker:
                     engine.step()
                 else:  # a NaN/inf loss or gradient on any rank: drop this update everywhere
                     engine.zero_grad()
+                    engine.optimizer.zero_grad()  # ZeRO-2/3 keep reduced gradients in optimizer partitions
                     stats["skipped_updates"] += 1
                     continue
                 norm = engine.get_global_grad_norm()
