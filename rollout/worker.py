@@ -127,11 +127,3 @@ class RolloutWorker:
 
     def param_sums(self) -> dict[str, float]:
         return self.llm.collective_rpc(_engine_param_sums)[0]
-
-    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Log-probs of tokens 1..L-1 of each sequence under the engine's weights."""
-        from vllm import SamplingParams, TokensPrompt
-
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
-        return [[lp[t].logprob for lp, t in zip(o.prompt_logprobs[1:], s[1:])] for o, s in zip(outs, sequences)]
