@@ -63,6 +63,10 @@ class RolloutConfig:
     max_model_len: int = 512
     threads: int = 2
     enforce_eager: bool = True  # CPU: torch.compile warm-up costs ~2 min for ~5% more tokens/s
+    cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
+    tensor_parallel_size: int = 1  # CUDA: GPUs per worker (vLLM tensor parallel)
+    gpu_memory_utilization: float = 0.5  # CUDA: vLLM's share of each GPU (weights + KV cache)
+    resources: dict = field(default_factory=dict)  # custom Ray resources per worker, e.g. {rollout_node: 1}
 
 
 @dataclass
@@ -88,6 +92,8 @@ class TrainerConfig:
     clip_high: float = 0.2
     loss_agg: str = "token-mean"
     threads: int = 2
+    cpus_per_rank: float = 1.0  # Ray CPUs reserved per rank (on CUDA each rank also takes one GPU)
+    resources: dict = field(default_factory=dict)  # custom Ray resources per rank, e.g. {trainer_node: 1}
 
 
 @dataclass
@@ -101,6 +107,19 @@ class EvalConfig:
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "gradus"
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""  # "" = start a local Ray; "auto" or HOST:PORT = join a running cluster (RAY_ADDRESS works too)
+    device: str = "auto"  # cpu | cuda | auto (cuda when the Ray cluster has GPUs)
+    colocate: bool = False  # rollout workers share the trainer ranks' placement bundles; on CUDA vLLM sleeps through each update
+
+
+@dataclass
+class SyncConfig:
+    transport: str = "object_store"  # object_store | broadcast (trainer/sync.py)
+    bucket_mb: float = 512.0  # weights travel in flat buckets of at most this size
 
 
 @dataclass
@@ -123,6 +142,8 @@ class Config:
     reward: RewardWeights = field(default_factory=RewardWeights)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -281,6 +302,14 @@ def validate(cfg: Config) -> None:
     choice("trainer.kl_in", cfg.trainer.kl_in, ["loss", "reward"])
     choice("wandb.mode", cfg.wandb.mode, ["offline", "online", "disabled"])
     choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
+    choice("cluster.device", cfg.cluster.device, ["auto", "cpu", "cuda"])
+    from trainer.sync import TRANSPORTS
+
+    choice("sync.transport", cfg.sync.transport, list(TRANSPORTS))
+    if cfg.sync.bucket_mb <= 0:
+        raise GradusError(f"sync.bucket_mb: must be > 0, got {cfg.sync.bucket_mb}")
+    if cfg.cluster.colocate and cfg.rollout.tensor_parallel_size > 1:
+        raise GradusError("cluster.colocate: a colocated rollout worker shares one trainer GPU; set rollout.tensor_parallel_size=1 or cluster.colocate=false")
     for key, value in [
         ("rollout.num_workers", cfg.rollout.num_workers),
         ("rollout.prompts_per_step", cfg.rollout.prompts_per_step),
@@ -292,6 +321,7 @@ def validate(cfg: Config) -> None:
         ("eval.samples", cfg.eval.samples),
         ("trainer.ppo_epochs", cfg.trainer.ppo_epochs),
         ("trainer.mini_batches", cfg.trainer.mini_batches),
+        ("rollout.tensor_parallel_size", cfg.rollout.tensor_parallel_size),
     ]:
         if value < 1:
             raise GradusError(f"{key}: must be >= 1, got {value}")

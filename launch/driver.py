@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -14,17 +15,24 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayActorError
 import yaml
+from ray.exceptions import RayActorError
 
 from curriculum.scheduler import CurriculumScheduler, remote_scheduler
 from launch import checkpoint
 from launch.config import Config, to_dict
 from launch.errors import GradusError
-from launch.groups import RolloutGroup, TrainerGroup
-from launch.metrics import MetricsLogger, batch_metrics, distribution_metrics, train_metrics
+from launch.groups import RolloutGroup, TrainerGroup, node_of
+from launch.metrics import (
+    MetricsLogger,
+    batch_metrics,
+    distribution_metrics,
+    train_metrics,
+)
 from launch.models import resolve_model
 from trainer.grpo import group_advantages
+
+COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
 
 
 def sample_seed(*parts: Any) -> int:
@@ -72,6 +80,17 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by cluster.address (or RAY_ADDRESS), else start a
+    local Ray with enough logical CPUs for every actor."""
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    need = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.trainer.world_size * cfg.trainer.cpus_per_rank
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, log_to_driver=False)
+
+
 class Run:
     """One training run; `step` is the whole synchronous step loop body."""
 
@@ -103,13 +122,22 @@ class Run:
         cfg = self.cfg
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
-            logical_cpus = max(os.cpu_count() or 1, cfg.rollout.num_workers + cfg.trainer.world_size)
-            ray.init(num_cpus=logical_cpus, include_dashboard=False, log_to_driver=False)
+            init_ray(cfg)
+        self.device = cfg.cluster.device if cfg.cluster.device != "auto" else "cuda" if ray.cluster_resources().get("GPU", 0) else "cpu"
         self.scheduler = remote_scheduler(**self.scheduler_args)
-        self.rollout = RolloutGroup(cfg.rollout.num_workers, self.model_path, cfg.rollout, cfg.model.dtype, cfg.run.seed, dataclasses.asdict(cfg.reward))
-        self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads)
+        share = None
+        if cfg.cluster.colocate:
+            per_bundle = -(-cfg.rollout.num_workers // cfg.trainer.world_size)
+            share = (per_bundle * cfg.rollout.cpus_per_worker, COLOCATED_ROLLOUT_GPU_SHARE if self.device == "cuda" else 0.0)
+        self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads, self.device, cfg.trainer.cpus_per_rank, cfg.trainer.resources, share)
+        self.rollout = RolloutGroup(
+            cfg.rollout.num_workers, self.model_path, cfg.rollout, cfg.model.dtype, cfg.run.seed, dataclasses.asdict(cfg.reward),
+            self.device, colocate_with=self.trainers if cfg.cluster.colocate else None,
+        )
         self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, dataclasses.asdict(cfg.trainer), cfg.run.seed, cfg.run.steps)
         self.rollout.ready()
+        self.rollout.connect(self.trainers, cfg.sync.transport, cfg.sync.bucket_mb)
+        self.write_placement()
         wandb_id = None
         if self.resume_from is not None:
             wandb_id = self.restore(self.resume_from)
@@ -122,7 +150,7 @@ class Run:
         self.trainers.load_checkpoint(str(path / "trainer"))
         ray.get(self.scheduler.load_state_dict.remote(state["scheduler"]))
         self.version, self.start_step = state["version"], state["step"] + 1
-        self.rollout.update_weights(self.trainers.export_weights(), self.version)
+        self.rollout.update_weights(self.version)
         truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
         print(f"gradus: resumed from {path} at step {self.start_step + 1}", flush=True)
         return state.get("wandb_id")
@@ -206,12 +234,17 @@ class Run:
         trained = [s for s in samples if s["weight"] > 0]
         metrics["train/skipped"] = float(not trained)
         if trained:
+            sleeps = self.cfg.cluster.colocate and self.device == "cuda"
+            if sleeps:  # colocated on a GPU: vLLM frees its memory for the update
+                self.rollout.sleep()
             t0 = time.perf_counter()
             ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch)
             metrics["time/train"] = time.perf_counter() - t0
+            if sleeps:
+                self.rollout.wake_up()
             self.version += 1
             t0 = time.perf_counter()
-            metrics["time/sync_load"] = self.rollout.update_weights(self.trainers.export_weights(), self.version)
+            metrics["time/sync_load"] = self.rollout.update_weights(self.version)
             metrics["time/sync"] = time.perf_counter() - t0
             metrics.update(train_metrics(ranks))
         metrics["policy_version"] = self.version
@@ -245,11 +278,26 @@ class Run:
         out["eval/accuracy"] = sum(s["correct"] for g in groups for s in g["samples"]) / sum(len(g["samples"]) for g in groups)
         return out
 
+    def write_placement(self) -> None:
+        """placement.json: the node each actor landed on (what a cluster user checks first)."""
+        placement = {
+            "device": self.device,
+            "transport": self.cfg.sync.transport,
+            "colocate": self.cfg.cluster.colocate,
+            "trainer_ranks": [node_of(r) for r in self.trainers.ranks],
+            "rollout_workers": [node_of(w) for w in self.rollout.workers],
+        }
+        (self.run_dir / "placement.json").write_text(json.dumps(placement, indent=1))
+
     def close(self) -> None:
         if hasattr(self, "logger"):
             self.logger.close()
         if getattr(self, "owns_ray", False):
             ray.shutdown()
+        else:  # a shared cluster outlives the run: free what the run took
+            for group in (getattr(self, "rollout", None), getattr(self, "trainers", None)):
+                if group is not None:
+                    group.shutdown()
 
 
 def checkpoint_due(cfg: Config, step: int) -> bool:

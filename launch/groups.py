@@ -1,102 +1,73 @@
-"""Actor groups (OpenRLHF-style): N Ray actors of one role, called all at once."""
+"""Actor groups (OpenRLHF-style): N Ray actors of one role, placed by a Ray
+placement group and called all at once; the rollout group also owns the
+weight sync from trainer rank 0 (trainer/sync.py transports)."""
 from __future__ import annotations
 
-import socket
 from typing import Any, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rollout.worker import RolloutWorker, engine_env
 from trainer.batching import PAD, plan
+from trainer.sync import WeightReceiver
 from trainer.worker import TrainerWorker
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class RolloutActor(WeightReceiver, RolloutWorker):
+    """A vLLM rollout worker that can receive bucketed weights (a worker
+    extension, like verl's and OpenRLHF's)."""
 
 
-class RolloutGroup:
-    """Data-parallel vLLM engines; a batch is split into contiguous shards. A
-    worker that dies is replaced, given the current weights, and its shard
-    generated again (up to `max_restarts` times per call)."""
+def bundle(cpus: float, gpus: float, resources: dict) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **resources}
 
-    def __init__(self, n: int, model_path: str, rollout: Any, dtype: str, seed: int, reward: dict, max_restarts: int = 3) -> None:
-        self.actor = ray.remote(num_cpus=1)(RolloutWorker).options(runtime_env={"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)})
-        self.args = [(model_path, dtype, seed + i, rollout.max_model_len, reward, rollout.enforce_eager) for i in range(n)]
-        self.workers = [self.actor.remote(*args) for args in self.args]
-        self.max_restarts = max_restarts
-        self.restarts = 0
-        self.weights: tuple[Any, int] | None = None  # (object ref, version) of the newest weights
 
-    def ready(self) -> None:
-        ray.get([w.ready.remote() for w in self.workers])
+def node_of(actor: Any) -> str:
+    """The node IP an actor runs on (for placement reports and tests)."""
+    return ray.get(actor.__ray_call__.remote(lambda _: ray.util.get_node_ip_address()))
 
-    def _replace(self, i: int) -> None:
-        ray.kill(self.workers[i])
-        self.workers[i] = self.actor.remote(*self.args[i])
-        if self.weights is not None:
-            ray.get(self.workers[i].update_weights.remote(*self.weights))
-        self.restarts += 1
 
-    def generate(self, items: Sequence[dict], **sampling: Any) -> tuple[list[dict], float]:
-        """Groups in item order, and the slowest shard's generation seconds."""
-        shards = [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), len(self.workers))]
-        futures = {i: self.workers[i].generate.remote(shard, **sampling) for i, shard in enumerate(shards) if shard}
-        results: dict[int, dict] = {}
-        for i, future in futures.items():
-            for attempt in range(self.max_restarts + 1):
-                try:
-                    results[i] = ray.get(future)
-                    break
-                except RayActorError:
-                    if attempt == self.max_restarts:
-                        raise
-                    self._replace(i)
-                    future = self.workers[i].generate.remote(shards[i], **sampling)
-        ordered = [results[i] for i in sorted(results)]
-        return [g for r in ordered for g in r["groups"]], max(r["seconds"] for r in ordered)
-
-    def update_weights(self, weights_ref: Any, version: int) -> float:
-        self.weights = (weights_ref, version)
-        futures = [w.update_weights.remote(weights_ref, version) for w in self.workers]
-        seconds = []
-        for i, future in enumerate(futures):
-            try:
-                seconds.append(ray.get(future))
-            except RayActorError:
-                self._replace(i)  # the replacement loads these weights
-        return max(seconds, default=0.0)
-
-    def param_sums(self) -> list[dict[str, float]]:
-        return ray.get([w.param_sums.remote() for w in self.workers])
+def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
 
 
 class TrainerGroup:
-    """DeepSpeed data-parallel ranks forming one process group."""
+    """DeepSpeed data-parallel ranks forming one process group, one placement
+    bundle per rank, packed onto as few nodes as possible. With `share` the
+    bundles also hold colocated rollout workers: (CPUs, GPU fraction left to them)."""
 
-    def __init__(self, world_size: int, threads: int) -> None:
-        # One bundle per rank, packed onto as few nodes as possible (OpenRLHF-style).
-        self.placement = placement_group([{"CPU": 1}] * world_size, strategy="PACK")
+    def __init__(
+        self, world_size: int, threads: int, device: str = "cpu", cpus_per_rank: float = 1.0,
+        resources: dict | None = None, share: tuple[float, float] | None = None,
+    ) -> None:
+        gpu = 1.0 if device == "cuda" else 0.0
+        self.share = share or (0.0, 0.0)
+        extra_cpus, gpu_share = self.share
+        self.placement = placement_group([bundle(cpus_per_rank + extra_cpus, gpu, resources or {})] * world_size, strategy="PACK")
         ray.get(self.placement.ready())
-        port = free_port()
+        env = {"OMP_NUM_THREADS": str(threads), **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {})}
         self.ranks = [
-            ray.remote(num_cpus=1)(TrainerWorker)
-            .options(
-                runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}},
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
-            )
-            .remote(r, world_size, "127.0.0.1", port, threads)
+            ray.remote(TrainerWorker)
+            .options(num_cpus=cpus_per_rank, num_gpus=gpu - gpu_share, runtime_env={"env_vars": env}, scheduling_strategy=_on(self.placement, r))
+            .remote(r, world_size, threads)
             for r in range(world_size)
         ]
 
     def setup(self, model_path: str, dtype: str, cfg: dict, seed: int, total_steps: int) -> int:
-        return ray.get([r.setup.remote(model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
+        master = self.address()
+        return ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0's node IP and a free port there."""
+        return ray.get(self.ranks[0].address.remote())
 
     def train(self, samples: Sequence[dict], mini_batches: int, max_tokens_per_micro_batch: int) -> list[dict[str, float]]:
         """Split the batch into mini-batches (one optimiser step each) and those by
@@ -116,9 +87,20 @@ class TrainerGroup:
         return ray.get([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)])
 
     def export_weights(self) -> Any:
-        """An object-store reference to rank 0's weights (never copied through the
-        driver); every rank takes part, as ZeRO-3 gathers the full parameters."""
+        """An object-store reference to rank 0's full float32 weights as one dict
+        (for checks and tests; syncs go through `publish_weights`/`broadcast_weights`)."""
         return [r.export_weights.remote() for r in self.ranks][0]
+
+    def weight_layout(self, bucket_mb: float) -> list:
+        return ray.get([r.weight_layout.remote(bucket_mb) for r in self.ranks])[0]
+
+    def publish_weights(self) -> list:
+        """Object-store references to rank 0's weight buckets (all ranks take part)."""
+        return ray.get([r.publish_weights.remote() for r in self.ranks])[0]
+
+    def broadcast_weights(self) -> list:
+        """Futures of every rank's part in one broadcast sync."""
+        return [r.broadcast_weights.remote() for r in self.ranks]
 
     def sequence_kl(self, samples: Sequence[dict]) -> list[float]:
         """Reference-model KL per sample, spread over the ranks."""
@@ -139,3 +121,138 @@ class TrainerGroup:
         for rank in self.ranks:
             ray.kill(rank)
         remove_placement_group(self.placement)
+
+
+class RolloutGroup:
+    """Data-parallel vLLM engines; a batch is split into contiguous shards. A
+    worker that dies is replaced, given the current weights, and its shard
+    generated again (up to `max_restarts` times per call).
+
+    Placement: a placement group of its own (one bundle per worker), or with
+    `colocate_with` the trainer ranks' bundles (worker i on rank i mod world)."""
+
+    def __init__(
+        self, n: int, model_path: str, rollout: Any, dtype: str, seed: int, reward: dict, device: str = "cpu",
+        colocate_with: TrainerGroup | None = None, max_restarts: int = 3,
+    ) -> None:
+        engine_args: dict[str, Any] = {"dtype": dtype, "max_model_len": rollout.max_model_len, "enforce_eager": rollout.enforce_eager}
+        gpus = 0.0
+        if device == "cuda":
+            engine_args.update(tensor_parallel_size=rollout.tensor_parallel_size, gpu_memory_utilization=rollout.gpu_memory_utilization)
+            gpus = float(rollout.tensor_parallel_size)
+        if colocate_with is not None:
+            self.placement, self.owns_placement = colocate_with.placement, False
+            self.bundles = [i % len(colocate_with.ranks) for i in range(n)]
+            per_bundle = -(-n // len(colocate_with.ranks))
+            gpus = colocate_with.share[1] / per_bundle if device == "cuda" else 0.0
+            engine_args["enable_sleep_mode"] = device == "cuda"
+        else:
+            self.placement = placement_group([bundle(rollout.cpus_per_worker, gpus, rollout.resources)] * n, strategy="PACK")
+            self.owns_placement, self.bundles = True, list(range(n))
+            ray.get(self.placement.ready())
+        self.options = {
+            "num_cpus": rollout.cpus_per_worker, "num_gpus": gpus, "runtime_env": {"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)}
+        }
+        self.args = [(model_path, seed + i, reward) for i in range(n)]
+        self.engine_args = engine_args
+        self.workers = [self._start(i) for i in range(n)]
+        self.device = device
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.version = 0
+        self.trainers: TrainerGroup | None = None
+
+    def _start(self, i: int) -> Any:
+        strategy = _on(self.placement, self.bundles[i])
+        return ray.remote(RolloutActor).options(**self.options, scheduling_strategy=strategy).remote(*self.args[i], **self.engine_args)
+
+    def ready(self) -> None:
+        ray.get([w.ready.remote() for w in self.workers])
+
+    def connect(self, trainers: TrainerGroup, transport: str, bucket_mb: float) -> None:
+        """Set up weight sync from trainer rank 0 (once both groups are up)."""
+        self.trainers, self.transport = trainers, transport
+        self.layout = trainers.weight_layout(bucket_mb)
+        ray.get([w.set_weight_layout.remote(self.layout) for w in self.workers])
+        if transport == "broadcast":
+            self._join()
+
+    def _join(self) -> None:
+        """(Re)build the broadcast group: trainer rank 0 is rank 0, worker i rank i + 1."""
+        host, port = self.trainers.address()
+        world, backend = 1 + len(self.workers), "nccl" if self.device == "cuda" else "gloo"
+        ray.get(
+            [self.trainers.ranks[0].join_weight_group.remote(host, port, world, backend)]
+            + [w.join_weight_group.remote(host, port, world, i + 1, backend) for i, w in enumerate(self.workers)]
+        )
+
+    def _replace(self, i: int) -> None:
+        """A fresh worker with the current weights (through the object store) that
+        rejoins the broadcast group."""
+        ray.kill(self.workers[i])
+        self.workers[i] = self._start(i)
+        if self.trainers is not None:
+            ray.get(self.workers[i].set_weight_layout.remote(self.layout))
+            if self.version:
+                ray.get(self.workers[i].fetch_weights.remote(self.trainers.publish_weights(), self.version))
+            if self.transport == "broadcast":
+                self._join()
+        self.restarts += 1
+
+    def generate(self, items: Sequence[dict], **sampling: Any) -> tuple[list[dict], float]:
+        """Groups in item order, and the slowest shard's generation seconds."""
+        shards = [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), len(self.workers))]
+        futures = {i: self.workers[i].generate.remote(shard, **sampling) for i, shard in enumerate(shards) if shard}
+        results: dict[int, dict] = {}
+        for i, future in futures.items():
+            for attempt in range(self.max_restarts + 1):
+                try:
+                    results[i] = ray.get(future)
+                    break
+                except RayActorError:
+                    if attempt == self.max_restarts:
+                        raise
+                    self._replace(i)
+                    future = self.workers[i].generate.remote(shards[i], **sampling)
+        ordered = [results[i] for i in sorted(results)]
+        return [g for r in ordered for g in r["groups"]], max(r["seconds"] for r in ordered)
+
+    def update_weights(self, version: int) -> float:
+        """Trainer rank 0's weights into every worker; the slowest worker's seconds.
+        A worker that dies meanwhile is replaced (and given these weights)."""
+        self.version = version
+        if self.transport == "broadcast":
+            receivers = [w.receive_weights.remote(version, self.device) for w in self.workers]
+            senders = self.trainers.broadcast_weights()
+        else:
+            refs = self.trainers.publish_weights()
+            receivers, senders = [w.fetch_weights.remote(refs, version) for w in self.workers], []
+        seconds, dead = [], []
+        for i, future in enumerate(receivers):
+            try:
+                seconds.append(ray.get(future))
+            except RayActorError:
+                dead.append(i)
+        try:
+            ray.get(senders)
+        except RayTaskError:
+            if not dead:
+                raise
+        for i in dead:
+            self._replace(i)
+        return max(seconds, default=0.0)
+
+    def sleep(self) -> None:
+        ray.get([w.sleep.remote() for w in self.workers])
+
+    def wake_up(self) -> None:
+        ray.get([w.wake_up.remote() for w in self.workers])
+
+    def param_sums(self) -> list[dict[str, float]]:
+        return ray.get([w.param_sums.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        if self.owns_placement:
+            remove_placement_group(self.placement)

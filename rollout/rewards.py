@@ -75,7 +75,8 @@ def _import_math_verify() -> Any:
 
 @register("math", setup=_import_math_verify)
 def _math(text: str, answer: Any, tagged: bool) -> float:
-    from math_verify import parse, verify as math_equal
+    from math_verify import parse
+    from math_verify import verify as math_equal
 
     if not tagged:
         return 0.0

@@ -6,8 +6,6 @@ import math
 import time
 from typing import Any, Sequence
 
-import numpy as np
-
 from rollout.rewards import RewardWeights, score
 
 # vLLM must read these before it is imported in the actor process.
@@ -60,12 +58,12 @@ def _engine_param_sums(worker: Any) -> dict[str, float]:
 
 
 class RolloutWorker:
-    def __init__(
-        self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 512, reward: dict | None = None, enforce_eager: bool = True
-    ) -> None:
+    def __init__(self, model_path: str, seed: int = 0, reward: dict | None = None, **engine_args: Any) -> None:
+        """`engine_args` go to vllm.LLM as they are (dtype, max_model_len, enforce_eager,
+        tensor_parallel_size, gpu_memory_utilization, enable_sleep_mode, ...)."""
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager)
+        self.llm = LLM(model=model_path, seed=seed, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
         self.weights = RewardWeights(**(reward or {}))
         self.version = 0
@@ -114,16 +112,19 @@ class RolloutWorker:
             groups.append({**item, "prompt_ids": ids, "samples": samples, "version": self.version})
         return {"groups": groups, "seconds": time.perf_counter() - start}
 
-    def update_weights(self, named: dict[str, np.ndarray], version: int) -> float:
-        """Load HF-named arrays into the running engine; returns seconds taken."""
-        import torch
-
-        start = time.perf_counter()
-        weights = [(name, torch.from_numpy(np.asarray(a))) for name, a in named.items()]
-        self.llm.collective_rpc(_reload, args=(weights,))
+    def load_weights(self, named: list[tuple[str, Any]], version: int) -> None:
+        """HF-named tensors into the running engine, in place; cached prefixes
+        computed with the old weights are dropped."""
+        self.llm.collective_rpc(_reload, args=(named,))
         self.llm.reset_prefix_cache()
         self.version = version
-        return time.perf_counter() - start
+
+    def sleep(self) -> None:
+        """Colocated on a GPU: free KV cache and weights' memory for the update."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
 
     def param_sums(self) -> dict[str, float]:
         return self.llm.collective_rpc(_engine_param_sums)[0]

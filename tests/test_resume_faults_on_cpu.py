@@ -67,7 +67,7 @@ def _pids(pattern: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-@pytest.mark.parametrize("victim", ["ray::RolloutWorker", "ray::TrainerWorker"])
+@pytest.mark.parametrize("victim", ["ray::RolloutActor", "ray::TrainerWorker"])
 def test_dead_worker_is_recovered(tiny_model, tmp_path, victim):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(_args(tiny_model, run_dir, "run.steps=5"), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -82,7 +82,7 @@ def test_dead_worker_is_recovered(tiny_model, tmp_path, victim):
     assert proc.returncode == 0, output[-3000:]
     steps = [m["step"] for m in _metrics(run_dir)]
     assert steps == [0, 1, 2, 3, 4]
-    if victim == "ray::RolloutWorker":
+    if victim == "ray::RolloutActor":
         assert _metrics(run_dir)[-1]["faults/rollout_restarts"] >= 1
     else:
         assert "restarting from latest" in output

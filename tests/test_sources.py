@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from curriculum.sources import Distribution, SOURCES
+from curriculum.sources import SOURCES, Distribution
 from rollout.rewards import verify
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from typing import Any, Iterator, Sequence
 
@@ -17,6 +18,7 @@ import torch
 
 from trainer.grpo import aggregate, kl_penalty, token_policy_loss
 from trainer.schedules import lr_multiplier
+from trainer.sync import WeightSender
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -27,8 +29,8 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 def _per_token(samples: Sequence[dict], key: str, predicts: torch.Tensor) -> torch.Tensor:
     """Per-sample, per-completion-token values (e.g. vLLM log-probs) laid out
     like the log-probs [B, T]: masked_scatter fills row-major, in sample order."""
-    values = torch.tensor([v for s in samples for v in s[key]], dtype=torch.float32)
-    return torch.zeros(predicts.shape).masked_scatter(predicts, values)
+    values = torch.tensor([v for s in samples for v in s[key]], dtype=torch.float32, device=predicts.device)
+    return torch.zeros(predicts.shape, device=predicts.device).masked_scatter(predicts, values)
 
 
 def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False) -> dict[str, torch.Tensor]:
@@ -38,14 +40,16 @@ def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool 
     costliest layer of a small model) over the prompt; the call goes through the
     model's (or DeepSpeed engine's) own forward, which ZeRO-3 needs."""
     sequences = [s["prompt_ids"] + s["tokens"] for s in samples]
-    input_ids = _pad(sequences, 0)  # [B, L]
-    attention = _pad([[1] * len(q) for q in sequences], 0)
+    device = model.device
+    input_ids = _pad(sequences, 0).to(device)  # [B, L]
+    attention = _pad([[1] * len(q) for q in sequences], 0).to(device)
     predicts = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool)  # [B, L-1]
     for i, s in enumerate(samples):
         start = len(s["prompt_ids"]) - 1  # the position that predicts the first completion token
         predicts[i, start : start + len(s["tokens"])] = True
+    predicts = predicts.to(device)
     first = min(len(s["prompt_ids"]) for s in samples) - 1
-    keep = torch.arange(first, input_ids.shape[1] - 1)
+    keep = torch.arange(first, input_ids.shape[1] - 1, device=device)
     logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits.float()  # [B, K, V]
     kept = predicts[:, first:]  # [B, K]
     selected = logits[kept]  # [N, V]
@@ -55,7 +59,7 @@ def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool 
     if with_entropy:
         with torch.no_grad():
             entropy = norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)  # [N]
-        out["entropy"] = torch.zeros(predicts.shape).masked_scatter(predicts, entropy)
+        out["entropy"] = torch.zeros(predicts.shape, device=device).masked_scatter(predicts, entropy)
     return out
 
 
@@ -73,21 +77,34 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-class TrainerWorker:
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, threads: int = 2) -> None:
-        os.environ.update(
-            RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
-        )
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class TrainerWorker(WeightSender):
+    def __init__(self, rank: int, world_size: int, threads: int = 2) -> None:
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
 
-    def setup(self, model_path: str, dtype: str, cfg: dict[str, Any], seed: int, total_steps: int) -> int:
+    def address(self) -> tuple[str, int]:
+        """This rank's node IP and a free port there: rank 0 hosts the rendezvous
+        of the trainer group and of the weight-sync group."""
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master: tuple[str, int], model_path: str, dtype: str, cfg: dict[str, Any], seed: int, total_steps: int) -> int:
         """Build model, optimizer, LR schedule, engine and (if kl_coef > 0) the frozen
-        reference model; a collective, so call on all ranks at once."""
+        reference model; a collective, so call on all ranks at once with rank 0's address."""
         import deepspeed
         from transformers import AutoModelForCausalLM
 
+        os.environ.update(
+            RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR=master[0], MASTER_PORT=str(master[1]),
+        )
         torch.manual_seed(seed)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.cfg = cfg
@@ -101,7 +118,7 @@ class TrainerWorker:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config())
         self.ref = None
         if cfg["kl_coef"] > 0:
-            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval().requires_grad_(False)
+            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.engine.device).eval().requires_grad_(False)
         return sum(p.numel() for p in model.parameters())
 
     def _ds_config(self) -> dict[str, Any]:
@@ -178,7 +195,7 @@ class TrainerWorker:
 
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         ok = local and all(bool(torch.isfinite(g).all()) for g in grads)
-        flag = torch.tensor([0.0 if ok else 1.0])
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.engine.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() == 0.0
 
@@ -187,11 +204,11 @@ class TrainerWorker:
         cfg = self.cfg
         out = completion_logprobs(self.engine, micro, with_entropy=True)
         logp, predicts = out["logp"], out["predicts"]
-        mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro]).unsqueeze(-1)
+        mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro], device=logp.device).unsqueeze(-1)
         old = logp.detach() if single else _per_token(micro, "old_logp", predicts)
         if single:
             self._rollout_gap(micro, out, stats)
-        advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype)
+        advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype, device=logp.device)
         losses, clip_mask = token_policy_loss(logp, old, advantages, cfg["clip_low"], cfg["clip_high"])
         loss = aggregate(losses, mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
         if self.ref is not None and cfg["kl_in"] == "loss":
@@ -247,7 +264,7 @@ class TrainerWorker:
             if self.rank != 0:
                 return None
             gathered = self.cfg["zero_stage"] == 3  # gathered tensors are freed when the context ends
-            return {name: t.detach().float().numpy().copy() if gathered else t.detach().float().numpy() for name, t in state.items()}
+            return {name: t.detach().float().cpu().numpy().copy() if gathered else t.detach().float().cpu().numpy() for name, t in state.items()}
 
     def param_sums(self) -> dict[str, float]:
         with self._full_state() as state:
