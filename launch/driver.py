@@ -284,6 +284,7 @@ class Run:
             "device": self.device,
             "transport": self.cfg.sync.transport,
             "colocate": self.cfg.cluster.colocate,
+            "cluster_nodes": sum(n["Alive"] for n in ray.nodes()),
             "trainer_ranks": [node_of(r) for r in self.trainers.ranks],
             "rollout_workers": [node_of(w) for w in self.rollout.workers],
         }

@@ -30,9 +30,10 @@ def bundle(cpus: float, gpus: float, resources: dict) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **resources}
 
 
-def node_of(actor: Any) -> str:
-    """The node IP an actor runs on (for placement reports and tests)."""
-    return ray.get(actor.__ray_call__.remote(lambda _: ray.util.get_node_ip_address()))
+def node_of(actor: Any) -> dict[str, str]:
+    """The node an actor runs on: Ray node id and IP (for placement.json)."""
+    where = lambda _: {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}  # noqa: E731
+    return ray.get(actor.__ray_call__.remote(where))
 
 
 def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:

@@ -100,3 +100,16 @@ def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=9000))
     check_disk(cfg, tmp_path, model)  # 3 x 1000 bytes x (2 + 1) fits exactly
     check_disk(load_config(DEFAULT, ["run.checkpoint_every=0"]), tmp_path, model)
+
+
+def test_submit_builds_a_ray_job_command_after_checking_the_config():
+    from launch.submit import job_command
+
+    command = job_command("configs/default.yaml", ["run.steps=3", "rollout.resources={rollout_node: 1}"], "http://head:8265", wait=False)
+    assert command[:5] == ["ray", "job", "submit", "--address=http://head:8265", "--working-dir=."]
+    assert "--no-wait" in command
+    entry = command[command.index("--") + 1:]
+    assert entry[:5] == ["python", "-m", "launch.cli", "train", "configs/default.yaml"]
+    assert entry[-1] == "'rollout.resources={rollout_node: 1}'"  # quoted: ray joins the words into a shell line
+    with pytest.raises(GradusError, match="did you mean 'steps'"):
+        job_command("configs/default.yaml", ["run.stepz=3"], "http://head:8265")
