@@ -67,6 +67,8 @@ class RolloutConfig:
     tensor_parallel_size: int = 1  # CUDA: GPUs per worker (vLLM tensor parallel)
     gpu_memory_utilization: float = 0.5  # CUDA: vLLM's share of each GPU (weights + KV cache)
     resources: dict = field(default_factory=dict)  # custom Ray resources per worker, e.g. {rollout_node: 1}
+    async_generation: bool = False  # generate the next batches while the trainer updates (launch/driver.py)
+    max_staleness: int = 1  # async: a batch is trained at most this many policy versions after the one that generated it
 
 
 @dataclass
@@ -91,6 +93,7 @@ class TrainerConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     loss_agg: str = "token-mean"
+    importance_cap: float = 2.0  # async rollout: stale tokens weighted by min(pi_proximal / pi_behaviour, cap)
     threads: int = 2
     cpus_per_rank: float = 1.0  # Ray CPUs reserved per rank (on CUDA each rank also takes one GPU)
     resources: dict = field(default_factory=dict)  # custom Ray resources per rank, e.g. {trainer_node: 1}
@@ -306,6 +309,8 @@ def validate(cfg: Config) -> None:
     from trainer.sync import TRANSPORTS
 
     choice("sync.transport", cfg.sync.transport, list(TRANSPORTS))
+    if cfg.rollout.max_staleness < 0:
+        raise GradusError(f"rollout.max_staleness: must be >= 0, got {cfg.rollout.max_staleness}")
     if cfg.sync.bucket_mb <= 0:
         raise GradusError(f"sync.bucket_mb: must be > 0, got {cfg.sync.bucket_mb}")
     if cfg.cluster.colocate and cfg.rollout.tensor_parallel_size > 1:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -221,19 +222,39 @@ class Run:
             return []
         chosen += [(g, 0.0) for g, k in zip(groups, kept) if not k][: want - len(chosen)]
         return [
-            {"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "logprobs": s["logprobs"], "advantage": s["advantage"], "weight": w}
+            {"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "logprobs": s["logprobs"], "advantage": s["advantage"], "weight": w,
+             "lag": self.version - g["version"]}
             for g, w in chosen
             for s in g["samples"]
         ]
 
-    def step(self, step: int) -> dict[str, Any]:
+    def produce(self, step: int) -> dict[str, Any]:
+        """The generation half of a step: the curriculum's report, then groups
+        generated, scored and filtered (the curriculum learns from them here)."""
         start = time.perf_counter()
         report = ray.get(self.scheduler.report.remote(step))
-        groups, kept, metrics = self.collect(step)
+        groups, kept, stats = self.collect(step)
+        return {"report": report, "groups": groups, "kept": kept, "stats": stats, "seconds": time.perf_counter() - start}
+
+    def step(self, step: int, produced: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One step; in async mode `produced` was generated ahead (Prefetcher),
+        otherwise it is generated here first."""
+        start = time.perf_counter()
+        if produced is None:
+            produced = self.produce(step)
+        groups, kept, metrics = produced["groups"], produced["kept"], dict(produced["stats"])
+        metrics["time/wait_generate"] = time.perf_counter() - start
         samples = self.training_batch(groups, kept)
         trained = [s for s in samples if s["weight"] > 0]
         metrics["train/skipped"] = float(not trained)
         if trained:
+            lags = [s["lag"] for s in trained]
+            metrics.update({
+                "async/trained_version": self.version,  # the policy version being updated; lag = it - the generating version
+                "async/generated_version_min": self.version - max(lags),
+                "async/lag_max": max(lags),
+                "async/lag_mean": sum(lags) / len(lags),
+            })
             sleeps = self.cfg.cluster.colocate and self.device == "cuda"
             if sleeps:  # colocated on a GPU: vLLM frees its memory for the update
                 self.rollout.sleep()
@@ -251,7 +272,7 @@ class Run:
         metrics["faults/rollout_restarts"] = self.rollout.restarts
         metrics["time/scheduler"] = ray.get(self.scheduler.pop_overhead.remote())
         metrics.update(batch_metrics(groups))
-        metrics.update(distribution_metrics(groups, kept, report))
+        metrics.update(distribution_metrics(groups, kept, produced["report"]))
         metrics["perf/gen_tokens_per_s"] = metrics["tokens/generated"] / max(metrics["time/generate"], 1e-9)
         metrics["time/step"] = time.perf_counter() - start
         metrics["time/scheduler_frac"] = metrics["time/scheduler"] / metrics["time/step"]
@@ -306,17 +327,82 @@ def checkpoint_due(cfg: Config, step: int) -> bool:
     return every > 0 and ((step + 1) % every == 0 or step + 1 == cfg.run.steps)
 
 
+class Prefetcher:
+    """Async rollout (AReaL-style, bounded staleness): a thread generates the
+    next steps' batches while the trainer updates. Step s may be generated once
+    step s - max_staleness - 1 has finished (trained, synced), so a batch is
+    trained at most max_staleness policy versions after the weights that
+    generated it; 0 is the synchronous order exactly. Generation never runs past
+    a due checkpoint, so a checkpoint holds no half-used batch and resume stays exact.
+    Weight syncs queue on each rollout actor behind its current generate call:
+    they land between generation batches, never inside one."""
+
+    def __init__(self, run: Run, start: int, steps: int, max_staleness: int) -> None:
+        self.run, self.max_staleness, self.steps = run, max_staleness, steps
+        self.finished = start - 1  # the last step trained, synced and (if due) checkpointed
+        self.ready: dict[int, dict] = {}
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._produce, args=(start,), name="gradus-prefetch", daemon=True)
+        self.thread.start()
+
+    def _may_generate(self, step: int) -> bool:
+        pending_checkpoint = any(checkpoint_due(self.run.cfg, j) for j in range(self.finished + 1, step))
+        return self.stopped or (step - self.max_staleness - 1 <= self.finished and not pending_checkpoint)
+
+    def _produce(self, start: int) -> None:
+        for step in range(start, self.steps):
+            with self.cond:
+                self.cond.wait_for(lambda: self._may_generate(step))
+                if self.stopped:
+                    return
+            try:
+                produced = self.run.produce(step)
+            except BaseException as err:  # handed to the trainer side, which decides (restart or fail)
+                with self.cond:
+                    self.error = err
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.ready[step] = produced
+                self.cond.notify_all()
+
+    def take(self, step: int) -> dict:
+        with self.cond:
+            self.cond.wait_for(lambda: step in self.ready or self.error is not None)
+            if step not in self.ready:
+                raise self.error
+            return self.ready.pop(step)
+
+    def finish(self, step: int) -> None:
+        with self.cond:
+            self.finished = step
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.thread.join(timeout=600)
+
+
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
     """Run to the last step. If a trainer rank dies, start again from the newest
     checkpoint (from scratch if there is none), up to run.max_restarts times."""
     for attempt in range(cfg.run.max_restarts + 1):
         run = Run(cfg, overwrite if attempt == 0 else True, resume)
+        prefetch = None
         try:
             run.start()
+            if cfg.rollout.async_generation:
+                prefetch = Prefetcher(run, run.start_step, cfg.run.steps, cfg.rollout.max_staleness)
             for step in range(run.start_step, cfg.run.steps):
-                run.step(step)
+                run.step(step, prefetch.take(step) if prefetch else None)
                 if checkpoint_due(cfg, step):
                     run.save(step)
+                if prefetch:
+                    prefetch.finish(step)
             return run.run_dir
         except RayActorError as err:
             if attempt == cfg.run.max_restarts:
@@ -324,5 +410,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
             resume = "latest" if checkpoint.complete(run.run_dir) else None
             print(f"gradus: a worker died ({type(err).__name__}); restarting from {resume or 'scratch'} ({attempt + 1}/{cfg.run.max_restarts})", flush=True)
         finally:
+            if prefetch:
+                prefetch.stop()
             run.close()
     return run.run_dir

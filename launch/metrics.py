@@ -57,6 +57,7 @@ def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
 def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
     """Trainer statistics summed over ranks (per-token ones divided by tokens)."""
     total = {k: sum(r[k] for r in ranks) for k in ranks[0] if isinstance(ranks[0][k], (int, float))}
+    total["iw_max"] = max(r["iw_max"] for r in ranks)
     tokens = max(total["tokens"], 1.0)
     out = {
         "train/loss": total["loss"],
@@ -69,6 +70,11 @@ def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
         "train/skipped_updates": total["skipped_updates"],
         "train/rollout_logprob_gap": total["rollout_gap_sum"] / max(total["rollout_gap_tokens"], 1.0),
     }
+    if total["stale_tokens"]:  # async rollout: off-policy tokens and their truncated importance weights
+        out["train/stale_tokens"] = total["stale_tokens"]
+        out["train/importance_weight_mean"] = total["iw_sum"] / total["stale_tokens"]
+        out["train/importance_weight_max"] = total["iw_max"]
+        out["train/importance_capped_frac"] = total["iw_capped"] / total["stale_tokens"]
     if total["kl"]:
         out["train/kl"] = total["kl"]
     return out
