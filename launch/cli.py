@@ -6,7 +6,9 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+from curriculum.registry import nearest
 from launch.errors import GradusError
 
 
@@ -33,6 +35,22 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
     _run_flags(submit)
     submit.add_argument("--dry-run", action="store_true", help="print the ray job submit command instead of running it")
+    ablate = sub.add_parser("ablate", help="run a grid of curricula x seeds and compare them (results.csv, results.md, plots)")
+    ablate.add_argument("ablation", help="ablation YAML, e.g. configs/ablation.yaml")
+    ablate.add_argument("--parallel", type=int, default=None, help="cells at once as Ray tasks (default: the file's `parallel`)")
+    ablate.add_argument("--summarize-only", action="store_true", help="only rebuild results and plots from finished cells")
+    plot = sub.add_parser("plot", help="draw a run's plots into RUN_DIR/plots")
+    plot.add_argument("run_dir")
+    evaluate = sub.add_parser("eval", help="held-out accuracy per distribution with vLLM, for a run dir or a model dir")
+    evaluate.add_argument("target", help="a run directory (uses its config and final policy) or a model directory / embedded model name")
+    evaluate.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.eval_size=100")
+    evaluate.add_argument("--config", default=None, help="config for a model directory (default configs/default.yaml)")
+    evaluate.add_argument("--samples", type=int, default=None, help="samples per prompt (default eval.samples)")
+    evaluate.add_argument("--temperature", type=float, default=None, help="default eval.temperature (0 = greedy)")
+    evaluate.add_argument("--out", default=None, help="write the result JSON here (a run dir gets RUN_DIR/eval.json)")
+    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (see benchmarks/README.md)")
+    bench.add_argument("name", help="e.g. weight_sync, async_vs_sync, vs_trl, rollout_vs_generate")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
     prepare = sub.add_parser("prepare-model", help="convert the embedded default model to a local safetensors directory")
     prepare.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     prepare.add_argument("--out", default=None, help="target directory (default: $GRADUS_HOME/models/NAME)")
@@ -55,6 +73,33 @@ def main(argv: list[str] | None = None) -> int:
                 print(shlex.join(command))
             else:
                 return subprocess.run(command, check=False).returncode
+        elif args.command == "ablate":
+            from launch.ablate import ablate, load_ablation, summarize
+
+            paths = summarize(*load_ablation(args.ablation)) if args.summarize_only else ablate(args.ablation, args.parallel)
+            print(paths["markdown"].read_text())
+            print(f"gradus: results in {paths['csv']} and {paths['markdown']}, plots in {paths['plots']}")
+        elif args.command == "plot":
+            from launch.plots import plot_all
+            from launch.results import read_metrics
+
+            run_dir = Path(args.run_dir)
+            if not (run_dir / "metrics.jsonl").is_file():
+                raise GradusError(f"{run_dir} has no metrics.jsonl; pass a run directory (run.run_dir of a gradus train run)")
+            plot_all({run_dir.name: [read_metrics(run_dir)]}, run_dir / "plots")
+            print(f"gradus: plots in {run_dir / 'plots'}")
+        elif args.command == "eval":
+            from launch.evaluate import run_eval
+
+            result = run_eval(args.target, args.config, args.overrides, args.samples, args.temperature, args.out)
+            for name, accuracy in result["accuracy"].items():
+                print(f"{name:<16}{accuracy:.3f}" + (f"  ({result['rows'][name]} rows)" if name in result["rows"] else ""))
+        elif args.command == "bench":
+            script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+            if not script.is_file():
+                names = sorted(p.stem for p in script.parent.glob("*.py"))
+                raise GradusError(f"no benchmark {args.name!r}{nearest(args.name, names)}; choose one of {names}")
+            return subprocess.run([sys.executable, str(script), *args.args], check=False).returncode
         elif args.command == "train":
             from launch.config import load_config
             from launch.driver import train

@@ -133,6 +133,7 @@ class RunConfig:
     checkpoint_every: int = 10  # steps between checkpoints (and one at the end); 0 = none
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     max_restarts: int = 2  # automatic restarts from the newest checkpoint when a trainer rank dies
+    save_final: bool = True  # write the trained policy to <run_dir>/final (a Hugging Face directory) at the end
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _coerce(value, options[0], key)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return build(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise GradusError(f"{key}: expected a list, got {value!r}")
@@ -188,7 +189,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise GradusError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -256,7 +257,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise GradusError(f"override {item!r} must look like key.sub=value")
         key, text = item.split("=", 1)
         _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
-    cfg = _build(Config, raw, "")
+    cfg = build(Config, raw, "")
     validate(cfg)
     return cfg
 

@@ -50,6 +50,7 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) 
         if not overwrite:
             raise GradusError(f"run.run_dir {run_dir} already holds a run; pass --overwrite or choose another run.run_dir=...")
         (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "done.json").unlink(missing_ok=True)  # complete again only when this run finishes
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -81,6 +82,29 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
+def scheduler_args(cfg: Config) -> dict[str, Any]:
+    return {
+        "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
+        "curriculum": cfg.curriculum.kind,
+        "curriculum_params": cfg.curriculum.params,
+        "filters": cfg.curriculum.filters,
+        "budget": cfg.curriculum.budget,
+        "budget_prompt": cfg.curriculum.budget_prompt,
+        "train_size": cfg.data.train_size,
+        "eval_size": cfg.data.eval_size,
+        "seed": cfg.run.seed,
+    }
+
+
+def local_scheduler(cfg: Config) -> CurriculumScheduler:
+    """The run's scheduler as a plain object; bad data or curriculum parameters
+    become one clear error."""
+    try:
+        return CurriculumScheduler(**scheduler_args(cfg))
+    except (ValueError, KeyError, TypeError) as err:
+        raise GradusError(str(err).strip("'\"")) from None
+
+
 def init_ray(cfg: Config) -> None:
     """Join the cluster named by cluster.address (or RAY_ADDRESS), else start a
     local Ray with enough logical CPUs for every actor."""
@@ -97,21 +121,8 @@ class Run:
 
     def __init__(self, cfg: Config, overwrite: bool = False, resume: str | None = None) -> None:
         self.cfg = cfg
-        self.scheduler_args = {
-            "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
-            "curriculum": cfg.curriculum.kind,
-            "curriculum_params": cfg.curriculum.params,
-            "filters": cfg.curriculum.filters,
-            "budget": cfg.curriculum.budget,
-            "budget_prompt": cfg.curriculum.budget_prompt,
-            "train_size": cfg.data.train_size,
-            "eval_size": cfg.data.eval_size,
-            "seed": cfg.run.seed,
-        }
-        try:  # data files and curriculum parameters are checked before Ray starts
-            CurriculumScheduler(**self.scheduler_args)
-        except (ValueError, KeyError, TypeError) as err:
-            raise GradusError(str(err).strip("'\"")) from None
+        self.scheduler_args = scheduler_args(cfg)
+        local_scheduler(cfg)  # data files and curriculum parameters are checked before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
         self.run_dir = prepare_run_dir(cfg, overwrite, resume=resume is not None)
         check_disk(cfg, self.run_dir, Path(self.model_path))
@@ -299,6 +310,14 @@ class Run:
         out["eval/accuracy"] = sum(s["correct"] for g in groups for s in g["samples"]) / sum(len(g["samples"]) for g in groups)
         return out
 
+    def finish(self, wall_seconds: float) -> None:
+        """The trained policy as a Hugging Face directory (<run_dir>/final, for
+        `gradus eval` and downstream use) and done.json, which marks the run complete."""
+        if self.cfg.run.save_final:
+            self.trainers.save_model(str(self.run_dir / "final"), self.model_path)
+        done = {"steps": self.cfg.run.steps, "policy_version": self.version, "wall_seconds": wall_seconds}
+        (self.run_dir / "done.json").write_text(json.dumps(done))
+
     def write_placement(self) -> None:
         """placement.json: the node each actor landed on (what a cluster user checks first)."""
         placement = {
@@ -390,6 +409,7 @@ class Prefetcher:
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
     """Run to the last step. If a trainer rank dies, start again from the newest
     checkpoint (from scratch if there is none), up to run.max_restarts times."""
+    started = time.perf_counter()
     for attempt in range(cfg.run.max_restarts + 1):
         run = Run(cfg, overwrite if attempt == 0 else True, resume)
         prefetch = None
@@ -403,6 +423,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                     run.save(step)
                 if prefetch:
                     prefetch.finish(step)
+            run.finish(time.perf_counter() - started)
             return run.run_dir
         except RayActorError as err:
             if attempt == cfg.run.max_restarts:

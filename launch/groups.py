@@ -118,6 +118,9 @@ class TrainerGroup:
     def param_sums(self) -> dict[str, float]:
         return ray.get([r.param_sums.remote() for r in self.ranks])[0]
 
+    def save_model(self, directory: str, tokenizer_from: str) -> None:
+        ray.get([r.save_model.remote(directory, tokenizer_from) for r in self.ranks])
+
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)

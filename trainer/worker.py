@@ -288,6 +288,16 @@ class TrainerWorker(WeightSender):
             gathered = self.cfg["zero_stage"] == 3  # gathered tensors are freed when the context ends
             return {name: t.detach().float().cpu().numpy().copy() if gathered else t.detach().float().cpu().numpy() for name, t in state.items()}
 
+    def save_model(self, directory: str, tokenizer_from: str) -> None:
+        """The policy as a Hugging Face directory (weights, config, tokenizer),
+        written by rank 0; call on all ranks (ZeRO-3 gathers)."""
+        from transformers import AutoTokenizer
+
+        with self._full_state() as state:
+            if self.rank == 0:
+                self.engine.module.save_pretrained(directory, state_dict=state)
+                AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(directory)
+
     def param_sums(self) -> dict[str, float]:
         with self._full_state() as state:
             return {name: float(t.detach().double().sum()) for name, t in state.items()}

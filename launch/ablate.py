@@ -1,0 +1,134 @@
+"""`gradus ablate ABLATION.yaml`: a grid of curricula (x variants such as
+filtering or a length budget) x seeds on the same base run config, then
+results.csv, results.md and plots over the cells.
+
+Cells run one after another here, or `parallel` at a time as Ray tasks on a
+cluster (each cell's run places its own actors). Re-running skips finished
+cells (done.json) and resumes interrupted ones from their latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launch import checkpoint
+from launch.config import Config, build, load_config
+from launch.errors import GradusError
+from launch.plots import plot_all
+from launch.results import aggregate, read_metrics, run_summary, write_results
+
+
+@dataclass
+class AblationConfig:
+    base: str = "default.yaml"  # the run preset every cell starts from (relative to the ablation file)
+    out_dir: str = "runs/ablation"  # <out_dir>/<cell>/seed-<n>/ per run; results and plots at the top
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    target_accuracy: float = 0.5  # for "steps to reach": the first evaluation whose held-out accuracy >= this
+    overrides: dict = field(default_factory=dict)  # dotted key -> value, applied to every cell
+    curricula: dict = field(default_factory=dict)  # cell name -> dotted overrides, e.g. {dump: {curriculum.kind: ucb}}
+    variants: dict = field(default_factory=lambda: {"": {}})  # crossed with every curriculum; "" = as is
+    parallel: int = 1  # cells at once; > 1 runs them as Ray tasks (a cluster: set overrides cluster.address)
+
+
+@dataclass
+class Job:
+    cell: str
+    seed: int
+    cfg: Config
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.run_dir)
+
+
+def _dotted(mapping: dict) -> list[str]:
+    """{key: value} -> ["key=value"]; JSON is valid YAML, so any value round-trips."""
+    return [f"{key}={json.dumps(value)}" for key, value in mapping.items()]
+
+
+def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
+    """Parse and expand the grid; every cell's config is validated before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradusError(f"ablation file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    spec = build(AblationConfig, raw, "")
+    if not spec.curricula:
+        raise GradusError(f"{path}: 'curricula' is empty; name at least one cell, e.g. curricula: {{uniform: {{curriculum.kind: uniform}}}}")
+    if not spec.seeds:
+        raise GradusError(f"{path}: 'seeds' is empty; e.g. seeds: [0, 1]")
+    jobs = []
+    for curriculum, cell_overrides in spec.curricula.items():
+        for variant, variant_overrides in spec.variants.items():
+            cell = f"{curriculum}+{variant}" if variant else curriculum
+            for seed in spec.seeds:
+                run_dir = Path(spec.out_dir) / cell / f"seed-{seed}"
+                overrides = _dotted(spec.overrides) + _dotted(cell_overrides or {}) + _dotted(variant_overrides or {})
+                try:
+                    cfg = load_config(path.parent / spec.base, overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"])
+                except GradusError as err:
+                    raise GradusError(f"{path}: cell {cell!r}: {err}") from None
+                if cfg.eval.every <= 0:
+                    raise GradusError(f"{path}: cell {cell!r} has eval.every=0, so no held-out accuracy; add overrides: {{eval.every: 5}}")
+                jobs.append(Job(cell, seed, cfg))
+    return spec, jobs
+
+
+def _train(cfg: Config, resume: str | None) -> str:
+    from launch.driver import train
+
+    return str(train(cfg, overwrite=resume is None, resume=resume))
+
+
+def _resume_point(job: Job) -> str | None:
+    return "latest" if checkpoint.complete(job.run_dir) else None
+
+
+def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
+    """Run unfinished jobs; returns the ones that were run."""
+    todo = [j for j in jobs if not (j.run_dir / "done.json").exists()]
+    for j in jobs:
+        if j not in todo:
+            print(f"gradus ablate: {j.cell} seed {j.seed} finished earlier, skipped", flush=True)
+    if parallel <= 1:
+        for i, job in enumerate(todo):
+            print(f"gradus ablate: {job.cell} seed {job.seed} ({i + 1}/{len(todo)})", flush=True)
+            _train(job.cfg, _resume_point(job))
+        return todo
+    import ray
+
+    from launch.driver import init_ray
+
+    if not ray.is_initialized():
+        init_ray(todo[0].cfg if todo else jobs[0].cfg)
+    remote = ray.remote(num_cpus=0, max_retries=0)(_train)
+    pending: list[Any] = []
+    for job in todo:
+        if len(pending) >= parallel:
+            _, pending = ray.wait(pending, num_returns=1)
+        print(f"gradus ablate: {job.cell} seed {job.seed} submitted", flush=True)
+        pending.append(remote.remote(job.cfg, _resume_point(job)))
+    ray.get(pending)
+    return todo
+
+
+def summarize(spec: AblationConfig, jobs: list[Job]) -> dict[str, Path]:
+    """results.csv, results.md and the plots from the jobs' run directories."""
+    out_dir = Path(spec.out_dir)
+    cells: dict[str, list[Job]] = {}
+    for job in jobs:
+        cells.setdefault(job.cell, []).append(job)
+    table = {cell: aggregate([run_summary(j.run_dir, spec.target_accuracy) for j in cell_jobs]) for cell, cell_jobs in cells.items()}
+    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy)
+    plot_all({cell: [read_metrics(j.run_dir) for j in cell_jobs] for cell, cell_jobs in cells.items()}, out_dir / "plots")
+    return {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
+
+
+def ablate(path: str | Path, parallel: int | None = None) -> dict[str, Path]:
+    spec, jobs = load_ablation(path)
+    run_jobs(jobs, spec.parallel if parallel is None else parallel)
+    return summarize(spec, jobs)

@@ -1,0 +1,67 @@
+"""`gradus eval RUN_DIR|MODEL_DIR`: held-out accuracy per distribution with vLLM.
+
+A run directory is evaluated with its own config (the same held-out rows its
+training never saw, drawn from its seed) and its final policy (<run_dir>/final);
+a model directory or embedded model name with --config (default: the demo's).
+No Ray: one vLLM engine in this process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from launch.config import Config, load_config
+from launch.driver import local_scheduler
+from launch.errors import GradusError
+from launch.models import resolve_model
+from rollout.worker import engine_env
+
+
+def target_of(target: str, config: str | None, overrides: list[str]) -> tuple[Config, Path, Path | None]:
+    """(config, model directory, run directory or None) for an eval target."""
+    run_dir = Path(target)
+    if (run_dir / "config.yaml").is_file() and (run_dir / "metrics.jsonl").is_file():
+        cfg = load_config(config or run_dir / "config.yaml", overrides)
+        if not (run_dir / "final" / "config.json").is_file():
+            raise GradusError(f"{run_dir}: no final policy in {run_dir / 'final'} (written when a run finishes with run.save_final=true); "
+                              f"finish it with `gradus train {run_dir / 'config.yaml'} --resume`")
+        return cfg, run_dir / "final", run_dir
+    return load_config(config or "configs/default.yaml", overrides), resolve_model(target), None
+
+
+def evaluate(cfg: Config, model: Path, samples: int | None = None, temperature: float | None = None) -> dict[str, Any]:
+    """Accuracy per distribution on the held-out rows, plus overall."""
+    rows = local_scheduler(cfg).eval_rows()
+    os.environ.update(engine_env(cfg.rollout.threads, cfg.rollout.kv_cache_gib))
+    from rollout.worker import RolloutWorker
+
+    worker = RolloutWorker(
+        str(model), cfg.run.seed, dataclasses.asdict(cfg.reward),
+        dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len, enforce_eager=cfg.rollout.enforce_eager,
+    )
+    items = [row for name in rows for row in rows[name]]
+    out = worker.generate(
+        items, n=samples or cfg.eval.samples, max_tokens=cfg.rollout.max_tokens,
+        temperature=cfg.eval.temperature if temperature is None else temperature, system_prompt=cfg.data.system_prompt,
+    )
+    result: dict[str, Any] = {"model": str(model), "seconds": out["seconds"], "accuracy": {}, "rows": {}}
+    for name in rows:
+        correct = [s["correct"] for g in out["groups"] if g["distribution"] == name for s in g["samples"]]
+        result["accuracy"][name] = sum(correct) / len(correct)
+        result["rows"][name] = len(rows[name])
+    every = [s["correct"] for g in out["groups"] for s in g["samples"]]
+    result["accuracy"]["all"] = sum(every) / len(every)
+    return result
+
+
+def run_eval(target: str, config: str | None = None, overrides: list[str] = (), samples: int | None = None,
+             temperature: float | None = None, out: str | None = None) -> dict[str, Any]:
+    cfg, model, run_dir = target_of(target, config, list(overrides))
+    result = evaluate(cfg, model, samples, temperature)
+    path = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
+    if path is not None:
+        path.write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,113 @@
+"""PNG plots of runs (one run or an ablation's cells, each a mean over seeds):
+sampling probability per distribution, reward/accuracy curves, response length
+vs budget. Each function also returns the series it drew, so tests can check
+a plot's content and not only that a file exists."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from launch.results import distributions  # noqa: E402
+
+Series = dict[str, tuple[list[int], list[float]]]
+
+
+def mean_curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[float]]:
+    """Per step, the mean over runs (seeds) of `key` where it was logged."""
+    by_step: dict[int, list[float]] = {}
+    for metrics in runs:
+        for m in metrics:
+            value = m.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                by_step.setdefault(m["step"], []).append(float(value))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _budget_curve(runs: Sequence[Sequence[dict]], names: list[str]) -> tuple[list[int], list[float]]:
+    """Mean over distributions and seeds of the step's length budget."""
+    curves = [mean_curve(runs, f"dist/{n}/budget") for n in names]
+    by_step: dict[int, list[float]] = {}
+    for steps, values in curves:
+        for s, v in zip(steps, values):
+            by_step.setdefault(s, []).append(v)
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _panels(n: int, title: str) -> tuple[Any, list[Any]]:
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.4), squeeze=False, sharey=True)
+    fig.suptitle(title)
+    return fig, list(axes[0])
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_probabilities(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Series]:
+    fig, axes = _panels(len(cells), "curriculum: sampling probability per distribution")
+    drawn: dict[str, Series] = {}
+    for ax, (cell, runs) in zip(axes, cells.items()):
+        drawn[cell] = {}
+        for name in distributions([m for r in runs for m in r]):
+            drawn[cell][name] = mean_curve(runs, f"dist/{name}/prob")
+            ax.plot(*drawn[cell][name], label=name)
+        ax.set(title=cell, xlabel="step", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("probability")
+    _save(fig, path)
+    return drawn
+
+
+def plot_rewards(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Series]:
+    fig, (reward_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    drawn: dict[str, Series] = {}
+    for cell, runs in cells.items():
+        drawn[cell] = {key: mean_curve(runs, key) for key in ("reward/mean", "accuracy", "eval/accuracy")}
+        (line,) = reward_ax.plot(*drawn[cell]["reward/mean"], label=cell)
+        acc_ax.plot(*drawn[cell]["accuracy"], color=line.get_color(), label=f"{cell} (train)")
+        if drawn[cell]["eval/accuracy"][0]:
+            acc_ax.plot(*drawn[cell]["eval/accuracy"], "o--", color=line.get_color(), label=f"{cell} (held-out)")
+    reward_ax.set(title="reward (mean over samples)", xlabel="step")
+    acc_ax.set(title="accuracy", xlabel="step", ylim=(0, 1))
+    reward_ax.legend(fontsize=8)
+    acc_ax.legend(fontsize=8)
+    _save(fig, path)
+    return drawn
+
+
+def plot_lengths(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Series]:
+    fig, axes = _panels(len(cells), "response length vs length budget")
+    drawn: dict[str, Series] = {}
+    for ax, (cell, runs) in zip(axes, cells.items()):
+        drawn[cell] = {"length": mean_curve(runs, "length/tokens_mean")}
+        ax.plot(*drawn[cell]["length"], label="mean response tokens")
+        budget = _budget_curve(runs, distributions([m for r in runs for m in r]))
+        if budget[0]:
+            drawn[cell]["budget"] = budget
+            ax.step(*budget, where="post", linestyle="--", label="budget")
+        ax.set(title=cell, xlabel="step")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("tokens")
+    _save(fig, path)
+    return drawn
+
+
+PLOTS = {"probabilities.png": plot_probabilities, "rewards.png": plot_rewards, "lengths.png": plot_lengths}
+
+
+def plot_all(cells: dict[str, list[list[dict]]], out_dir: Path) -> dict[str, dict[str, Series]]:
+    """Every plot into out_dir; returns {file name: drawn series}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {name: draw(cells, out_dir / name) for name, draw in PLOTS.items()}

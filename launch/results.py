@@ -1,0 +1,89 @@
+"""Summaries of finished runs and of ablation cells (mean +- std over seeds):
+results.csv and a markdown table."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def distributions(metrics: Sequence[dict]) -> list[str]:
+    return sorted({k.split("/")[1] for m in metrics for k in m if k.startswith("dist/") and k.endswith("/prob")})
+
+
+def run_summary(run_dir: Path, target_accuracy: float) -> dict[str, float]:
+    """One finished run: final held-out accuracy (overall and per distribution),
+    the first step whose held-out accuracy reached the target (nan if never),
+    mean response length, tokens generated, wall seconds."""
+    metrics = read_metrics(run_dir)
+    evals = [m for m in metrics if m.get("eval/accuracy") is not None]
+    final = evals[-1] if evals else {}
+    out = {"final_accuracy": final.get("eval/accuracy", math.nan)}
+    for name in distributions(metrics):
+        out[f"final_accuracy/{name}"] = final.get(f"eval/{name}/accuracy", math.nan)
+    reached = [m["step"] + 1 for m in evals if m["eval/accuracy"] >= target_accuracy]
+    out["steps_to_target"] = float(reached[0]) if reached else math.nan
+    out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
+    out["tokens_generated"] = float(sum(m["tokens/generated"] for m in metrics))
+    done = Path(run_dir) / "done.json"
+    out["wall_seconds"] = json.loads(done.read_text())["wall_seconds"] if done.exists() else math.nan
+    return out
+
+
+def aggregate(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean and sample std over seeds of every field; steps_to_target over the
+    seeds that reached the target, with how many did."""
+    out: dict[str, float] = {"seeds": len(summaries)}
+    for key in summaries[0]:
+        values = [s[key] for s in summaries if not math.isnan(s[key])]
+        out[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
+        out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else math.nan)
+    out["reached_target"] = sum(not math.isnan(s["steps_to_target"]) for s in summaries)
+    return out
+
+
+def write_results(out_dir: Path, cells: dict[str, dict[str, float]], target_accuracy: float) -> tuple[Path, Path]:
+    """results.csv (every mean and std column) and results.md (the table to paste)."""
+    out_dir = Path(out_dir)
+    fields = ["cell"] + list(next(iter(cells.values())))
+    csv_path = out_dir / "results.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for cell, row in cells.items():
+            writer.writerow({"cell": cell, **{k: _csv_value(v) for k, v in row.items()}})
+    md_path = out_dir / "results.md"
+    md_path.write_text(markdown_table(cells, target_accuracy))
+    return csv_path, md_path
+
+
+def _csv_value(value: float) -> str:
+    return "" if isinstance(value, float) and math.isnan(value) else f"{value:.6g}"
+
+
+def _pm(row: dict[str, float], key: str, fmt: str) -> str:
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+    return "-" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float) -> str:
+    first = next(iter(cells.values()))
+    names = sorted(k[len("final_accuracy/"):-len("_mean")] for k in first if k.startswith("final_accuracy/") and k.endswith("_mean"))
+    header = (["cell", "seeds", "held-out acc"] + [f"acc {n}" for n in names]
+              + [f"steps to acc {target_accuracy:g} (reached)", "mean length", "tokens generated", "wall s"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell, row in cells.items():
+        reach = f"{_pm(row, 'steps_to_target', '.1f')} ({row['reached_target']}/{row['seeds']})"
+        values = ([cell, str(row["seeds"]), _pm(row, "final_accuracy", ".3f")] + [_pm(row, f"final_accuracy/{n}", ".3f") for n in names]
+                  + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "wall_seconds", ".0f")])
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"

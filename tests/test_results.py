@@ -1,0 +1,68 @@
+"""Run summaries, seed aggregation, the markdown table and ablation-file errors
+(pure: no Ray, no model)."""
+import json
+import math
+
+import pytest
+import yaml
+
+from launch.ablate import load_ablation
+from launch.errors import GradusError
+from launch.results import aggregate, markdown_table, run_summary
+from tests.conftest import ROOT
+
+
+def _write_run(path, evals, wall=12.0):
+    path.mkdir(parents=True)
+    lines = []
+    for step, acc in enumerate(evals):
+        m = {"step": step, "dist/a/prob": 0.5, "dist/b/prob": 0.5, "length/tokens_mean": 10.0 + step, "tokens/generated": 100}
+        if acc is not None:
+            m.update({"eval/accuracy": acc, "eval/a/accuracy": acc, "eval/b/accuracy": acc / 2})
+        lines.append(json.dumps(m))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (path / "done.json").write_text(json.dumps({"wall_seconds": wall}))
+
+
+def test_run_summary_reads_final_eval_steps_to_target_length_tokens_wall(tmp_path):
+    _write_run(tmp_path / "r", [None, 0.2, None, 0.6, 0.5])
+    s = run_summary(tmp_path / "r", target_accuracy=0.5)
+    assert s["final_accuracy"] == 0.5 and s["final_accuracy/a"] == 0.5 and s["final_accuracy/b"] == 0.25
+    assert s["steps_to_target"] == 4.0  # step index 3 is the 4th step
+    assert s["mean_length"] == 12.0 and s["tokens_generated"] == 500 and s["wall_seconds"] == 12.0
+    assert math.isnan(run_summary(tmp_path / "r", target_accuracy=0.9)["steps_to_target"])
+
+
+def test_aggregate_mean_std_over_seeds_and_table():
+    runs = [{"final_accuracy": 0.2, "steps_to_target": 4.0}, {"final_accuracy": 0.4, "steps_to_target": math.nan}]
+    row = aggregate(runs)
+    assert row["final_accuracy_mean"] == pytest.approx(0.3) and row["final_accuracy_std"] == pytest.approx(0.1414213, abs=1e-6)
+    assert row["steps_to_target_mean"] == 4.0 and row["steps_to_target_std"] == 0.0 and row["reached_target"] == 1
+    full = {**row, "mean_length_mean": 10.0, "mean_length_std": 1.0, "tokens_generated_mean": 500.0, "tokens_generated_std": 0.0,
+            "wall_seconds_mean": 60.0, "wall_seconds_std": 2.0}
+    table = markdown_table({"dump": full}, 0.5).splitlines()
+    assert table[0] == "| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated | wall s |"
+    assert table[2] == "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 60 ± 2 |"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"curricula": {"u": {}}, "seedz": [0]}, "did you mean 'seeds'"),
+    ({"curricula": {}}, "'curricula' is empty"),
+    ({"curricula": {"u": {"curriculum.kindd": "uniform"}}}, "cell 'u': unknown config key 'curriculum.kindd'"),
+    ({"curricula": {"u": {}}, "overrides": {"eval.every": 0}}, "eval.every=0"),
+])
+def test_ablation_file_errors_name_the_key(tmp_path, spec, message):
+    path = tmp_path / "abl.yaml"
+    overrides = {"eval.every": 5, **spec.pop("overrides", {})}
+    path.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "default.yaml"), "overrides": overrides, **spec}))
+    with pytest.raises(GradusError, match=message.replace("(", r"\(")):
+        load_ablation(path)
+
+
+def test_shipped_ablation_expands_to_curricula_x_variants_x_seeds():
+    _, jobs = load_ablation("configs/ablation.yaml")
+    assert len(jobs) == 4 * 2 * 2
+    assert {j.cell for j in jobs} == {"uniform", "staged", "dump", "sec", "uniform+filter", "staged+filter", "dump+filter", "sec+filter"}
+    dump_filter = next(j for j in jobs if j.cell == "dump+filter" and j.seed == 1)
+    assert dump_filter.cfg.curriculum.kind == "ucb" and dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
+    assert dump_filter.cfg.run.seed == 1 and str(dump_filter.run_dir) == "runs/ablation/dump+filter/seed-1"
