@@ -34,7 +34,7 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
         "curricula": {"uniform": {"curriculum.kind": "uniform", "curriculum.params": {}}, "dump": {}},
     }
     path = tmp_path / "ablation.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # cells keep the file's order
     paths = ablate(path)
 
     _, jobs = load_ablation(path)
