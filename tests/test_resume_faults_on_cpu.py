@@ -41,16 +41,24 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     subprocess.run(["ray", "stop", "--force"], capture_output=True)  # Ray's own daemons, if any outlived the driver
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model, tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_args(tiny_model, full), check=True, timeout=TIMEOUT, capture_output=True)
+ASYNC = ("rollout.async_generation=true", "rollout.max_staleness=1", "run.checkpoint_every=2")
 
-    proc = subprocess.Popen(_args(tiny_model, killed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+@pytest.mark.parametrize("mode, extra, kept", [
+    ("sync", (), ["step-000002", "step-000003"]),  # keep_checkpoints=2
+    # Async: step 1 is generated while step 0 trains, step 3 while step 2 trains (lag 1 both times).
+    ("async", ASYNC, ["step-000001", "step-000003"]),
+])
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model, tmp_path, mode, extra, kept):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_args(tiny_model, full, *extra), check=True, timeout=TIMEOUT, capture_output=True)
+
+    proc = subprocess.Popen(_args(tiny_model, killed, *extra), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(lambda: (killed / "checkpoints" / "step-000001" / "state.json").exists(), proc, "the step-2 checkpoint")
     _kill_tree(proc)
     assert len(_metrics(killed)) < 4, "the run finished before it was killed"
 
-    resumed = subprocess.run([*_args(tiny_model, killed), "--resume"], timeout=TIMEOUT, capture_output=True, text=True)
+    resumed = subprocess.run([*_args(tiny_model, killed, *extra), "--resume"], timeout=TIMEOUT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _metrics(full), _metrics(killed)
     assert [m["step"] for m in b] == [0, 1, 2, 3]
@@ -59,7 +67,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model, tmp_path):
         assert probs and [ma[k] for k in probs] == [mb[k] for k in probs]  # curriculum: exactly
         for key in ("reward/mean", "accuracy", "train/loss", "length/tokens_mean", "train/grad_norm"):
             assert mb[key] == pytest.approx(ma[key], abs=1e-6), (ma["step"], key)
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-000002", "step-000003"]  # keep_checkpoints=2
+    if mode == "async":
+        assert [m["async/lag_max"] for m in b] == [0, 1, 0, 1]
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == kept
 
 
 def _pids(pattern: str) -> list[int]:

@@ -90,10 +90,7 @@ def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model):
         assert kl == pytest.approx(expected, abs=1e-4)
 
 
-ZERO2_NAN = "ZeRO-2 keeps the poisoned reduced gradients somewhere zero_grad does not reach: the skip works, the next update is lost (issue 9)"
-
-
-@pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.xfail(reason=ZERO2_NAN, strict=True)), 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_nonfinite_loss_skips_the_update_on_every_rank(local_ray, tiny_model, stage):
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, zero_stage=stage)
     group = TrainerGroup(2, threads=1)

@@ -177,8 +177,7 @@ class TrainerWorker(WeightSender):
                 if self._all_finite(finite):
                     engine.step()
                 else:  # a NaN/inf loss or gradient on any rank: drop this update everywhere
-                    engine.zero_grad()
-                    engine.optimizer.zero_grad()  # ZeRO-2/3 keep reduced gradients in optimizer partitions
+                    self._drop_gradients()
                     stats["skipped_updates"] += 1
                     continue
                 norm = engine.get_global_grad_norm()
@@ -190,6 +189,18 @@ class TrainerWorker(WeightSender):
             "lr": float(engine.get_lr()[0]),
             "seconds": time.perf_counter() - start,
         }
+
+    def _drop_gradients(self) -> None:
+        """Forget this update's gradients wherever they live. ZeRO-1/2 keep reduced
+        gradients in partitions and accumulation state that zero_grad() does not
+        reset (left there, they would sink the next update too); their own
+        overflow path in step() resets all of it: it sees the non-finite gradient
+        norm and skips the update and the LR schedule's step."""
+        if hasattr(self.engine.optimizer, "averaged_gradients"):  # DeepSpeedZeroOptimizer (stages 1 and 2)
+            self.engine.step()
+        else:
+            self.engine.zero_grad()
+            self.engine.optimizer.zero_grad()  # ZeRO-3 keeps reduced gradients in optimizer partitions
 
     def _all_finite(self, local: bool) -> bool:
         """Whether every rank's losses and (local) gradients are finite; a collective."""
