@@ -32,7 +32,7 @@ def main() -> None:
     from rollout.worker import engine_env
 
     model = str(resolve_model(args.model))
-    rows = SOURCES["arithmetic"](args.prompts, np.random.default_rng(0), digits=2)
+    rows = SOURCES.get("arithmetic")(args.prompts, np.random.default_rng(0), digits=2)
     items = [{**r, "verifier": "numeric", "seed": i} for i, r in enumerate(rows)]
 
     os.environ.update(engine_env(args.threads, 1.0))

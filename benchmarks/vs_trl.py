@@ -23,7 +23,7 @@ import numpy as np
 def prompts(n: int, seed: int = 0) -> list[dict]:
     from curriculum.sources import SOURCES
 
-    return SOURCES["arithmetic"](n, np.random.default_rng(seed), digits=1)
+    return SOURCES.get("arithmetic")(n, np.random.default_rng(seed), digits=1)
 
 
 def run_gradus(model: str, args: argparse.Namespace, run_dir: Path) -> dict[str, float]:

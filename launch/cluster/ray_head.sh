@@ -8,6 +8,6 @@ args=()
 for a in "$@"; do
   case "$a" in --port=*) port=${a#--port=} ;; *) args+=("$a") ;; esac
 done
-ip=${GRADUS_NODE_IP:-$(hostname --ip-address | awk '{print $1}')}
+ip=${GRADUS_NODE_IP:-$(python -c "import ray.util; print(ray.util.get_node_ip_address())")}
 ray start --head --node-ip-address="$ip" --port="$port" --dashboard-host=0.0.0.0 --disable-usage-stats "${args[@]}"
 echo "gradus: Ray head at $ip:$port (jobs: http://$ip:8265)"

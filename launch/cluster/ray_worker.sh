@@ -9,5 +9,5 @@ if [ $# -lt 1 ]; then
 fi
 head=$1
 shift
-ip=${GRADUS_NODE_IP:-$(hostname --ip-address | awk '{print $1}')}
+ip=${GRADUS_NODE_IP:-$(python -c "import ray.util; print(ray.util.get_node_ip_address())")}
 ray start --address="$head" --node-ip-address="$ip" --disable-usage-stats "$@"
