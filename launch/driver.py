@@ -135,7 +135,10 @@ class Run:
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
             init_ray(cfg)
-        self.device = cfg.cluster.device if cfg.cluster.device != "auto" else "cuda" if ray.cluster_resources().get("GPU", 0) else "cpu"
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.device = cfg.cluster.device if cfg.cluster.device != "auto" else "cuda" if gpus else "cpu"
+        if self.device == "cuda" and not gpus:
+            raise GradusError("cluster.device=cuda but the Ray cluster has no GPUs; start nodes with GPUs or set cluster.device=cpu")
         self.scheduler = remote_scheduler(**self.scheduler_args)
         share = None
         if cfg.cluster.colocate:
@@ -340,6 +343,8 @@ class Run:
             for group in (getattr(self, "rollout", None), getattr(self, "trainers", None)):
                 if group is not None:
                     group.shutdown()
+            if hasattr(self, "scheduler"):
+                ray.kill(self.scheduler)
 
 
 def checkpoint_due(cfg: Config, step: int) -> bool:
