@@ -6,6 +6,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 import ray
@@ -17,15 +18,32 @@ from trainer.worker import free_port
 pytestmark = pytest.mark.e2e
 
 
+# Two Ray nodes on one machine need their own agent ports (the dashboard agent's
+# default, 52365, would clash and take the second raylet down with it).
+AGENT_PORTS = """
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("", 0))
+flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
+print(" ".join(f"{f}={s.getsockname()[1]}" for f, s in zip(flags, socks)))
+"""
+
+
+def agent_ports() -> list[str]:
+    return subprocess.run([sys.executable, "-c", AGENT_PORTS], check=True, capture_output=True, text=True).stdout.split()
+
+
 @pytest.fixture
 def two_node_cluster(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster; real ones keep Ray's token auth
     port = free_port()
     common = ["--num-cpus=2", "--object-store-memory=500000000", "--disable-usage-stats"]
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", '--resources={"rollout_node": 4}', *common],
-                   check=True, capture_output=True)
+    subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", '--resources={"rollout_node": 4}',
+                    *common, *agent_ports()], check=True, capture_output=True)
     try:
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", '--resources={"trainer_node": 4}', *common], check=True, capture_output=True)
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", '--resources={"trainer_node": 4}', *common, *agent_ports()],
+                       check=True, capture_output=True)
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
@@ -63,9 +81,13 @@ def test_rollout_and_trainer_on_separate_nodes(two_node_cluster, tiny_model, tmp
 
 
 SHIMS = {
-    # Two "nodes" that are both this machine: scontrol lists them, srun runs the step's command here.
+    # Two "nodes" that are both this machine: scontrol lists them, srun runs the step's command here
+    # (a `ray start` with agent ports of its own, as on a machine of its own).
     "scontrol": '#!/usr/bin/env bash\nprintf "node-a\\nnode-b\\n"\n',
-    "srun": '#!/usr/bin/env bash\nwhile [[ "$1" == -* ]]; do case "$1" in -w) shift 2 ;; *) shift ;; esac; done\nexec "$@"\n',
+    "srun": (
+        '#!/usr/bin/env bash\nwhile [[ "$1" == -* ]]; do case "$1" in -w) shift 2 ;; *) shift ;; esac; done\n'
+        f'if [[ "$1 $2" == "ray start" ]]; then set -- "$@" $({sys.executable} -c \'{AGENT_PORTS}\'); fi\nexec "$@"\n'
+    ),
 }
 
 
