@@ -35,9 +35,8 @@ def agent_ports() -> list[str]:
 
 
 @pytest.fixture
-def two_node_cluster(monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster; real ones keep Ray's token auth
-    port = free_port()
+def two_node_cluster():
+    port = free_port()  # RAY_AUTH_MODE=disabled for every test cluster: tests/conftest.py
     common = ["--num-cpus=2", "--object-store-memory=500000000", "--disable-usage-stats"]
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", '--resources={"rollout_node": 4}',
                     *common, *agent_ports()], check=True, capture_output=True)
@@ -101,7 +100,7 @@ def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path)
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = {
-        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]", "RAY_AUTH_MODE": "disabled",
+        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
         "GRADUS_RAY_PORT": str(free_port()), "GRADUS_RAY_ARGS": "--num-cpus=2 --object-store-memory=300000000",
     }
     run_dir = tmp_path / "run"
