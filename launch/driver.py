@@ -245,10 +245,9 @@ class Run:
     def produce(self, step: int) -> dict[str, Any]:
         """The generation half of a step: the curriculum's report, then groups
         generated, scored and filtered (the curriculum learns from them here)."""
-        start = time.perf_counter()
         report = ray.get(self.scheduler.report.remote(step))
         groups, kept, stats = self.collect(step)
-        return {"report": report, "groups": groups, "kept": kept, "stats": stats, "seconds": time.perf_counter() - start}
+        return {"report": report, "groups": groups, "kept": kept, "stats": stats}
 
     def step(self, step: int, prefetch: Prefetcher | None = None) -> dict[str, Any]:
         """One step; in async mode its batch was generated ahead by `prefetch`,
