@@ -13,9 +13,24 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from curriculum.registry import Registry
+from curriculum.registry import Registry, nearest
 
-CURRICULA: Registry[type["Curriculum"]] = Registry("curriculum")
+CURRICULUM_METHODS = ("probabilities", "scores", "set_step", "update", "sample", "state_dict", "load_state_dict")
+
+
+def curriculum_interface(obj: Any) -> list[str]:
+    """What a curriculum plugin (`file.py:Class`) lacks: a class taking
+    (names, **params) with the Curriculum methods; subclassing Curriculum
+    gives every method but `probabilities`."""
+    if not isinstance(obj, type):
+        return [f"{obj!r} is not a class; a curriculum is a class taking (names, **params)"]
+    missing = [m for m in CURRICULUM_METHODS if not callable(getattr(obj, m, None))]
+    if getattr(obj, "probabilities", None) is Curriculum.probabilities:
+        missing.append("probabilities")
+    return [f"missing method {', '.join(missing)} (subclass curriculum.bandits.Curriculum and define probabilities())"] if missing else []
+
+
+CURRICULA: Registry[type["Curriculum"]] = Registry("curriculum", curriculum_interface)
 
 
 def softmax(values: Sequence[float], temperature: float) -> np.ndarray:
@@ -63,10 +78,10 @@ class Curriculum:
     def load_state_dict(self, state: Mapping) -> None:
         del state
 
-    def _check_names(self, signals: Mapping[str, Sequence[float]]) -> None:
-        unknown = set(signals) - set(self.names)
+    def _check_names(self, signals: Mapping[str, Any], what: str = "signals") -> None:
+        unknown = sorted(set(signals) - set(self.names))
         if unknown:
-            raise KeyError(f"signals for unknown distributions {sorted(unknown)}; known: {self.names}")
+            raise KeyError(f"{what} name unknown distributions {unknown}{nearest(unknown[0], self.names)}; the distributions are {self.names}")
 
 
 @CURRICULA.register("uniform")
@@ -81,7 +96,7 @@ class Fixed(Curriculum):
 
     def __init__(self, names: Sequence[str], weights: Mapping[str, float]) -> None:
         super().__init__(names)
-        self._check_names(weights)
+        self._check_names(weights, "fixed curriculum weights")
         total = sum(float(weights.get(name, 0.0)) for name in self.names)
         if total <= 0 or any(float(w) < 0 for w in weights.values()):
             raise ValueError(f"fixed curriculum weights must be >= 0 with a positive sum, got {dict(weights)}")
@@ -101,7 +116,7 @@ class Staged(Curriculum):
         if len(boundaries) != len(stages) - 1 or list(boundaries) != sorted(boundaries):
             raise ValueError("staged curriculum: need len(stages)-1 increasing step boundaries")
         for stage in stages:
-            self._check_names({name: [] for name in stage})
+            self._check_names({name: [] for name in stage}, "staged curriculum stages")
             if not stage:
                 raise ValueError("staged curriculum: empty stage")
         self.stages = [list(s) for s in stages]
@@ -168,21 +183,25 @@ class UCB(Curriculum):
 @CURRICULA.register("td0")
 class TD0(Curriculum):
     """SEC: Q_j <- alpha * mean(values_j) + (1 - alpha) * Q_j for distributions seen
-    this step (others keep Q), p = softmax(Q / temperature)."""
+    this step, p = softmax(Q / temperature). Others keep Q, or with
+    decay_unsampled (SEC's released code) decay toward 0: Q_j <- (1 - alpha) * Q_j."""
 
-    def __init__(self, names: Sequence[str], alpha: float = 0.5, temperature: float = 1.0) -> None:
+    def __init__(self, names: Sequence[str], alpha: float = 0.5, temperature: float = 1.0, decay_unsampled: bool = False) -> None:
         super().__init__(names)
         if not 0 <= alpha <= 1 or temperature <= 0:
             raise ValueError("td0 curriculum: alpha must be in [0, 1] and temperature > 0")
-        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.alpha, self.temperature, self.decay_unsampled = float(alpha), float(temperature), bool(decay_unsampled)
         self.q = {name: 0.0 for name in self.names}
 
     def update(self, signals: Mapping[str, Sequence[float]]) -> None:
         self._check_names(signals)
-        for name, values in signals.items():
+        for name in self.names:
+            values = signals.get(name) or ()
             if len(values):
                 reward = sum(float(v) for v in values) / len(values)
                 self.q[name] = self.alpha * reward + (1 - self.alpha) * self.q[name]
+            elif self.decay_unsampled:
+                self.q[name] = (1 - self.alpha) * self.q[name]
 
     def scores(self) -> dict[str, float]:
         return dict(self.q)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-from curriculum.registry import nearest
+from curriculum.registry import Registry, is_plugin, nearest, resolve_plugin
 from launch.errors import GradusError
 from rollout.rewards import RewardWeights
 
@@ -26,16 +26,17 @@ class ModelConfig:
 @dataclass
 class DistributionConfig:
     name: str = ""
-    source: str = "arithmetic"  # a synthetic generator (curriculum/sources.py)
+    source: str = "arithmetic"  # a synthetic generator or `file` (curriculum/sources.py), or a plugin path/to/file.py:fn
     params: dict = field(default_factory=dict)  # the source's knobs, e.g. {digits: 2}
-    verifier: str = "numeric"  # rollout/rewards.py VERIFIERS
+    verifier: str = "numeric"  # rollout/rewards.py VERIFIERS, or a reward file path/to/reward.py:compute_score (verl's signature)
+    verifier_threshold: float = 1.0  # a score >= this counts as correct (unless a reward file returns `acc`)
     budget: Optional[int] = None  # this distribution's base length budget, decayed by curriculum.budget
 
 
 @dataclass
 class DataConfig:
     distributions: list[DistributionConfig] = field(default_factory=list)  # named in the YAML preset
-    train_size: int = 2000  # rows generated per distribution for training
+    train_size: Optional[int] = None  # training rows per distribution; None: every row of a file, 2000 from a generator
     eval_size: int = 32  # held-out rows per distribution, disjoint from training rows
     system_prompt: str = ""  # prepended as a system message when not empty
 
@@ -72,6 +73,33 @@ class RolloutConfig:
 
 
 @dataclass
+class ImportanceConfig:
+    """Per-token pi_proximal / pi_behaviour weights (README: Loss options and their sources)."""
+
+    mode: str = "truncate"  # truncate: min(weight, cap) | mask: tokens over the cap get weight 0 (AReaL)
+    cap: float = 2.0
+    on: str = "stale"  # stale: async samples only (decoupled PPO) | all: every token (rollout/trainer mismatch)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft): only they train; syncs and exports carry merged weights."""
+
+    rank: int = 16
+    alpha: float = 32.0  # scale = alpha / rank
+    dropout: float = 0.0  # 0: the forward that computes the GRPO ratio must be the sampling policy
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class OffloadConfig:
+    """DeepSpeed ZeRO offload on CUDA (a CPU-only run already keeps everything in CPU memory)."""
+
+    optimizer: str = "none"  # none | cpu: Adam states and step on the CPU (DeepSpeedCPUAdam); ZeRO >= 1
+    params: str = "none"  # none | cpu: parameters live in CPU memory between uses; ZeRO-3
+
+
+@dataclass
 class TrainerConfig:
     world_size: int = 1  # data-parallel DeepSpeed ranks
     lr: float = 2e-5
@@ -89,11 +117,20 @@ class TrainerConfig:
     kl_in: str = "loss"  # loss: a KL term in the loss | reward: reward -= kl_coef * summed KL before advantages
     max_tokens_per_micro_batch: int = 1024  # padded tokens (rows x longest row) per forward/backward
     zero_stage: int = 1
+    zero_init: bool = True  # ZeRO-3: build models already sharded (deepspeed.zero.Init); false loads the full model on each rank first
+    gradient_checkpointing: bool = False  # recompute activations in backward (HF, non-reentrant): less memory, ~1 extra forward
+    lora: Optional[LoraConfig] = None  # e.g. {rank: 16, alpha: 32}; None = full fine-tuning
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
     estimator: str = "grpo"  # trainer/grpo.py ADVANTAGE_ESTIMATORS
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    loss_agg: str = "token-mean"
-    importance_cap: float = 2.0  # async rollout: stale tokens weighted by min(pi_proximal / pi_behaviour, cap)
+    scale_rewards: str = "group"  # grpo: divide by the group's std | batch: the batch's std (TRL) | none (= drgrpo)
+    ratio_level: str = "token"  # token (PPO/GRPO) | sequence (GSPO: one length-normalised ratio per sequence)
+    clip_low: Optional[float] = None  # None: 0.2, or 3e-4 with ratio_level=sequence (GSPO)
+    clip_high: Optional[float] = None  # None: 0.2, or 4e-4 with ratio_level=sequence (GSPO)
+    clip_ratio_c: Optional[float] = None  # dual-clip (verl): a token with A < 0 loses at most -A * clip_ratio_c; None = off
+    loss_agg: Optional[str] = None  # trainer/grpo.py AGGREGATIONS; None: token-mean, or seq-mean-token-mean with ratio_level=sequence
+    loss_norm_len: Optional[int] = None  # seq-mean-token-sum-norm (Dr.GRPO) divisor; None = rollout.max_tokens
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    importance_cap: Optional[float] = None  # deprecated: trainer.importance.cap
     threads: int = 2
     cpus_per_rank: float = 1.0  # Ray CPUs reserved per rank (on CUDA each rank also takes one GPU)
     resources: dict = field(default_factory=dict)  # custom Ray resources per rank, e.g. {trainer_node: 1}
@@ -102,8 +139,9 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # held-out evaluation every k steps (and after the last); 0 = off
-    samples: int = 1  # samples per held-out prompt
-    temperature: float = 0.0  # 0 = greedy
+    samples: int = 1  # samples per held-out prompt: eval/<name>/avg@<samples>
+    temperature: float = 0.0  # 0 = greedy (then samples must be 1: greedy samples are identical)
+    k: list[int] = field(default_factory=list)  # eval/<name>/pass@k for each k <= samples (unbiased estimator)
 
 
 @dataclass
@@ -211,7 +249,9 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
             if node is None:
                 raise GradusError(f"override {dotted!r}: {'.'.join(parts[: i + 1])} is not a valid list index")
         else:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a section not given yet, or an optional one left unset (trainer.lora)
+                node[part] = {}
+            node = node[part]
     if isinstance(node, list):
         if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
             raise GradusError(f"override {dotted!r}: {parts[-1]!r} is not a valid list index")
@@ -258,8 +298,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, text = item.split("=", 1)
         _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
     cfg = build(Config, raw, "")
+    _migrate(cfg)
+    _resolve_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def _resolve_paths(cfg: Config) -> None:
+    """Plugin files and data files made absolute against the launch directory
+    before anything is sent to actors (other nodes, other working directories)."""
+    for dist in cfg.data.distributions:
+        dist.source, dist.verifier = (resolve_plugin(v) if is_plugin(v) else v for v in (dist.source, dist.verifier))
+        if dist.source == "file" and isinstance(dist.params.get("path"), str):
+            dist.params["path"] = str(Path.cwd() / Path(dist.params["path"]).expanduser())
+    if is_plugin(cfg.curriculum.kind):
+        cfg.curriculum.kind = resolve_plugin(cfg.curriculum.kind)
+    for spec in [*cfg.curriculum.filters, cfg.curriculum.budget or {}]:
+        if is_plugin(spec.get("kind")):
+            spec["kind"] = resolve_plugin(spec["kind"])
+
+
+def _migrate(cfg: Config) -> None:
+    """Keys that were renamed keep working, with one note."""
+    if cfg.trainer.importance_cap is not None:
+        print(f"gradus: trainer.importance_cap is now trainer.importance.cap; using cap={cfg.trainer.importance_cap}", flush=True)
+        cfg.trainer.importance.cap, cfg.trainer.importance_cap = cfg.trainer.importance_cap, None
 
 
 def _merge(base: dict, update: dict) -> None:
@@ -282,6 +345,12 @@ def validate(cfg: Config) -> None:
     from trainer.schedules import LR_SCHEDULES
 
     def choice(key: str, value: str, options) -> None:
+        if isinstance(options, Registry) and is_plugin(value):  # loaded and checked now, before Ray starts
+            try:
+                options.get(value)
+            except ValueError as err:
+                raise GradusError(f"{key}: {err}") from None
+            return
         if value not in options:
             raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {sorted(options)}")
 
@@ -289,17 +358,20 @@ def validate(cfg: Config) -> None:
     if not names or any(not n for n in names) or len(set(names)) != len(names):
         raise GradusError(f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})")
     for i, dist in enumerate(cfg.data.distributions):
-        choice(f"data.distributions.{i}.source", dist.source, list(SOURCES))
-        choice(f"data.distributions.{i}.verifier", dist.verifier, list(VERIFIERS))
-    choice("curriculum.kind", cfg.curriculum.kind, list(CURRICULA))
+        choice(f"data.distributions.{i}.source", dist.source, SOURCES)
+        choice(f"data.distributions.{i}.verifier", dist.verifier, VERIFIERS)
+    choice("curriculum.kind", cfg.curriculum.kind, CURRICULA)
     for i, spec in enumerate(cfg.curriculum.filters):
-        choice(f"curriculum.filters.{i}.kind", str(spec.get("kind")), list(FILTERS))
+        choice(f"curriculum.filters.{i}.kind", str(spec.get("kind")), FILTERS)
     if cfg.curriculum.budget is not None:
         from curriculum.budget import BUDGETS
 
-        choice("curriculum.budget.kind", str(cfg.curriculum.budget.get("kind")), list(BUDGETS))
+        choice("curriculum.budget.kind", str(cfg.curriculum.budget.get("kind")), BUDGETS)
+    if cfg.data.train_size is not None and cfg.data.train_size < 1:
+        raise GradusError(f"data.train_size: must be >= 1 or null (every row of a file), got {cfg.data.train_size}")
     choice("trainer.estimator", cfg.trainer.estimator, list(ADVANTAGE_ESTIMATORS))
-    choice("trainer.loss_agg", cfg.trainer.loss_agg, list(AGGREGATIONS))
+    if cfg.trainer.loss_agg is not None:
+        choice("trainer.loss_agg", cfg.trainer.loss_agg, list(AGGREGATIONS))
     choice("trainer.lr_schedule", cfg.trainer.lr_schedule, list(LR_SCHEDULES))
     choice("trainer.old_logprobs", cfg.trainer.old_logprobs, ["recompute", "rollout"])
     choice("trainer.kl_kind", cfg.trainer.kl_kind, list(KL_PENALTIES))
@@ -333,3 +405,65 @@ def validate(cfg: Config) -> None:
             raise GradusError(f"{key}: must be >= 1, got {value}")
     if cfg.trainer.zero_stage not in (0, 1, 2, 3):
         raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")
+    _validate_memory(cfg.trainer)
+    _validate_learning(cfg)
+
+
+def _validate_memory(t: TrainerConfig) -> None:
+    """LoRA and offload settings that cannot work (target modules are checked against the model in launch.driver.Run)."""
+    if t.lora is not None:
+        if t.lora.rank <= 0:
+            raise GradusError(f"trainer.lora.rank: must be >= 1, got {t.lora.rank} (leave trainer.lora unset for full fine-tuning)")
+        if t.lora.alpha <= 0 or not 0 <= t.lora.dropout < 1 or not t.lora.target_modules:
+            raise GradusError(f"trainer.lora: need alpha > 0, 0 <= dropout < 1 and at least one target module, got {t.lora}")
+    for key, value in (("trainer.offload.optimizer", t.offload.optimizer), ("trainer.offload.params", t.offload.params)):
+        if value not in ("none", "cpu"):
+            raise GradusError(f"{key}: unknown value {value!r}; choose one of ['cpu', 'none']")
+    if t.offload.params == "cpu" and t.zero_stage != 3:
+        raise GradusError(f"trainer.offload.params=cpu needs trainer.zero_stage=3 (got {t.zero_stage}): only ZeRO-3 partitions parameters")
+    if t.offload.optimizer == "cpu" and t.zero_stage < 1:
+        raise GradusError("trainer.offload.optimizer=cpu needs trainer.zero_stage >= 1: ZeRO-0 has no optimizer partition to offload")
+
+
+# Built-in sources whose answers only some verifiers can score (file sources and plugins are exempt).
+SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "kk": {"kk"}}
+
+
+def _validate_learning(cfg: Config) -> None:
+    """Settings that start a run which cannot learn, or loss options that contradict each other."""
+    from trainer.grpo import RATIO_LEVELS, REWARD_SCALES
+
+    t, r, e = cfg.trainer, cfg.rollout, cfg.eval
+    if r.group_size < 2:
+        raise GradusError(f"rollout.group_size={r.group_size}: every group advantage would be 0 and nothing is learned; "
+                          "GRPO compares samples of one prompt, use rollout.group_size >= 2")
+    if r.temperature <= 0:
+        raise GradusError(f"rollout.temperature={r.temperature}: greedy training samples of a prompt are identical (advantage 0); "
+                          "use a temperature > 0, e.g. 1.0")
+    for i, dist in enumerate(cfg.data.distributions):
+        allowed = SCORABLE_BY.get(dist.source)
+        if allowed is not None and ":" not in dist.verifier and dist.verifier not in allowed:
+            raise GradusError(f"data.distributions.{i} ({dist.name}): verifier {dist.verifier!r} cannot score {dist.source!r} answers "
+                              f"(it would score 0 forever); use verifier: {' or '.join(sorted(allowed))}")
+    for key, value, options in [("trainer.scale_rewards", t.scale_rewards, REWARD_SCALES), ("trainer.ratio_level", t.ratio_level, RATIO_LEVELS),
+                                ("trainer.importance.mode", t.importance.mode, ("truncate", "mask")),
+                                ("trainer.importance.on", t.importance.on, ("stale", "all"))]:
+        if value not in options:
+            raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {list(options)}")
+    if t.scale_rewards != "group" and t.estimator != "grpo":
+        raise GradusError(f"trainer.scale_rewards={t.scale_rewards} applies to estimator grpo only (drgrpo is grpo with scale_rewards=none)")
+    if t.clip_ratio_c is not None and t.clip_ratio_c <= 1:
+        raise GradusError(f"trainer.clip_ratio_c: the dual-clip bound must be > 1 (verl uses 3.0), got {t.clip_ratio_c}")
+    if t.importance.cap <= 0:
+        raise GradusError(f"trainer.importance.cap: must be > 0, got {t.importance.cap}")
+    if t.importance.on == "all" and t.old_logprobs == "rollout":
+        raise GradusError("trainer.importance.on=all weights tokens by pi_trainer_old / pi_vLLM, which is 1 with "
+                          "trainer.old_logprobs=rollout; use old_logprobs=recompute or importance.on=stale")
+    if t.loss_norm_len is not None and t.loss_norm_len < 1:
+        raise GradusError(f"trainer.loss_norm_len: must be >= 1, got {t.loss_norm_len}")
+    if e.temperature <= 0 and e.samples > 1:
+        raise GradusError(f"eval.samples={e.samples} at eval.temperature=0: greedy samples are identical; set eval.temperature > 0 or eval.samples=1")
+    bad = [k for k in e.k if not 1 <= k <= e.samples]
+    if bad:
+        raise GradusError(f"eval.k: pass@k needs 1 <= k <= eval.samples={e.samples}, got {bad}")
+

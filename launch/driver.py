@@ -33,6 +33,7 @@ from launch.metrics import (
 from launch.models import resolve_model
 from launch.prefetch import Prefetcher, checkpoint_due
 from trainer.grpo import group_advantages
+from trainer.models import check_lora_targets
 
 COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
 
@@ -105,11 +106,14 @@ def trainer_args(cfg: Config) -> dict[str, Any]:
 
 def local_scheduler(cfg: Config) -> CurriculumScheduler:
     """The run's scheduler as a plain object; bad data or curriculum parameters
-    become one clear error."""
+    (incl. distribution names that split_by produces) become one clear error."""
     try:
-        return CurriculumScheduler(**scheduler_args(cfg))
+        scheduler = CurriculumScheduler(**scheduler_args(cfg))
     except (ValueError, KeyError, TypeError) as err:
         raise GradusError(str(err).strip("'\"")) from None
+    for note in scheduler.notes:  # e.g. a data.train_size cap that cuts a file
+        print(f"gradus: {note}", flush=True)
+    return scheduler
 
 
 def init_ray(cfg: Config) -> None:
@@ -131,6 +135,11 @@ class Run:
         self.scheduler_args = scheduler_args(cfg)
         local_scheduler(cfg)  # data files and curriculum parameters are checked before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
+        if cfg.trainer.lora is not None:  # read from the model's config on the meta device, before Ray starts
+            try:
+                check_lora_targets(self.model_path, cfg.trainer.lora.target_modules)
+            except ValueError as err:
+                raise GradusError(str(err)) from None
         self.run_dir = prepare_run_dir(cfg, overwrite, resume=resume is not None)
         check_disk(cfg, self.run_dir, Path(self.model_path))
         self.resume_from = checkpoint.resolve(self.run_dir, resume) if resume else None
@@ -146,6 +155,8 @@ class Run:
         self.device = cfg.cluster.device if cfg.cluster.device != "auto" else "cuda" if gpus else "cpu"
         if self.device == "cuda" and not gpus:
             raise GradusError("cluster.device=cuda but the Ray cluster has no GPUs; start nodes with GPUs or set cluster.device=cpu")
+        if self.device == "cpu" and "cpu" in (cfg.trainer.offload.optimizer, cfg.trainer.offload.params):
+            print("gradus: trainer.offload changes nothing on a CPU-only run (model and optimizer are in CPU memory already)", flush=True)
         self.scheduler = remote_scheduler(**self.scheduler_args)
         share = None
         if cfg.cluster.colocate:

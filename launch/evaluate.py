@@ -1,4 +1,4 @@
-"""`gradus eval RUN_DIR|MODEL_DIR`: held-out accuracy per distribution with vLLM.
+"""`gradus eval RUN_DIR|MODEL_DIR`: held-out accuracy (avg@n) and pass@k per distribution with vLLM.
 
 A run directory is evaluated with its own config (the same held-out rows its
 training never saw, drawn from its seed) and its final policy (<run_dir>/final);
@@ -16,6 +16,7 @@ from typing import Any
 from launch.config import Config, load_config
 from launch.driver import local_scheduler
 from launch.errors import GradusError
+from launch.metrics import held_out_metrics
 from launch.models import resolve_model
 from rollout.worker import engine_env
 
@@ -32,8 +33,9 @@ def target_of(target: str, config: str | None, overrides: list[str]) -> tuple[Co
     return load_config(config or "configs/default.yaml", overrides), resolve_model(target), None
 
 
-def evaluate(cfg: Config, model: Path, samples: int | None = None, temperature: float | None = None) -> dict[str, Any]:
-    """Accuracy per distribution on the held-out rows, plus overall."""
+def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
+    """Per distribution and overall on the held-out rows: accuracy (avg@n over
+    eval.samples samples at eval.temperature) and pass@k for each of eval.k."""
     rows = local_scheduler(cfg).eval_rows()
     os.environ.update(engine_env(cfg.rollout.threads, cfg.rollout.kv_cache_gib))
     from rollout.worker import RolloutWorker
@@ -44,23 +46,23 @@ def evaluate(cfg: Config, model: Path, samples: int | None = None, temperature: 
     )
     items = [row for name in rows for row in rows[name]]
     out = worker.generate(
-        items, n=samples or cfg.eval.samples, max_tokens=cfg.rollout.max_tokens,
-        temperature=cfg.eval.temperature if temperature is None else temperature, system_prompt=cfg.data.system_prompt,
+        items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature, system_prompt=cfg.data.system_prompt,
     )
-    result: dict[str, Any] = {"model": str(model), "seconds": out["seconds"], "accuracy": {}, "rows": {}}
-    for name in rows:
-        correct = [s["correct"] for g in out["groups"] if g["distribution"] == name for s in g["samples"]]
-        result["accuracy"][name] = sum(correct) / len(correct)
-        result["rows"][name] = len(rows[name])
-    every = [s["correct"] for g in out["groups"] for s in g["samples"]]
-    result["accuracy"]["all"] = sum(every) / len(every)
+    metrics = held_out_metrics(out["groups"], list(rows), cfg.eval.k)
+    result: dict[str, Any] = {"model": str(model), "seconds": out["seconds"], "samples": cfg.eval.samples, "rows": {name: len(rows[name]) for name in rows}}
+    for name in [*rows, "all"]:
+        prefix = "eval/" if name == "all" else f"eval/{name}/"
+        result.setdefault("accuracy", {})[name] = metrics[prefix + "accuracy"]
+        for k in cfg.eval.k:
+            result.setdefault(f"pass@{k}", {})[name] = metrics[prefix + f"pass@{k}"]
     return result
 
 
 def run_eval(target: str, config: str | None = None, overrides: list[str] = (), samples: int | None = None,
              temperature: float | None = None, out: str | None = None) -> dict[str, Any]:
-    cfg, model, run_dir = target_of(target, config, list(overrides))
-    result = evaluate(cfg, model, samples, temperature)
+    flags = [f"eval.{key}={value}" for key, value in (("samples", samples), ("temperature", temperature)) if value is not None]
+    cfg, model, run_dir = target_of(target, config, [*overrides, *flags])  # validated like a run's: n > 1 needs temperature > 0
+    result = evaluate(cfg, model)
     path = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
     if path is not None:
         path.write_text(json.dumps(result, indent=1))

@@ -9,7 +9,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-REWARD_TERMS = ("reward", "correct", "format", "length", "unused_budget")
+REWARD_TERMS = ("reward", "score", "correct", "format", "length", "unused_budget")
+
+
+def distribution_names(metrics: dict[str, Any]) -> list[str]:
+    """The distributions in one step's metrics, from their `dist/<name>/prob`
+    keys; names may contain '/' themselves (verl's `openai/gsm8k`, split_by's `mix/kk_3ppl`)."""
+    return [k[len("dist/"):-len("/prob")] for k in metrics if k.startswith("dist/") and k.endswith("/prob")]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -51,6 +57,35 @@ def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
         out["kl/reward_mean"] = _mean([s["kl"] for s in samples])
     out["verify/errors"] = sum(s["verify_error"] for s in samples)
     out["verify/timeouts"] = sum(s["verify_timeout"] for s in samples)
+    extra: dict[str, list[float]] = defaultdict(list)  # a reward file's extra keys, mean over the samples that have them
+    for s in samples:
+        for key, value in s.get("reward_extra", {}).items():
+            extra[key].append(value)
+    out.update({f"reward_extra/{key}": _mean(values) for key, values in extra.items()})
+    return out
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n >= k samples of which `correct` are right (Chen et
+    al. 2021): 1 - C(n - c, k) / C(n, k)."""
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
+
+
+def held_out_metrics(groups: Sequence[dict], names: Sequence[str], ks: Sequence[int] = ()) -> dict[str, float]:
+    """Per distribution and overall: accuracy (= avg@n, the mean over n samples
+    per prompt) and the mean over prompts of pass@k for each k."""
+    n = len(groups[0]["samples"])
+    out: dict[str, float] = {}
+    for name in [*names, None]:
+        chosen = [g for g in groups if name is None or g["distribution"] == name]
+        counts = [sum(bool(s["correct"]) for s in g["samples"]) for g in chosen]
+        prefix = "eval/" if name is None else f"eval/{name}/"
+        out[prefix + "accuracy"] = sum(counts) / (n * len(counts))
+        out[prefix + f"avg@{n}"] = out[prefix + "accuracy"]
+        for k in ks:
+            out[prefix + f"pass@{k}"] = _mean([pass_at_k(n, c, k) for c in counts])
     return out
 
 
@@ -70,11 +105,13 @@ def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
         "train/skipped_updates": total["skipped_updates"],
         "train/rollout_logprob_gap": total["rollout_gap_sum"] / max(total["rollout_gap_tokens"], 1.0),
     }
-    if total["stale_tokens"]:  # async rollout: off-policy tokens and their truncated importance weights
+    if total["stale_tokens"]:
         out["train/stale_tokens"] = total["stale_tokens"]
-        out["train/importance_weight_mean"] = total["iw_sum"] / total["stale_tokens"]
+    if total["iw_tokens"]:  # tokens weighted by pi_proximal / pi_behaviour (stale ones, or all with importance.on=all)
+        out["train/importance_tokens"] = total["iw_tokens"]
+        out["train/importance_weight_mean"] = total["iw_sum"] / total["iw_tokens"]
         out["train/importance_weight_max"] = total["iw_max"]
-        out["train/importance_capped_frac"] = total["iw_capped"] / total["stale_tokens"]
+        out["train/importance_capped_frac"] = total["iw_capped"] / total["iw_tokens"]
     if total["kl"]:
         out["train/kl"] = total["kl"]
     return out
@@ -109,9 +146,9 @@ class MetricsLogger:
 
     def progress_line(self, step: int, m: dict[str, Any]) -> str:
         accs = " ".join(
-            f"{k.split('/')[1]}={m[k]:.2f}@{m[k.replace('accuracy', 'prob')]:.2f}"
-            for k in m
-            if k.startswith("dist/") and k.endswith("/accuracy") and not math.isnan(m[k])
+            f"{name}={m[f'dist/{name}/accuracy']:.2f}@{m[f'dist/{name}/prob']:.2f}"
+            for name in distribution_names(m)
+            if not math.isnan(m.get(f"dist/{name}/accuracy", math.nan))
         )
         return (
             f"step {step + 1}/{self.total_steps} | reward {m['reward/mean']:.3f} | acc {m['accuracy']:.2f} "

@@ -60,6 +60,16 @@ def test_td0_updates_only_seen_distributions():
     assert list(cur.probabilities().values()) == pytest.approx(p)
 
 
+def test_td0_decay_unsampled_as_sec_code():
+    keep = make_curriculum("td0", ["a", "b"], alpha=0.5)
+    decay = make_curriculum("td0", ["a", "b"], alpha=0.5, decay_unsampled=True)
+    for cur in (keep, decay):
+        cur.update({"a": [1.0], "b": [0.8]})  # Q = 0.5, 0.4
+        cur.update({"a": [1.0]})  # Q_a = 0.75; b: kept 0.4, or decayed (1 - 0.5) * 0.4 = 0.2
+    assert keep.scores() == pytest.approx({"a": 0.75, "b": 0.4})
+    assert decay.scores() == pytest.approx({"a": 0.75, "b": 0.2})
+
+
 def test_td0_temperature():
     cur = make_curriculum("td0", ["a", "b"], alpha=1.0, temperature=0.5)
     cur.update({"a": [1.0]})

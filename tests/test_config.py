@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,34 @@ def test_bad_values():
         load_config(None)
 
 
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["rollout.group_size=1"], "use rollout.group_size >= 2"),
+        (["rollout.temperature=0"], "rollout.temperature=0.0: greedy training samples"),
+        (["data.distributions.0.source=kk", "data.distributions.0.params={people: 3}"], "verifier 'numeric' cannot score 'kk' answers"),
+        (["trainer.scale_rewards=batchh"], "did you mean 'batch'"),
+        (["trainer.estimator=rloo", "trainer.scale_rewards=batch"], "applies to estimator grpo only"),
+        (["trainer.clip_ratio_c=0.5"], "dual-clip bound must be > 1"),
+        (["trainer.importance.on=all", "trainer.old_logprobs=rollout"], "which is 1 with trainer.old_logprobs=rollout"),
+        (["trainer.importance.mode=clip"], "trainer.importance.mode: unknown value 'clip'"),
+        (["eval.samples=4"], "greedy samples are identical"),
+        (["eval.samples=4", "eval.temperature=1.0", "eval.k=[1, 8]"], "pass@k needs 1 <= k <= eval.samples=4, got [8]"),
+    ],
+)
+def test_settings_that_cannot_learn_are_refused(overrides, message):
+    with pytest.raises(GradusError, match=re.escape(message)):
+        load_config(DEFAULT, overrides)
+
+
+def test_renamed_importance_cap_still_works(capsys):
+    cfg = load_config(DEFAULT, ["trainer.importance_cap=3.5"])
+    assert cfg.trainer.importance.cap == 3.5 and cfg.trainer.importance_cap is None
+    assert "trainer.importance.cap" in capsys.readouterr().out
+    gspo = load_config(DEFAULT, ["trainer.ratio_level=sequence", "eval.samples=4", "eval.temperature=1", "eval.k=[1,4]"])
+    assert gspo.eval.k == [1, 4] and gspo.trainer.clip_low is None  # resolved by trainer.grpo.loss_options
+
+
 def _cli(*args, cwd=None):
     proc = subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
     return proc.returncode, proc.stderr.strip().splitlines()
@@ -51,6 +80,7 @@ def _cli(*args, cwd=None):
         (["model.path=/nonexistent/model"], "model.path: /nonexistent/model does not exist"),
         (["trainer.lrr=1"], "did you mean 'lr'"),
         (["rollout.group_size=many"], "rollout.group_size: expected an integer, got 'many'"),
+        (["rollout.group_size=1"], "rollout.group_size=1: every group advantage would be 0"),
     ],
 )
 def test_cli_bad_input_is_one_line(args, message, tmp_path):

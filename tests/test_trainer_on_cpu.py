@@ -29,13 +29,13 @@ def _batch(seed: int = 0, n: int = 12) -> list[dict]:
     return samples
 
 
-def _train(model, world_size: int, **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _train(model, world_size: int, batch: list[dict] | None = None, **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, **overrides)
     group = TrainerGroup(world_size, threads=1)
     try:
         group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
         before = ray.get(group.export_weights())
-        stats = group.train(_batch(), cfg.mini_batches, cfg.max_tokens_per_micro_batch)
+        stats = group.train(batch or _batch(), cfg.mini_batches, cfg.max_tokens_per_micro_batch)
         after = ray.get(group.export_weights())
     finally:
         group.shutdown()
@@ -56,6 +56,20 @@ def test_two_ranks_equal_one_rank(local_ray, tiny_model, extra):
     assert len(stats_two) == 2 and all(s["micro_batches"] >= 1 for s in stats_two)
     if extra:
         assert sum(s["kl"] for s in stats_one) > 0
+
+
+def test_huge_log_ratio_no_longer_drops_the_update(local_ray, tiny_model):
+    """Old log-probs (vLLM's) of two samples 100 nats below the trainer's: exp(~98)
+    overflowed float32 and every one of the 4 epochs' updates was dropped as
+    non-finite. With verl's clamp of the log-ratio to +-20 (dual-clip off) all 4
+    apply; the forced tokens saturate the clamp and add no gradient."""
+    batch = _batch()
+    forced = [i for i, s in enumerate(batch) if s["advantage"] < 0][:1] + [i for i, s in enumerate(batch) if s["advantage"] > 0][:1]
+    for i in forced:
+        batch[i]["logprobs"] = [-100.0 - 2.0] * len(batch[i]["tokens"])
+    _, stats = _train(tiny_model, 1, batch, ppo_epochs=4, old_logprobs="rollout")  # asserts the weights moved
+    assert stats[0]["skipped_updates"] == 0.0
+    assert stats[0]["clip_tokens"] >= sum(len(batch[i]["tokens"]) for i in forced)
 
 
 def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):

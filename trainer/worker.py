@@ -16,65 +16,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from trainer.grpo import aggregate, kl_penalty, token_policy_loss
+from trainer.grpo import kl_penalty, loss_options
+from trainer.loss import completion_logprobs, micro_batch_loss, per_token, rollout_gap
+from trainer.models import add_lora, load_model, merged_state
+from trainer import checkpoint
 from trainer.schedules import lr_multiplier
 from trainer.sync import WeightSender
-
-
-def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-def _per_token(samples: Sequence[dict], key: str, predicts: torch.Tensor) -> torch.Tensor:
-    """Per-sample, per-completion-token values (e.g. vLLM log-probs) laid out
-    like the log-probs [B, T]: masked_scatter fills row-major, in sample order."""
-    values = torch.tensor([v for s in samples for v in s[key]], dtype=torch.float32, device=predicts.device)
-    return torch.zeros(predicts.shape, device=predicts.device).masked_scatter(predicts, values)
-
-
-def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False) -> dict[str, torch.Tensor]:
-    """Log-probs [B, T] of each sample's completion tokens, the positions that
-    predict them ("predicts", bool [B, T]; T = longest sequence - 1) and optionally
-    per-token entropy. `logits_to_keep` skips the vocabulary projection (the
-    costliest layer of a small model) over the prompt; the call goes through the
-    model's (or DeepSpeed engine's) own forward, which ZeRO-3 needs."""
-    sequences = [s["prompt_ids"] + s["tokens"] for s in samples]
-    device = model.device
-    input_ids = _pad(sequences, 0).to(device)  # [B, L]
-    attention = _pad([[1] * len(q) for q in sequences], 0).to(device)
-    predicts = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool)  # [B, L-1]
-    for i, s in enumerate(samples):
-        start = len(s["prompt_ids"]) - 1  # the position that predicts the first completion token
-        predicts[i, start : start + len(s["tokens"])] = True
-    predicts = predicts.to(device)
-    first = min(len(s["prompt_ids"]) for s in samples) - 1
-    keep = torch.arange(first, input_ids.shape[1] - 1, device=device)
-    logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits.float()  # [B, K, V]
-    kept = predicts[:, first:]  # [B, K]
-    selected = logits[kept]  # [N, V]
-    norm = torch.logsumexp(selected, dim=-1)  # [N]
-    picked = selected.gather(-1, input_ids[:, 1:][predicts].unsqueeze(-1)).squeeze(-1) - norm  # [N]
-    out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype).masked_scatter(predicts, picked), "predicts": predicts}
-    if with_entropy:
-        with torch.no_grad():
-            entropy = norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)  # [N]
-        out["entropy"] = torch.zeros(predicts.shape, device=device).masked_scatter(predicts, entropy)
-    return out
-
-
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 def free_port() -> int:
@@ -96,10 +43,11 @@ class TrainerWorker(WeightSender):
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master: tuple[str, int], model_path: str, dtype: str, cfg: dict[str, Any], seed: int, total_steps: int) -> int:
-        """Build model, optimizer, LR schedule, engine and (if kl_coef > 0) the frozen
-        reference model; a collective, so call on all ranks at once with rank 0's address."""
+        """Build model (sharded from the start under ZeRO-3), optimizer, LR schedule,
+        engine and, for full fine-tuning with kl_coef > 0, the frozen reference
+        model; a collective, so call on all ranks at once with rank 0's address.
+        Returns the number of model parameters (LoRA adapters included)."""
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         os.environ.update(
             RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
@@ -107,30 +55,68 @@ class TrainerWorker(WeightSender):
         )
         torch.manual_seed(seed)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        self.cfg = cfg
+        self.cfg = loss_options(cfg)
+        self.lora = cfg["lora"] is not None
         torch_dtype = getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
-        model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        ds_config = self._ds_config()
+        model = load_model(model_path, torch_dtype, ds_config, cfg["zero_init"])
+        if cfg["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora:
+            model = add_lora(model, cfg["lora"])
+        trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA only the adapters get optimizer state
+        if "offload_optimizer" in ds_config["zero_optimization"]:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         updates = total_steps * cfg["ppo_epochs"] * cfg["mini_batches"]
         multiplier = lr_multiplier(cfg["lr_schedule"], updates, cfg["warmup_steps"], cfg["min_lr_ratio"], cfg["decay_fraction"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config())
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.ref = None
-        if cfg["kl_coef"] > 0:
-            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.engine.device).eval().requires_grad_(False)
-        return sum(p.numel() for p in model.parameters())
+        self._ref_cache: dict[int, torch.Tensor] = {}
+        if cfg["kl_coef"] > 0 and not self.lora:  # LoRA's reference is the policy with its adapters disabled
+            self.ref = self._reference_model(model_path, torch_dtype)
+        return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
-    def _ds_config(self) -> dict[str, Any]:
-        return {
+    def _ds_config(self, training: bool = True) -> dict[str, Any]:
+        """The policy engine's DeepSpeed config, or (training=False) the optimizer-free
+        reference engine's. ZeRO offload applies on CUDA only: a CPU-only run keeps
+        model and optimizer in CPU memory already."""
+        offload = self.cfg["offload"] if torch.cuda.is_available() else {}
+        zero: dict[str, Any] = {"stage": self.cfg["zero_stage"]}
+        if offload.get("params") == "cpu":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        if offload.get("optimizer") == "cpu" and training:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        config = {
             "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: micro-batches are sized by tokens
             "gradient_accumulation_steps": 1,
-            "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, then step()
-            "gradient_clipping": self.cfg["grad_clip"],
-            "zero_optimization": {"stage": self.cfg["zero_stage"]},
-            "zero_force_ds_cpu_optimizer": False,
+            "zero_optimization": zero,
             "steps_per_print": 10**9,
         }
+        if training:
+            config.update({
+                "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, then step()
+                "gradient_clipping": self.cfg["grad_clip"],
+                "zero_force_ds_cpu_optimizer": False,
+            })
+        return config
+
+    def _reference_model(self, model_path: str, dtype: torch.dtype) -> Any:
+        """Full fine-tuning's frozen reference. Under ZeRO-3 a DeepSpeed engine without
+        optimizer, sharded like the policy (as OpenRLHF does); under ZeRO 0-2 a plain
+        copy (every rank holds the full policy there too)."""
+        import deepspeed
+
+        config = self._ds_config(training=False)
+        model = load_model(model_path, dtype, config, self.cfg["zero_init"]).eval().requires_grad_(False)
+        if self.cfg["zero_stage"] != 3:
+            return model.to(self.engine.device)
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        return engine.eval()
 
     def _old_logprobs(self, mini_batches: Sequence[dict], stats: dict[str, float]) -> None:
         """Attach each sample's old (behaviour) log-probs, from vLLM ("rollout") or
@@ -142,14 +128,7 @@ class TrainerWorker(WeightSender):
                     out = completion_logprobs(self.engine, micro)
                 for s, row, mask in zip(micro, out["logp"], out["predicts"]):
                     s["old_logp"] = row[mask].tolist() if self.cfg["old_logprobs"] == "recompute" else s["logprobs"]
-                self._rollout_gap(micro, out, stats)
-
-    @staticmethod
-    def _rollout_gap(micro: Sequence[dict], out: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
-        """Sum of |trainer - vLLM| log-prob over tokens: exposes rollout/trainer mismatch."""
-        vllm = _per_token(micro, "logprobs", out["predicts"])
-        stats["rollout_gap_sum"] += float(((out["logp"].detach() - vllm).abs() * out["predicts"]).sum())
-        stats["rollout_gap_tokens"] += float(out["predicts"].sum())
+                rollout_gap(micro, out, stats)
 
     def train(self, mini_batches: Sequence[dict]) -> dict[str, float]:
         """ppo_epochs passes over the mini-batches, one optimiser step each. A mini-batch
@@ -159,7 +138,7 @@ class TrainerWorker(WeightSender):
         cfg, engine = self.cfg, self.engine
         stats = dict.fromkeys(
             ("loss", "kl", "clip_tokens", "tokens", "entropy_sum", "rollout_gap_sum", "rollout_gap_tokens", "skipped_updates",
-             "stale_tokens", "iw_sum", "iw_capped"), 0.0
+             "stale_tokens", "iw_tokens", "iw_sum", "iw_capped"), 0.0
         )
         stats["iw_max"] = 0.0
         # One update per batch: the forward itself is at the sampling weights, so
@@ -167,6 +146,7 @@ class TrainerWorker(WeightSender):
         single = cfg["ppo_epochs"] == 1 and len(mini_batches) == 1
         if not single:
             self._old_logprobs(mini_batches, stats)
+        self._ref_cache = self._reference_pass(mini_batches) if cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss" else {}
         engine.train()
         grad_norms = []
         for _ in range(cfg["ppo_epochs"]):
@@ -214,81 +194,66 @@ class TrainerWorker(WeightSender):
 
     def _micro_step(self, micro: Sequence[dict], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> bool:
         """Forward and backward of one micro-batch; False if its loss was not finite."""
-        cfg = self.cfg
-        out = completion_logprobs(self.engine, micro, with_entropy=True)
-        logp, predicts = out["logp"], out["predicts"]
-        mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro], device=logp.device).unsqueeze(-1)
-        old = logp.detach() if single else _per_token(micro, "old_logp", predicts)
-        if single:
-            self._rollout_gap(micro, out, stats)
-        advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype, device=logp.device)
-        losses, clip_mask = token_policy_loss(logp, old, advantages, cfg["clip_low"], cfg["clip_high"])
-        if any(s.get("lag", 0) for s in micro):
-            losses = losses * self._behaviour_weights(micro, old, predicts, mask, stats)
-        loss = aggregate(losses, mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
-        if self.ref is not None and cfg["kl_in"] == "loss":
-            with torch.no_grad():
-                ref_logp = completion_logprobs(self.ref, micro)["logp"]
-            kl = aggregate(kl_penalty(logp, ref_logp, cfg["kl_kind"]), mask, cfg["loss_agg"], num_tokens=num_tokens, num_seqs=num_seqs)
-            loss = loss + cfg["kl_coef"] * kl
-            stats["kl"] += float(kl)
+        ref = self._ref_logprobs if self._ref_cache else None
+        loss = micro_batch_loss(self.engine, micro, self.cfg, num_tokens, num_seqs, single, stats, ref)
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks; we normalise globally
-        if not torch.isfinite(loss):
-            return False
-        stats["loss"] += float(loss)
-        stats["clip_tokens"] += float((clip_mask * mask).sum())
-        stats["tokens"] += float(mask.sum())
-        stats["entropy_sum"] += float((out["entropy"] * mask).sum())
-        return True
+        return bool(torch.isfinite(loss))
 
-    def _behaviour_weights(
-        self, micro: Sequence[dict], proximal: torch.Tensor, predicts: torch.Tensor, mask: torch.Tensor, stats: dict[str, float]
-    ) -> torch.Tensor:
-        """Decoupled PPO (AReaL): the clipped ratio above is taken against the
-        proximal policy (the weights before this update); a stale sample's tokens
-        are also weighted by pi_proximal / pi_behaviour (vLLM's log-probs when it
-        was generated), truncated at importance_cap. Fresh samples (lag 0) were
-        generated by the proximal weights themselves: weight exactly 1."""
-        behaviour = _per_token(micro, "logprobs", predicts)
-        raw = torch.exp(proximal.detach() - behaviour)
-        stale = torch.tensor([s.get("lag", 0) > 0 for s in micro], device=predicts.device).unsqueeze(-1) & (mask > 0)
-        cap, seen = self.cfg["importance_cap"], raw[stale]
-        stats["stale_tokens"] += float(stale.sum())
-        stats["iw_sum"] += float(seen.clamp(max=cap).sum())
-        stats["iw_capped"] += float((seen > cap).sum())
-        stats["iw_max"] = max(stats["iw_max"], float(seen.max()) if seen.numel() else 0.0)
-        return torch.where(stale, raw.clamp(max=cap), torch.ones_like(raw))
+    def _reference(self, micro: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """The reference policy's completion log-probs of a micro-batch: the frozen
+        copy (its own ZeRO-3 engine when sharded) or, with LoRA, the policy with its
+        adapters disabled (no second copy). A collective under ZeRO-3: every rank
+        must call it equally often."""
+        disabled = self.engine.module.disable_adapter() if self.lora else contextlib.nullcontext()
+        with torch.no_grad(), disabled:
+            return completion_logprobs(self.engine if self.lora else self.ref, micro)
 
-    def sequence_kl(self, samples: Sequence[dict]) -> list[float]:
-        """Per sample, the sum over its tokens of kl_penalty(sampling log-prob (vLLM's),
-        reference log-prob): the KL-in-reward penalty (OpenRLHF/verl style)."""
+    def _reference_pass(self, mini_batches: Sequence[dict]) -> dict[int, torch.Tensor]:
+        """Reference log-probs [B, T] of every micro-batch (keyed by id), computed once
+        per batch before any update: the reference never changes, and the policy's
+        forward and backward never interleave with a reference forward."""
+        self.engine.eval()
+        return {id(micro): self._reference(micro)["logp"] for mini in mini_batches for micro in mini["micro_batches"]}
+
+    def _ref_logprobs(self, micro: Sequence[dict]) -> torch.Tensor:
+        """The reference policy's log-probs [B, T] of the micro-batch's completions."""
+        return self._ref_cache[id(micro)]
+
+    def sequence_kl(self, micro_batches: Sequence[Sequence[dict]]) -> list[list[float]]:
+        """Per micro-batch, per sample, the sum over its tokens of kl_penalty(sampling
+        log-prob (vLLM's), reference log-prob): the KL-in-reward penalty (OpenRLHF/verl
+        style). Every rank gets the same number of micro-batches (TrainerGroup.sequence_kl)."""
+        self.engine.eval()
         out = []
-        for sample in samples:
-            with torch.no_grad():
-                ref = completion_logprobs(self.ref, [sample])
-            policy = _per_token([sample], "logprobs", ref["predicts"])
-            out.append(float((kl_penalty(policy, ref["logp"], self.cfg["kl_kind"]) * ref["predicts"]).sum()))
+        for micro in micro_batches:
+            ref = self._reference(micro)
+            policy = per_token(micro, "logprobs", ref["predicts"])
+            out.append((kl_penalty(policy, ref["logp"], self.cfg["kl_kind"]) * ref["predicts"]).sum(-1).tolist())
         return out
 
     def save_checkpoint(self, directory: str) -> None:
-        """Model, optimizer, LR scheduler and this rank's RNG (all ranks call it)."""
-        self.engine.save_checkpoint(directory, tag="trainer", client_state={"rng": _rng_state()})
+        """Trainable weights, optimizer, LR schedule and this rank's RNG, consolidated
+        so that any world size and ZeRO stage can resume (all ranks call it)."""
+        checkpoint.save(self.engine, directory, self.rank)
 
-    def load_checkpoint(self, directory: str) -> None:
-        _, client = self.engine.load_checkpoint(directory, tag="trainer", load_optimizer_states=True, load_lr_scheduler_states=True)
-        _set_rng_state(client["rng"])
+    def load_checkpoint(self, directory: str) -> dict[str, int]:
+        """Load a checkpoint saved at any world size and ZeRO stage; returns those."""
+        return checkpoint.load(self.engine, directory, self.rank)
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """Full fp32 weights and optimizer state as a checkpoint holds them (for tests)."""
+        return checkpoint.state(self.engine)
 
     @contextlib.contextmanager
     def _full_state(self) -> Iterator[dict[str, torch.Tensor]]:
-        """HF-named full tensors; under ZeRO-3 gathered from all ranks (a collective)."""
-        module = self.engine.module
-        if self.cfg["zero_stage"] == 3:
-            import deepspeed
+        """HF-named full tensors, with LoRA the base names with adapters merged in;
+        under ZeRO-3 gathered from all ranks (a collective)."""
+        import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                yield module.state_dict()
-        else:
-            yield module.state_dict()
+        module = self.engine.module
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None) if self.cfg["zero_stage"] == 3 else contextlib.nullcontext()
+        with gathered:
+            yield merged_state(module) if self.lora else module.state_dict()
 
     def export_weights(self) -> dict[str, np.ndarray] | None:
         """Full HF-named float32 weights on rank 0, None on other ranks; call on all
@@ -300,14 +265,18 @@ class TrainerWorker(WeightSender):
             return {name: t.detach().float().cpu().numpy().copy() if gathered else t.detach().float().cpu().numpy() for name, t in state.items()}
 
     def save_model(self, directory: str, tokenizer_from: str) -> None:
-        """The policy as a Hugging Face directory (weights, config, tokenizer),
-        written by rank 0; call on all ranks (ZeRO-3 gathers)."""
+        """The policy as a Hugging Face directory (weights, config, tokenizer; with
+        LoRA the merged weights, and the adapters in adapter/), written by rank 0;
+        call on all ranks (ZeRO-3 gathers)."""
         from transformers import AutoTokenizer
 
         with self._full_state() as state:
             if self.rank == 0:
-                self.engine.module.save_pretrained(directory, state_dict=state)
+                module = self.engine.module
+                (module.get_base_model() if self.lora else module).save_pretrained(directory, state_dict=state)
                 AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(directory)
+                if self.lora:  # the adapters alone too, loadable with peft on top of the base model
+                    module.save_pretrained(os.path.join(directory, "adapter"))
 
     def param_sums(self) -> dict[str, float]:
         with self._full_state() as state:
