@@ -32,6 +32,7 @@ from launch.metrics import (
 )
 from launch.models import resolve_model
 from launch.prefetch import Prefetcher, checkpoint_due
+from trainer.batching import contributes
 from trainer.grpo import group_advantages
 from trainer.models import check_lora_targets
 
@@ -276,8 +277,11 @@ class Run:
         metrics["time/wait_generate"] = time.perf_counter() - start
         samples = self.training_batch(groups, kept)
         trained = [s for s in samples if s["weight"] > 0]
-        metrics["train/skipped"] = float(not trained)
-        if trained:
+        skip = self.cfg.trainer.skip_uninformative
+        computed = [s for s in samples if contributes(s, self.trainers.kl_in_loss)] if skip else samples
+        metrics["train/skipped"] = float(not trained or not computed)  # nothing kept, or nothing that moves the weights
+        metrics["train/skipped_samples_frac"] = 1.0 - len(computed) / len(samples) if samples and computed else 1.0
+        if trained and computed:
             lags = [s["lag"] for s in trained]
             metrics.update({
                 "async/trained_version": self.version,  # the policy version being updated; lag = it - the generating version
@@ -289,7 +293,7 @@ class Run:
             if sleeps:  # colocated on a GPU: vLLM frees its memory for the update
                 self.rollout.sleep()
             t0 = time.perf_counter()
-            ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch)
+            ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch, skip)
             metrics["time/train"] = time.perf_counter() - t0
             if sleeps:
                 self.rollout.wake_up()

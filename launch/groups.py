@@ -16,7 +16,7 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rollout.worker import RolloutWorker, engine_env
-from trainer.batching import PAD, plan
+from trainer.batching import PAD, assign, plan
 from trainer.sync import WeightReceiver
 from trainer.worker import TrainerWorker
 
@@ -64,27 +64,23 @@ class TrainerGroup:
 
     def setup(self, model_path: str, dtype: str, cfg: dict, seed: int, total_steps: int) -> int:
         master = self.address()
+        self.max_tokens = cfg["max_tokens_per_micro_batch"]
+        self.kl_in_loss = cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss"
         return ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
 
     def address(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port there."""
         return ray.get(self.ranks[0].address.remote())
 
-    def train(self, samples: Sequence[dict], mini_batches: int, max_tokens_per_micro_batch: int) -> list[dict[str, float]]:
+    def train(self, samples: Sequence[dict], mini_batches: int, max_tokens_per_micro_batch: int, skip: bool = True) -> list[dict[str, float]]:
         """Split the batch into mini-batches (one optimiser step each) and those by
-        trainer.batching.plan over ranks; PAD slots become zero-weight samples."""
+        trainer.batching.assign over ranks; with `skip`, samples whose loss term is
+        identically zero get no forward or backward (the gradient is the same)."""
         per_rank: list[list[dict]] = [[] for _ in self.ranks]
         for idx in np.array_split(np.arange(len(samples)), mini_batches):
-            mini = [samples[i] for i in idx]
-            trained = [s for s in mini if s["weight"] > 0]
-            lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in mini]
-            padding = {**mini[0], "weight": 0.0}
-            for rank, micros in enumerate(plan(lengths, len(self.ranks), max_tokens_per_micro_batch)):
-                per_rank[rank].append({
-                    "micro_batches": [[mini[i] if i != PAD else padding for i in micro] for micro in micros],
-                    "num_tokens": sum(len(s["tokens"]) for s in trained),
-                    "num_seqs": len(trained),
-                })
+            shares = assign([samples[i] for i in idx], len(self.ranks), max_tokens_per_micro_batch, skip, self.kl_in_loss)
+            for rank, share in enumerate(shares):
+                per_rank[rank].append(share)
         return ray.get([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)])
 
     def export_weights(self) -> Any:
@@ -104,16 +100,32 @@ class TrainerGroup:
         return [r.broadcast_weights.remote() for r in self.ranks]
 
     def sequence_kl(self, samples: Sequence[dict]) -> list[float]:
-        """Reference-model KL per sample, spread over the ranks."""
-        shards = np.array_split(np.arange(len(samples)), len(self.ranks))
-        parts = ray.get([r.sequence_kl.remote([samples[i] for i in idx]) for r, idx in zip(self.ranks, shards)])
-        return [kl for part in parts for kl in part]
+        """Reference-model KL per sample, spread over the ranks in micro-batches
+        (trainer.batching.plan): every rank runs the same number of reference
+        forwards, which a sharded (ZeRO-3) reference needs; PAD slots are ignored."""
+        lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in samples]
+        per_rank = plan(lengths, len(self.ranks), self.max_tokens)
+        parts = ray.get([
+            r.sequence_kl.remote([[samples[i if i != PAD else 0] for i in micro] for micro in micros]) for r, micros in zip(self.ranks, per_rank)
+        ])
+        kls = [0.0] * len(samples)
+        for micros, values in zip(per_rank, parts):
+            for micro, row in zip(micros, values):
+                for i, kl in zip(micro, row):
+                    if i != PAD:
+                        kls[i] = kl
+        return kls
 
     def save_checkpoint(self, directory: str) -> None:
         ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])
 
-    def load_checkpoint(self, directory: str) -> None:
-        ray.get([r.load_checkpoint.remote(directory) for r in self.ranks])
+    def load_checkpoint(self, directory: str) -> dict[str, int]:
+        """Load on every rank; returns the world size and ZeRO stage it was saved from."""
+        return ray.get([r.load_checkpoint.remote(directory) for r in self.ranks])[0]
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """Rank 0's view of the full weights and optimizer state (all ranks take part)."""
+        return ray.get([r.checkpoint_state.remote() for r in self.ranks])[0]
 
     def param_sums(self) -> dict[str, float]:
         return ray.get([r.param_sums.remote() for r in self.ranks])[0]

@@ -11,7 +11,8 @@ from launch.driver import train
 pytestmark = pytest.mark.e2e
 
 COMMON = ["run.steps=4", "run.checkpoint_every=0", "eval.every=0", "rollout.max_tokens=16", "trainer.lr=1e-3",
-          "rollout.prompts_per_step=6", "rollout.threads=1", "trainer.threads=1"]
+          "rollout.prompts_per_step=6", "rollout.threads=1", "trainer.threads=1",
+          "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}"]  # rewards vary: every step has something to train
 
 
 def _run(tiny_model, run_dir, *extra) -> list[dict]:

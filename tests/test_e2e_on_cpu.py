@@ -36,6 +36,7 @@ def test_two_steps_two_ranks_zero3_weights_synced(tiny_model, tmp_path):
         for step in range(2):
             metrics = run.step(step)
             assert metrics["train/skipped"] == 0.0 and metrics["train/tokens"] > 0
+            assert 0.0 <= metrics["train/skipped_samples_frac"] < 1.0
             after = run.trainers.param_sums()
             (engine_after,) = run.rollout.param_sums()
             _assert_same_weights(after, engine_after)

@@ -11,7 +11,7 @@ import torch
 
 from launch.config import TrainerConfig
 from launch.metrics import held_out_metrics, pass_at_k
-from trainer.batching import PAD, plan
+from trainer.batching import assign, contributes
 from trainer.grpo import AGGREGATIONS, loss_options
 from trainer.loss import micro_batch_loss
 
@@ -28,20 +28,22 @@ def _batch(n: int = 10) -> list[dict]:
     return samples
 
 
-def batch_gradient(model, samples: list[dict], cfg: dict, ranks: int, max_tokens: int) -> dict[str, torch.Tensor]:
-    """What the trainer ranks compute together: every rank's micro-batch losses
-    (global denominators) backpropagated and summed, as DeepSpeed's all-reduce does."""
+def batch_gradient(model, samples: list[dict], cfg: dict, ranks: int, max_tokens: int, skip: bool = False) -> dict[str, torch.Tensor]:
+    """What the trainer ranks compute together on one mini-batch: every rank's
+    micro-batch losses (global denominators) backpropagated and summed, as
+    DeepSpeed's all-reduce does, with the split the ranks get (trainer.batching.assign)."""
     model.zero_grad()
-    trained = [s for s in samples if s["weight"] > 0]
-    num_tokens, num_seqs = sum(len(s["tokens"]) for s in trained), len(trained)
-    padding = {**samples[0], "weight": 0.0}
-    lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in samples]
     stats: dict[str, float] = defaultdict(float)
-    for micros in plan(lengths, ranks, max_tokens):
-        for micro in micros:
-            loss = micro_batch_loss(model, [samples[i] if i != PAD else padding for i in micro], cfg, num_tokens, num_seqs, True, stats)
-            loss.backward()
+    for share in assign(samples, ranks, max_tokens, skip, kl_in_loss=False):
+        for micro in share["micro_batches"]:
+            micro_batch_loss(model, micro, cfg, share["num_tokens"], share["num_seqs"], True, stats).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    scale = max(g.abs().max().item() for g in a.values())
+    assert scale > 0
+    return max((a[n] - b[n]).abs().max().item() for n in a) / scale
 
 
 @pytest.mark.parametrize("agg", AGGREGATIONS)
@@ -52,12 +54,29 @@ def test_gradient_independent_of_ranks_and_micro_batches(tiny_model, agg):
     cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_agg": agg, "loss_norm_len": 16})
     samples = _batch()
     reference = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000)
-    scale = max(g.abs().max().item() for g in reference.values())
-    assert scale > 0
     for ranks, max_tokens in [(2, 10_000), (1, 40), (2, 24), (3, 30)]:
-        split = batch_gradient(model, samples, cfg, ranks, max_tokens)
-        worst = max((split[n] - reference[n]).abs().max().item() for n in reference)
-        assert worst <= 1e-5 * scale, (ranks, max_tokens, worst / scale)
+        assert _max_rel_diff(reference, batch_gradient(model, samples, cfg, ranks, max_tokens)) <= 1e-5, (ranks, max_tokens)
+
+
+def test_skipping_uninformative_samples_keeps_the_gradient(tiny_model):
+    """Zero-advantage samples and zero-weight padding get no forward/backward,
+    yet the gradient equals the plain path's (denominators stay the batch's)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    samples = _batch(12)
+    for s in samples[4:8]:  # an all-equal group (advantage exactly 0) besides the informative ones and the padding
+        s["advantage"] = 0.0
+    skipped = [s for s in samples if not contributes(s, kl_in_loss=False)]
+    assert 5 <= len(skipped) < len(samples)
+    for agg in ("token-mean", "seq-mean-token-sum-norm"):
+        cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_agg": agg, "loss_norm_len": 16})
+        plain = batch_gradient(model, samples, cfg, ranks=2, max_tokens=40)
+        for ranks in (1, 2, 3):
+            assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 40, skip=True)) <= 1e-5, (agg, ranks)
+    shares = assign([{**s, "advantage": 0.0} for s in samples], 2, 40, skip=True)  # nothing informative: one dummy pass per rank
+    assert [[len(m) for m in share["micro_batches"]] for share in shares] == [[1], [1]]
+    assert all(m[0]["weight"] == 0.0 and len(m[0]["tokens"]) == 1 for share in shares for m in share["micro_batches"])
 
 
 def test_pass_at_k_unbiased_estimator():

@@ -29,13 +29,13 @@ def _batch(seed: int = 0, n: int = 12) -> list[dict]:
     return samples
 
 
-def _train(model, world_size: int, batch: list[dict] | None = None, **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool = True, **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, **overrides)
     group = TrainerGroup(world_size, threads=1)
     try:
         group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
         before = ray.get(group.export_weights())
-        stats = group.train(batch or _batch(), cfg.mini_batches, cfg.max_tokens_per_micro_batch)
+        stats = group.train(batch or _batch(), cfg.mini_batches, cfg.max_tokens_per_micro_batch, skip)
         after = ray.get(group.export_weights())
     finally:
         group.shutdown()
@@ -70,6 +70,22 @@ def test_huge_log_ratio_no_longer_drops_the_update(local_ray, tiny_model):
     _, stats = _train(tiny_model, 1, batch, ppo_epochs=4, old_logprobs="rollout")  # asserts the weights moved
     assert stats[0]["skipped_updates"] == 0.0
     assert stats[0]["clip_tokens"] >= sum(len(batch[i]["tokens"]) for i in forced)
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_skipping_uninformative_samples_under_zero(local_ray, tiny_model, stage):
+    """2 ranks: zero-advantage and padding samples get no forward/backward and the
+    update equals the plain path's (the gradient equality itself is shown on the
+    model in tests/test_loss.py; after one Adam step a wrong gradient shows as
+    ~lr-sized differences)."""
+    batch = _batch(n=12)
+    for s in batch[4:8]:
+        s["advantage"] = 0.0  # an all-equal group
+    batch[-1]["weight"] = 0.0  # padding
+    plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage)
+    skipped, stats = _train(tiny_model, 2, batch, zero_stage=stage)
+    assert _max_diff(plain, skipped) < 1e-6
+    assert sum(s["tokens"] for s in stats) == sum(len(s["tokens"]) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
 
 
 def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):

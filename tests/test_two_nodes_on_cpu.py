@@ -54,6 +54,7 @@ def test_rollout_and_trainer_on_separate_nodes(two_node_cluster, tiny_model, tmp
         f"cluster.address={two_node_cluster}", "rollout.resources={rollout_node: 1}", "trainer.resources={trainer_node: 1}",
         "sync.transport=broadcast", "sync.bucket_mb=0.1", "rollout.threads=1", "trainer.threads=1",
         "rollout.max_tokens=16", "trainer.lr=1e-3", "trainer.max_tokens_per_micro_batch=400",
+        "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}",  # rewards vary, so every step trains
     ])
     run = Run(cfg)
     try:

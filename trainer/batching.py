@@ -1,12 +1,28 @@
-"""How a global batch is split: samples to data-parallel ranks (balanced by
-tokens) and each rank's samples to micro-batches bounded by padded token count.
-Pure logic; the loss is normalised globally, so the split never changes the
-gradient, only the speed."""
+"""How a global batch is split: which samples need a forward and backward at
+all, those to data-parallel ranks (balanced by tokens) and each rank's to
+micro-batches bounded by padded token count. Pure logic; the loss is normalised
+globally, so neither the skipping nor the split changes the gradient, only the
+speed."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-PAD = -1  # a padding micro-batch slot: the caller sends a zero-weight sample
+PAD = -1  # a padding micro-batch slot: the caller sends `dummy(...)`, a zero-weight sample
+
+
+def contributes(sample: Mapping[str, Any], kl_in_loss: bool) -> bool:
+    """Whether a sample's loss term can be non-zero. A zero-weight (padding)
+    sample never; with no KL term in the loss, advantage 0 makes every token's
+    clipped surrogate -max(ratio * 0, clip(ratio) * 0) = 0 with zero gradient.
+    Such samples still count in the loss denominators."""
+    return sample["weight"] > 0 and (kl_in_loss or sample["advantage"] != 0)
+
+
+def dummy(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """The cheapest pass a rank can run to keep ZeRO's collectives in step: one
+    prompt token and one completion token, zero weight."""
+    return {"prompt_ids": list(sample["prompt_ids"][:1]), "tokens": list(sample["tokens"][:1]),
+            "logprobs": list(sample["logprobs"][:1]), "advantage": 0.0, "weight": 0.0, "lag": 0}
 
 
 def shard_by_tokens(lengths: Sequence[int], ranks: int) -> list[list[int]]:
@@ -35,10 +51,11 @@ def micro_batches(indices: Sequence[int], lengths: Sequence[int], max_tokens: in
 
 def plan(lengths: Sequence[int], ranks: int, max_tokens: int) -> list[list[list[int]]]:
     """Per rank, its micro-batches (lists of sample indices). Every rank gets
-    the same number of micro-batches (ZeRO-2/3 reduce in every backward): the
-    largest are split, and a rank with too few samples gets [PAD] micro-batches."""
+    the same number of micro-batches, at least one (ZeRO-2/3 reduce in every
+    backward, and an optimiser step follows): the largest are split, and a rank
+    with too few samples gets [PAD] micro-batches."""
     per_rank = [micro_batches(shard, lengths, max_tokens) for shard in shard_by_tokens(lengths, ranks)]
-    count = max(len(m) for m in per_rank)
+    count = max(1, max(len(m) for m in per_rank))
     for batches in per_rank:
         while len(batches) < count and any(len(b) > 1 for b in batches):
             big = max(range(len(batches)), key=lambda j: len(batches[j]) * lengths[batches[j][0]])
@@ -46,3 +63,20 @@ def plan(lengths: Sequence[int], ranks: int, max_tokens: int) -> list[list[list[
             batches[big:big + 1] = [batches[big][:half], batches[big][half:]]
         batches += [[PAD]] * (count - len(batches))
     return per_rank
+
+
+def assign(mini: Sequence[dict], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False) -> list[dict[str, Any]]:
+    """Per rank, its share of one mini-batch (one optimiser step):
+    {"micro_batches": [[sample, ...], ...], "num_tokens", "num_seqs"}, the counts
+    being the whole mini-batch's trained (weight > 0) samples, the loss
+    denominators. With `skip`, samples that cannot contribute get no forward or
+    backward; PAD slots become the cheapest dummy sample."""
+    trained = [s for s in mini if s["weight"] > 0]
+    active = [s for s in mini if contributes(s, kl_in_loss)] if skip else list(mini)
+    lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in active]
+    padding = dummy(mini[0])
+    num_tokens, num_seqs = sum(len(s["tokens"]) for s in trained), len(trained)
+    return [
+        {"micro_batches": [[active[i] if i != PAD else padding for i in micro] for micro in micros], "num_tokens": num_tokens, "num_seqs": num_seqs}
+        for micros in plan(lengths, ranks, max_tokens)
+    ]
