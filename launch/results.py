@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from launch.metrics import distribution_names
+
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
@@ -17,11 +19,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def distributions(metrics: Sequence[dict]) -> list[str]:
-    return sorted({k.split("/")[1] for m in metrics for k in m if k.startswith("dist/") and k.endswith("/prob")})
+    """Every distribution logged in any step (names may contain '/')."""
+    return sorted({name for m in metrics for name in distribution_names(m)})
 
 
 def run_summary(run_dir: Path, target_accuracy: float) -> dict[str, float]:
-    """One finished run: final held-out accuracy (overall and per distribution),
+    """One finished run: final held-out accuracy (avg@n, overall and per distribution) and pass@k,
     the first step whose held-out accuracy reached the target (nan if never),
     mean response length, tokens generated, wall seconds."""
     metrics = read_metrics(run_dir)
@@ -30,6 +33,8 @@ def run_summary(run_dir: Path, target_accuracy: float) -> dict[str, float]:
     out = {"final_accuracy": final.get("eval/accuracy", math.nan)}
     for name in distributions(metrics):
         out[f"final_accuracy/{name}"] = final.get(f"eval/{name}/accuracy", math.nan)
+    for key in sorted(k for k in final if k.startswith("eval/pass@")):  # overall pass@k for each eval.k
+        out[f"final_{key[len('eval/'):]}"] = final[key]
     reached = [m["step"] + 1 for m in evals if m["eval/accuracy"] >= target_accuracy]
     out["steps_to_target"] = float(reached[0]) if reached else math.nan
     out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
@@ -78,12 +83,14 @@ def _pm(row: dict[str, float], key: str, fmt: str) -> str:
 def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float) -> str:
     first = next(iter(cells.values()))
     names = sorted(k[len("final_accuracy/"):-len("_mean")] for k in first if k.startswith("final_accuracy/") and k.endswith("_mean"))
-    header = (["cell", "seeds", "held-out acc"] + [f"acc {n}" for n in names]
+    passes = sorted((k[len("final_"):-len("_mean")] for k in first if k.startswith("final_pass@") and k.endswith("_mean")), key=lambda k: int(k[5:]))
+    header = (["cell", "seeds", "held-out acc"] + [f"acc {n}" for n in names] + [f"held-out {k}" for k in passes]
               + [f"steps to acc {target_accuracy:g} (reached)", "mean length", "tokens generated", "wall s"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell, row in cells.items():
         reach = f"{_pm(row, 'steps_to_target', '.1f')} ({row['reached_target']}/{row['seeds']})"
         values = ([cell, str(row["seeds"]), _pm(row, "final_accuracy", ".3f")] + [_pm(row, f"final_accuracy/{n}", ".3f") for n in names]
+                  + [_pm(row, f"final_{k}", ".3f") for k in passes]
                   + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "wall_seconds", ".0f")])
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ def _write_run(path, evals, wall=12.0):
     for step, acc in enumerate(evals):
         m = {"step": step, "dist/a/prob": 0.5, "dist/b/prob": 0.5, "length/tokens_mean": 10.0 + step, "tokens/generated": 100}
         if acc is not None:
-            m.update({"eval/accuracy": acc, "eval/a/accuracy": acc, "eval/b/accuracy": acc / 2})
+            m.update({"eval/accuracy": acc, "eval/a/accuracy": acc, "eval/b/accuracy": acc / 2, "eval/pass@4": min(1.0, 2 * acc)})
         lines.append(json.dumps(m))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (path / "done.json").write_text(json.dumps({"wall_seconds": wall}))
@@ -31,6 +31,9 @@ def test_run_summary_reads_final_eval_steps_to_target_length_tokens_wall(tmp_pat
     assert s["steps_to_target"] == 4.0  # step index 3 is the 4th step
     assert s["mean_length"] == 12.0 and s["tokens_generated"] == 500 and s["wall_seconds"] == 12.0
     assert math.isnan(run_summary(tmp_path / "r", target_accuracy=0.9)["steps_to_target"])
+    assert s["final_pass@4"] == 1.0
+    row = aggregate([s, run_summary(tmp_path / "r", 0.5)])
+    assert "| held-out pass@4 |" in markdown_table({"cell": row}, 0.5) and row["final_pass@4_mean"] == 1.0
 
 
 def test_aggregate_mean_std_over_seeds_and_table():
