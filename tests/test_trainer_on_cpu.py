@@ -84,7 +84,7 @@ def test_skipping_uninformative_samples_under_zero(local_ray, tiny_model, stage)
     batch[-1]["weight"] = 0.0  # padding
     plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage)
     skipped, stats = _train(tiny_model, 2, batch, zero_stage=stage)
-    assert _max_diff(plain, skipped) < 1e-6
+    assert _max_diff(plain, skipped) < 1e-5  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
     assert sum(s["tokens"] for s in stats) == sum(len(s["tokens"]) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
 
 
