@@ -117,6 +117,7 @@ class TrainerConfig:
     kl_in: str = "loss"  # loss: a KL term in the loss | reward: reward -= kl_coef * summed KL before advantages
     max_tokens_per_micro_batch: int = 1024  # padded tokens (rows x longest row) per forward/backward
     skip_uninformative: bool = True  # no forward/backward for samples whose loss term is 0 (advantage 0, no KL in the loss; padding)
+    share_prompts: bool = True  # a group's prompt goes through the model once, its completions attend to it (4D mask)
     zero_stage: int = 1
     zero_init: bool = True  # ZeRO-3: build models already sharded (deepspeed.zero.Init); false loads the full model on each rank first
     gradient_checkpointing: bool = False  # recompute activations in backward (HF, non-reentrant): less memory, ~1 extra forward

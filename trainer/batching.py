@@ -65,18 +65,27 @@ def plan(lengths: Sequence[int], ranks: int, max_tokens: int) -> list[list[list[
     return per_rank
 
 
-def assign(mini: Sequence[dict], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False) -> list[dict[str, Any]]:
+def assign(
+    mini: Sequence[dict], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False, share_prompts: bool = False
+) -> list[dict[str, Any]]:
     """Per rank, its share of one mini-batch (one optimiser step):
     {"micro_batches": [[sample, ...], ...], "num_tokens", "num_seqs"}, the counts
     being the whole mini-batch's trained (weight > 0) samples, the loss
     denominators. With `skip`, samples that cannot contribute get no forward or
-    backward; PAD slots become the cheapest dummy sample."""
+    backward; with `share_prompts` the samples of one prompt (a group) stay in
+    one micro-batch, sized as the one row they become (prompt once, then every
+    completion). PAD slots become the cheapest dummy sample."""
     trained = [s for s in mini if s["weight"] > 0]
     active = [s for s in mini if contributes(s, kl_in_loss)] if skip else list(mini)
-    lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in active]
+    units: dict[Any, list[dict]] = {}
+    for i, s in enumerate(active):
+        units.setdefault(tuple(s["prompt_ids"]) if share_prompts else i, []).append(s)
+    members = list(units.values())
+    lengths = [len(u[0]["prompt_ids"]) + sum(len(s["tokens"]) for s in u) for u in members]  # the row each unit becomes
     padding = dummy(mini[0])
     num_tokens, num_seqs = sum(len(s["tokens"]) for s in trained), len(trained)
     return [
-        {"micro_batches": [[active[i] if i != PAD else padding for i in micro] for micro in micros], "num_tokens": num_tokens, "num_seqs": num_seqs}
+        {"micro_batches": [[s for i in micro for s in (members[i] if i != PAD else [padding])] for micro in micros],
+         "num_tokens": num_tokens, "num_seqs": num_seqs}
         for micros in plan(lengths, ranks, max_tokens)
     ]

@@ -4,6 +4,7 @@ trainer/grpo.py. Model-level (no DeepSpeed, no Ray), so tests can compare the
 gradients of different batch splits on a plain Hugging Face model."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -23,29 +24,108 @@ def per_token(samples: Sequence[dict], key: str, predicts: torch.Tensor) -> torc
     return torch.zeros(predicts.shape, device=predicts.device).masked_scatter(predicts, values)
 
 
-def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False) -> dict[str, torch.Tensor]:
-    """Log-probs [B, T] of each sample's completion tokens, the positions that
-    predict them ("predicts", bool [B, T]; T = longest sequence - 1) and optionally
-    per-token entropy. `logits_to_keep` skips the vocabulary projection (the
-    costliest layer of a small model) over the prompt; the call goes through the
-    model's (or DeepSpeed engine's) own forward, which ZeRO-3 needs."""
-    sequences = [s["prompt_ids"] + s["tokens"] for s in samples]
-    device = model.device
-    input_ids = _pad(sequences, 0).to(device)  # [B, L]
-    attention = _pad([[1] * len(q) for q in sequences], 0).to(device)
-    predicts = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool)  # [B, L-1]
+@dataclass
+class _Row:
+    """One forward row: a prompt, then one or more completions (segments)."""
+
+    prompt: list[int]
+    segments: list[int] = field(default_factory=list)  # sample indices, in order
+    starts: list[int] = field(default_factory=list)  # where each segment begins in the row
+
+    def length(self, samples: Sequence[dict]) -> int:
+        return len(self.prompt) + sum(len(samples[i]["tokens"]) for i in self.segments)
+
+
+def _rows(samples: Sequence[dict], share_prompts: bool) -> list[_Row]:
+    """One row per sample, or with share_prompts one per distinct prompt holding
+    every completion of it (a group's samples: the prompt is encoded once)."""
+    rows: dict[Any, _Row] = {}
     for i, s in enumerate(samples):
-        start = len(s["prompt_ids"]) - 1  # the position that predicts the first completion token
-        predicts[i, start : start + len(s["tokens"])] = True
-    predicts = predicts.to(device)
-    first = min(len(s["prompt_ids"]) for s in samples) - 1
-    keep = torch.arange(first, input_ids.shape[1] - 1, device=device)
-    logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits.float()  # [B, K, V]
-    kept = predicts[:, first:]  # [B, K]
-    selected = logits[kept]  # [N, V]
+        key = tuple(s["prompt_ids"]) if share_prompts else i
+        row = rows.setdefault(key, _Row(list(s["prompt_ids"])))
+        row.starts.append(row.length(samples))
+        row.segments.append(i)
+    return list(rows.values())
+
+
+def _shared_prompt_mask(rows: list[_Row], samples: Sequence[dict], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive attention mask [R, 1, L, L] and position ids [R, L] for rows that
+    hold several completions: each completion sees the prompt and, causally,
+    itself (not the other completions), at the positions it has in its own
+    prompt + completion sequence. Padding positions see only themselves."""
+    allowed = torch.zeros(len(rows), width, width, dtype=torch.bool)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for r, row in enumerate(rows):
+        p = len(row.prompt)
+        allowed[r, :p, :p] = causal[:p, :p]
+        positions[r, :p] = torch.arange(p)
+        end = p
+        for i, start in zip(row.segments, row.starts):
+            end = start + len(samples[i]["tokens"])
+            allowed[r, start:end, :p] = True
+            allowed[r, start:end, start:end] = causal[: end - start, : end - start]
+            positions[r, start:end] = torch.arange(p, p + end - start)
+        pad = torch.arange(end, width)
+        allowed[r, pad, pad] = True
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1), positions
+
+
+SHARED_PROMPT_BACKENDS = ("sdpa", "eager")  # attention implementations that take an arbitrary 4D mask
+
+
+def prompt_sharing(model: Any, wanted: bool) -> bool:
+    """Whether the shared-prompt forward can be used with this model; says once why not."""
+    backend = getattr(model.config, "_attn_implementation", None)
+    if wanted and backend not in SHARED_PROMPT_BACKENDS:
+        print(f"gradus: trainer.share_prompts is off: attention backend {backend!r} cannot take its 4D mask "
+              f"(supported: {', '.join(SHARED_PROMPT_BACKENDS)})", flush=True)
+        return False
+    return wanted
+
+
+def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False, share_prompts: bool = False) -> dict[str, torch.Tensor]:
+    """Log-probs [B, T] of each sample's completion tokens (T = the longest
+    completion; "predicts" marks the real ones, bool [B, T]) and optionally
+    per-token entropy.
+
+    One row per sample, or with `share_prompts` one per distinct prompt: the
+    prompt goes through the model once and each completion attends to it and to
+    itself (a 4D mask, per-completion position ids), the shared-prefix forward
+    of "Prefix Grouper"; log-probs and gradients equal the per-sample forward's
+    to float tolerance. `logits_to_keep` skips the vocabulary projection over
+    the prompts; the call goes through the model's (or DeepSpeed engine's) own
+    forward, which ZeRO-3 needs."""
+    device = model.device
+    rows = _rows(samples, share_prompts)
+    input_ids = _pad([row.prompt + [t for i in row.segments for t in samples[i]["tokens"]] for row in rows], 0)  # [R, L]
+    width = input_ids.shape[1]
+    if any(len(row.segments) > 1 for row in rows):
+        attention, positions = _shared_prompt_mask(rows, samples, width, next(model.parameters()).dtype)
+        extra = {"attention_mask": attention.to(device), "position_ids": positions.to(device)}
+    else:
+        extra = {"attention_mask": _pad([[1] * row.length(samples) for row in rows], 0).to(device)}
+    # For every completion token, in sample order: its row and the position that predicts it.
+    row_of: list[list[int]] = [[] for _ in samples]
+    pos_of: list[list[int]] = [[] for _ in samples]
+    for r, row in enumerate(rows):
+        for i, start in zip(row.segments, row.starts):
+            n = len(samples[i]["tokens"])
+            row_of[i] = [r] * n
+            pos_of[i] = ([len(row.prompt) - 1] + list(range(start, start + n - 1)))[:n]
+    rows_idx = torch.tensor([r for rs in row_of for r in rs], dtype=torch.long)
+    pos_idx = torch.tensor([q for qs in pos_of for q in qs], dtype=torch.long)
+    first = int(pos_idx.min())
+    keep = torch.arange(first, width - 1, device=device)
+    logits = model(input_ids=input_ids.to(device), use_cache=False, logits_to_keep=keep, **extra).logits.float()  # [R, K, V]
+    selected = logits[rows_idx.to(device), (pos_idx - first).to(device)]  # [N, V]
+    targets = torch.tensor([t for s in samples for t in s["tokens"]], dtype=torch.long, device=device)  # [N]
     norm = torch.logsumexp(selected, dim=-1)  # [N]
-    picked = selected.gather(-1, input_ids[:, 1:][predicts].unsqueeze(-1)).squeeze(-1) - norm  # [N]
-    out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype).masked_scatter(predicts, picked), "predicts": predicts}
+    picked = selected.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - norm  # [N]
+    lengths = torch.tensor([len(s["tokens"]) for s in samples])
+    predicts = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(device)  # [B, T]
+    out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype, device=device).masked_scatter(predicts, picked), "predicts": predicts}
     if with_entropy:
         with torch.no_grad():
             entropy = norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)  # [N]
@@ -100,7 +180,7 @@ def micro_batch_loss(
     forward itself is at the sampling weights and is its own old policy. With
     `ref_logprobs`, a KL term against the reference policy joins the loss.
     Statistics of finite losses are added to `stats`."""
-    out = completion_logprobs(model, micro, with_entropy=True)
+    out = completion_logprobs(model, micro, with_entropy=True, share_prompts=cfg["share_prompts"])
     logp, predicts = out["logp"], out["predicts"]  # [B, T]
     mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro], device=logp.device).unsqueeze(-1)
     old = logp.detach() if single else per_token(micro, "old_logp", predicts)

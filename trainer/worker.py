@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from trainer.grpo import kl_penalty, loss_options
-from trainer.loss import completion_logprobs, micro_batch_loss, per_token, rollout_gap
+from trainer.loss import completion_logprobs, micro_batch_loss, per_token, prompt_sharing, rollout_gap
 from trainer.models import add_lora, load_model, merged_state
 from trainer import checkpoint
 from trainer.schedules import lr_multiplier
@@ -60,6 +60,7 @@ class TrainerWorker(WeightSender):
         torch_dtype = getattr(torch, dtype)
         ds_config = self._ds_config()
         model = load_model(model_path, torch_dtype, ds_config, cfg["zero_init"])
+        self.cfg["share_prompts"] = prompt_sharing(model, cfg["share_prompts"])
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora:
@@ -125,7 +126,7 @@ class TrainerWorker(WeightSender):
         for mini in mini_batches:
             for micro in mini["micro_batches"]:
                 with torch.no_grad():
-                    out = completion_logprobs(self.engine, micro)
+                    out = completion_logprobs(self.engine, micro, share_prompts=self.cfg["share_prompts"])
                 for s, row, mask in zip(micro, out["logp"], out["predicts"]):
                     s["old_logp"] = row[mask].tolist() if self.cfg["old_logprobs"] == "recompute" else s["logprobs"]
                 rollout_gap(micro, out, stats)
@@ -206,7 +207,7 @@ class TrainerWorker(WeightSender):
         must call it equally often."""
         disabled = self.engine.module.disable_adapter() if self.lora else contextlib.nullcontext()
         with torch.no_grad(), disabled:
-            return completion_logprobs(self.engine if self.lora else self.ref, micro)
+            return completion_logprobs(self.engine if self.lora else self.ref, micro, share_prompts=self.cfg["share_prompts"])
 
     def _reference_pass(self, mini_batches: Sequence[dict]) -> dict[int, torch.Tensor]:
         """Reference log-probs [B, T] of every micro-batch (keyed by id), computed once
