@@ -73,18 +73,21 @@ def test_huge_log_ratio_no_longer_drops_the_update(local_ray, tiny_model):
 
 
 @pytest.mark.parametrize("stage", [1, 3])
-def test_skipping_uninformative_samples_under_zero(local_ray, tiny_model, stage):
-    """2 ranks: zero-advantage and padding samples get no forward/backward and the
-    update equals the plain path's (the gradient equality itself is shown on the
-    model in tests/test_loss.py; after one Adam step a wrong gradient shows as
-    ~lr-sized differences)."""
+def test_skipping_and_shared_prompts_under_zero(local_ray, tiny_model, stage):
+    """2 ranks: zero-advantage and padding samples get no forward/backward, each
+    group's prompt is encoded once, and the update equals the plain path's (the
+    gradient equality itself is shown on the model in tests/test_loss.py; after
+    one Adam step a wrong gradient shows as ~lr-sized differences)."""
     batch = _batch(n=12)
+    for g in range(3):  # three groups of 4 samples sharing a prompt
+        for s in batch[4 * g:4 * g + 4]:
+            s["prompt_ids"] = list(batch[4 * g]["prompt_ids"])
     for s in batch[4:8]:
         s["advantage"] = 0.0  # an all-equal group
     batch[-1]["weight"] = 0.0  # padding
-    plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage)
-    skipped, stats = _train(tiny_model, 2, batch, zero_stage=stage)
-    assert _max_diff(plain, skipped) < 1e-5  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
+    plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage, share_prompts=False)
+    fast, stats = _train(tiny_model, 2, batch, zero_stage=stage)
+    assert _max_diff(plain, fast) < 1e-5  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
     assert sum(s["tokens"] for s in stats) == sum(len(s["tokens"]) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
 
 
@@ -137,3 +140,35 @@ def test_nonfinite_loss_skips_the_update_on_every_rank(local_ray, tiny_model, st
         assert _max_diff(before, ray.get(group.export_weights())) > 5e-5
     finally:
         group.shutdown()
+
+
+@pytest.mark.parametrize("saved, resumed", [((2, 2), (1, 1)), ((1, 0), (2, 3))], ids=["2ranks-zero2-to-1rank-zero1", "1rank-zero0-to-2ranks-zero3"])
+def test_checkpoint_resumes_on_another_world_size_and_zero_stage(local_ray, tiny_model, tmp_path, saved, resumed):
+    """The checkpoint is consolidated: loaded at another world size and ZeRO stage
+    it gives back the same fp32 weights and Adam moments, and the next update
+    matches the one the saving run makes (up to reduction order)."""
+    def group(world_size: int, stage: int) -> TrainerGroup:
+        cfg = dataclasses.replace(TrainerConfig(), lr=1e-3, threads=1, max_tokens_per_micro_batch=48, zero_stage=stage)
+        trainers = TrainerGroup(world_size, threads=1)
+        trainers.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=4)
+        return trainers
+
+    first = group(*saved)
+    try:
+        first.train(_batch(0), 1, 48)
+        first.save_checkpoint(str(tmp_path))
+        state = first.checkpoint_state()
+        stats = first.train(_batch(1), 1, 48)
+        expected = ray.get(first.export_weights())
+    finally:
+        first.shutdown()
+    assert {k.split("/")[0] for k in state} == {"param", "exp_avg", "exp_avg_sq"} and np.abs(state["exp_avg_sq/" + next(iter(k for k in state if k.startswith("param/")))[6:]]).max() > 0
+    second = group(*resumed)
+    try:
+        assert second.load_checkpoint(str(tmp_path)) == {"world_size": saved[0], "zero_stage": saved[1]}
+        assert _max_diff(state, second.checkpoint_state()) < 1e-6
+        resumed_stats = second.train(_batch(1), 1, 48)
+        assert _max_diff(expected, ray.get(second.export_weights())) < 1e-5
+        assert resumed_stats[0]["lr"] == stats[0]["lr"]
+    finally:
+        second.shutdown()
