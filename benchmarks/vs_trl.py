@@ -1,13 +1,19 @@
 """gradus vs TRL's GRPOTrainer, side by side in one script: the same model,
-prompts (1-digit addition, the demo's easiest task), reward (rollout.rewards),
-group size, prompts per step, max completion length and learning rate.
+prompts, reward (rollout.rewards), group size, prompts per step, max
+completion length and learning rate.
 
-    python benchmarks/vs_trl.py [--model smollm2-135m-instruct] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64]
+    python benchmarks/vs_trl.py [--workload add1|mix3] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64] [--no-plain]
 
-Reports GRPO steps' samples/s and generated tokens/s for each, and the ratio.
-The first step of each is warm-up and is left out. TRL generates with HF
-`generate` (its vLLM mode needs CUDA); gradus with vLLM-CPU, both float32 on
-the same cores. Needs `pip install trl` (the `bench` extra).
+Workloads: `add1` (1-digit addition, the demo's easiest task) and `mix3`
+(uniform over 1-, 2- and 3-digit addition, the curriculum setting where many
+groups are all wrong). Contenders: gradus as configured by default; gradus
+"plain" (trainer.skip_uninformative=false, trainer.share_prompts=false: every
+sample through a forward and backward of its own, the update before issue 17);
+TRL. Reports per GRPO step: samples/s (generated samples processed per
+second, the same numerator for all), generated tokens/s, update seconds per
+generated token, and ratios. The first step of each is warm-up and is left
+out. TRL generates with HF `generate` (its vLLM mode needs CUDA); gradus with
+vLLM-CPU, all float32 on the same cores. Needs `pip install trl` (the `bench` extra).
 """
 from __future__ import annotations
 
@@ -20,28 +26,38 @@ from pathlib import Path
 import numpy as np
 
 
-def prompts(n: int, seed: int = 0) -> list[dict]:
+WORKLOADS = {"add1": [1], "mix3": [1, 2, 3]}  # operand digits of each distribution (sampled uniformly)
+
+
+def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
+    """n rows drawn uniformly over the workload's distributions, as gradus's uniform curriculum does."""
     from curriculum.sources import SOURCES
 
-    return SOURCES.get("arithmetic")(n, np.random.default_rng(seed), digits=1)
+    rng = np.random.default_rng(seed)
+    pools = [SOURCES.get("arithmetic")(n, np.random.default_rng(seed + d), digits=d) for d in digits]
+    return [pools[int(rng.integers(len(pools)))][i] for i in range(n)]
 
 
-def run_gradus(model: str, args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
+def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> dict[str, float]:
     from launch.config import load_config
     from launch.driver import train
 
+    dists = ", ".join(f"{{name: add{d}, source: arithmetic, params: {{digits: {d}}}, verifier: numeric}}" for d in WORKLOADS[args.workload])
     cfg = load_config("configs/default.yaml", [
         f"model.path={model}", f"run.run_dir={run_dir}", f"run.steps={args.steps}", "run.checkpoint_every=0", "run.save_final=false",
-        "wandb.mode=disabled", "eval.every=0", "curriculum.kind=uniform", "curriculum.params={}",
-        "data.distributions=[{name: add1, source: arithmetic, params: {digits: 1}, verifier: numeric}]",
+        "wandb.mode=disabled", "eval.every=0", "curriculum.kind=uniform", "curriculum.params={}", f"data.distributions=[{dists}]",
         f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}", f"rollout.max_tokens={args.max_tokens}",
-        f"trainer.lr={args.lr}",
+        f"trainer.lr={args.lr}", *extra,
     ])
     train(cfg, overwrite=True)
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
     seconds = sum(m["time/step"] for m in steps)
+    tokens = sum(m["tokens/generated"] for m in steps)
     return {"step_s": seconds / len(steps), "samples_per_s": len(steps) * args.prompts * args.group / seconds,
-            "tokens_per_s": sum(m["tokens/generated"] for m in steps) / seconds, "reward": float(np.mean([m["reward/mean"] for m in steps]))}
+            "tokens_per_s": tokens / seconds, "train_s_per_token": sum(m.get("time/train", 0.0) for m in steps) / tokens,
+            "generate_s": float(np.mean([m["time/generate"] for m in steps])), "train_s": float(np.mean([m.get("time/train", 0.0) for m in steps])),
+            "skipped_frac": float(np.mean([m["train/skipped_samples_frac"] for m in steps])),
+            "reward": float(np.mean([m["reward/mean"] for m in steps]))}
 
 
 def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, float]:
@@ -51,7 +67,7 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
 
     from rollout.rewards import RewardWeights, score
 
-    rows = prompts(args.prompts * args.steps)
+    rows = prompts(args.prompts * args.steps, WORKLOADS[args.workload])
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows])
     weights = RewardWeights()
 
@@ -59,6 +75,8 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
         return [score("numeric", c[0]["content"], a, len(ids), None, weights)["reward"] for c, a, ids in zip(completions, answer, completion_ids)]
 
     class StepTimer(TrainerCallback):
+        """Wall time of each optimiser step (generation, scoring and update)."""
+
         def __init__(self) -> None:
             self.starts, self.ends = [], []
 
@@ -82,29 +100,40 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
     seconds = sum(durations)
     tokens = sum(h["completions/mean_length"] * args.prompts * args.group for h in logs)
     return {"step_s": seconds / len(durations), "samples_per_s": len(durations) * args.prompts * args.group / seconds,
-            "tokens_per_s": tokens / seconds, "reward": float(np.mean([h["reward"] for h in logs]))}
+            "tokens_per_s": tokens / seconds, "train_s_per_token": float("nan"), "generate_s": float("nan"), "train_s": float("nan"),
+            "skipped_frac": 0.0, "reward": float(np.mean([h["reward"] for h in logs]))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="add1")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
+    parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
     args = parser.parse_args()
     from launch.models import resolve_model
 
     model = str(resolve_model(args.model))
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        gradus = run_gradus(model, args, Path(tmp) / "gradus")
-        trl = run_trl(model, args, Path(tmp) / "trl")
-    print(f"{args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, {args.steps - 1} timed steps each")
-    print(f"{'':<8}{'step s':>9}{'samples/s':>11}{'gen tok/s':>11}{'reward':>8}")
-    for name, m in (("gradus", gradus), ("TRL", trl)):
-        print(f"{name:<8}{m['step_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}{m['reward']:>8.3f}")
-    print(f"gradus / TRL: {gradus['samples_per_s'] / trl['samples_per_s']:.1f}x samples/s, {gradus['tokens_per_s'] / trl['tokens_per_s']:.1f}x tokens/s")
+        results["gradus"] = run_gradus(model, args, Path(tmp) / "gradus")
+        if not args.no_plain:
+            results["gradus plain"] = run_gradus(model, args, Path(tmp) / "plain", "trainer.skip_uninformative=false", "trainer.share_prompts=false")
+        if not args.no_trl:
+            results["TRL"] = run_trl(model, args, Path(tmp) / "trl")
+    print(f"{args.workload}: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, {args.steps - 1} timed steps each")
+    print(f"{'':<14}{'step s':>8}{'gen s':>8}{'train s':>9}{'samples/s':>11}{'gen tok/s':>11}{'train ms/tok':>14}{'skipped':>9}{'reward':>8}")
+    for name, m in results.items():
+        print(f"{name:<14}{m['step_s']:>8.1f}{m['generate_s']:>8.1f}{m['train_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}"
+              f"{1000 * m['train_s_per_token']:>14.1f}{m['skipped_frac']:>9.2f}{m['reward']:>8.3f}")
+    for name in [n for n in results if n != "gradus"]:
+        print(f"gradus / {name}: {results['gradus']['samples_per_s'] / results[name]['samples_per_s']:.2f}x samples/s, "
+              f"{results['gradus']['tokens_per_s'] / results[name]['tokens_per_s']:.2f}x generated tokens/s")
 
 
 if __name__ == "__main__":
