@@ -14,7 +14,16 @@ import numpy as np
 from curriculum.bandits import make_curriculum
 from curriculum.budget import make_budget_schedule
 from curriculum.filters import make_filter
-from curriculum.sources import Distribution
+from curriculum.sources import Distribution, make_distributions
+
+
+def with_budget(prompt: str | list[dict], template: str, budget: int) -> str | list[dict]:
+    """The budget template applied to a string prompt, or to the last user
+    message of a chat prompt (other messages unchanged)."""
+    if isinstance(prompt, str):
+        return template.format(prompt=prompt, budget=budget)
+    last = max(i for i, m in enumerate(prompt) if m["role"] == "user")
+    return [{**m, "content": template.format(prompt=m["content"], budget=budget)} if i == last else m for i, m in enumerate(prompt)]
 
 
 class CurriculumScheduler:
@@ -26,16 +35,18 @@ class CurriculumScheduler:
         filters: Sequence[Mapping[str, Any]] = (),
         budget: Mapping[str, Any] | None = None,
         budget_prompt: str = "",
-        train_size: int = 2000,
+        train_size: int | None = None,
         eval_size: int = 32,
         seed: int = 0,
     ) -> None:
-        self.distributions = {
-            d["name"]: Distribution(
-                d["name"], d["source"], dict(d.get("params") or {}), d["verifier"], train_size, eval_size, seed, d.get("budget")
-            )
-            for d in distributions
-        }
+        """`train_size=None`: every row of a file, DEFAULT_SYNTHETIC_ROWS of a generator."""
+        self.distributions: dict[str, Distribution] = {}
+        for spec in distributions:
+            for dist in make_distributions(spec, train_size, eval_size, seed):
+                if dist.name in self.distributions:
+                    raise ValueError(f"distribution {dist.name!r} appears twice (a split_by value may repeat another distribution's name)")
+                self.distributions[dist.name] = dist
+        self.notes = [d.note for d in self.distributions.values() if d.note]
         self.curriculum = make_curriculum(curriculum, list(self.distributions), **dict(curriculum_params or {}))
         self.filters = [make_filter(f["kind"], **{k: v for k, v in f.items() if k != "kind"}) for f in filters]
         self.budget = make_budget_schedule(**budget) if budget else None
@@ -53,8 +64,8 @@ class CurriculumScheduler:
             dist = self.distributions[name]
             (row,) = dist.take(1)
             budget = self.budget_for(name, step)
-            prompt = row["prompt"] if budget is None or not self.budget_prompt else self.budget_prompt.format(prompt=row["prompt"], budget=budget)
-            batch.append({"distribution": name, "verifier": dist.verifier, "budget": budget, **row, "prompt": prompt})
+            prompt = row["prompt"] if budget is None or not self.budget_prompt else with_budget(row["prompt"], self.budget_prompt, budget)
+            batch.append({**self._tags(dist), "budget": budget, **row, "prompt": prompt})
         self.overhead_s += time.perf_counter() - start
         return batch
 
@@ -95,7 +106,12 @@ class CurriculumScheduler:
         return seconds
 
     def eval_rows(self) -> dict[str, list[dict[str, Any]]]:
-        return {name: [{"distribution": name, "verifier": d.verifier, **row} for row in d.eval_rows] for name, d in self.distributions.items()}
+        """Each distribution's held-out rows (never drawn for training), tagged like batch items."""
+        return {name: [{**self._tags(d), **row} for row in d.eval_rows] for name, d in self.distributions.items()}
+
+    @staticmethod
+    def _tags(dist: Distribution) -> dict[str, Any]:
+        return {"distribution": dist.name, "verifier": dist.verifier, "verifier_threshold": dist.verifier_threshold}
 
     def state_dict(self) -> dict[str, Any]:
         return {

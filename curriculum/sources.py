@@ -3,7 +3,10 @@ generators with a difficulty knob, or local JSONL/Parquet/HF dataset dirs), its
 held-out split, and the cursor that walks its training rows (resumable state).
 
 A source is `fn(wanted, rng, **params) -> list[row]`, a row being
-{"prompt": str, "answer": Any}; synthetic sources return distinct prompts.
+{"prompt": str or chat messages, "answer": Any} (file rows may also carry
+`data_source` and `extra_info` for verl reward functions); synthetic sources
+return distinct prompts. `source: path/to/file.py:fn` loads such a function
+from a file (a plugin, curriculum/registry.py).
 """
 from __future__ import annotations
 
@@ -15,10 +18,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from curriculum.registry import Registry
+from curriculum.registry import Registry, nearest
 
 Row = dict[str, Any]
-SOURCES: Registry[Callable[..., list[Row]]] = Registry("data source")
+SOURCES: Registry[Callable[..., list[Row]]] = Registry(
+    "data source", lambda obj: [] if callable(obj) else [f"{obj!r} is not a function fn(wanted, rng, **params) -> list of rows"]
+)
+DEFAULT_SYNTHETIC_ROWS = 2000  # training rows a generator makes when data.train_size is null
+MISSING = object()
 NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi"]
 
 
@@ -89,11 +96,12 @@ def _kk_statement(rng: np.random.Generator, speaker: int, n: int) -> tuple[str, 
 
 
 @SOURCES.register("kk")
-def knights_knaves(wanted: int, rng: np.random.Generator, people: int = 2) -> list[Row]:
+def knights_knaves(wanted: int, rng: np.random.Generator, people: int = 3) -> list[Row]:
     """Knights always tell the truth, knaves always lie; puzzles with exactly one
-    solution (checked by enumerating all role assignments). Harder with more people."""
-    if not 2 <= people <= len(NAMES):
-        raise ValueError(f"kk: people must be between 2 and {len(NAMES)}")
+    solution (checked by enumerating all role assignments). Harder with more people.
+    From 3 people: two people's claims about each other never have exactly one solution."""
+    if not 3 <= people <= len(NAMES):
+        raise ValueError(f"kk: people must be between 3 and {len(NAMES)}")
 
     def draw(rng: np.random.Generator) -> Row:
         while True:
@@ -146,28 +154,127 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def plain(value: Any) -> Any:
+    """Rows as plain Python: pandas/pyarrow give numpy arrays for list columns
+    (and numpy scalars), which `where`, prompts and `split_by` treat as lists."""
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def lookup(record: Any, path: str) -> Any:
+    """The value at a dotted path (`reward_model.ground_truth`, `prompt.0.content`), or MISSING."""
+    if isinstance(record, dict) and path in record:
+        return record[path]
+    node = record
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return MISSING
+    return node
+
+
+def as_prompt(value: Any, where: str) -> str | list[dict]:
+    """A prompt as it stays end to end: a string, or a list of {role, content} chat
+    messages with at least one user message (given to the tokenizer's chat template)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+        if not any(m["role"] == "user" for m in value):
+            raise ValueError(f"{where}: the chat messages have no user message")
+        return [dict(m) for m in value]
+    shown = repr(value)
+    raise ValueError(f"{where} is {type(value).__name__} {shown[:60] + '...' if len(shown) > 60 else shown}: "
+                     "a prompt must be a string or a list of {role, content} messages")
+
+
+FIELDS = {"prompt": "prompt", "answer": "answer", "data_source": "data_source", "extra_info": "extra_info"}
+OPTIONAL_FIELDS = ("data_source", "extra_info")  # taken when the row has them (verl reward functions read them)
+
+
 @SOURCES.register("file")
-def file(wanted: int, rng: np.random.Generator, path: str, fields: Mapping[str, str] | None = None, where: Mapping[str, Any] | None = None) -> list[Row]:
-    """Rows of a local file; `fields` maps prompt/answer to the file's column names,
-    `where` keeps rows whose fields equal the given values (a category or level
-    inside one dataset). Rows are shuffled by seed, then cut to `wanted`."""
+def file(wanted: int | None, rng: np.random.Generator, path: str, fields: Mapping[str, str] | None = None,
+         where: Mapping[str, Any] | None = None, split_by: str | None = None) -> list[Row]:
+    """Rows of a local file, shuffled by seed (all of them when `wanted` is None).
+    `fields` maps prompt/answer (and data_source/extra_info) to dotted paths into
+    the rows; `where` keeps rows whose fields equal the given values; `split_by`
+    tags each row with the value at that path (one distribution per value)."""
     target = Path(path).expanduser()
     if not target.exists():
         raise ValueError(f"data file {target} does not exist")
-    mapping = {"prompt": "prompt", "answer": "answer", **dict(fields or {})}
+    unknown = sorted(set(fields or {}) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{target}: fields.{unknown[0]} is not a row field{nearest(unknown[0], FIELDS)}; map {', '.join(FIELDS)}")
+    mapping = {**FIELDS, **dict(fields or {})}
+    required = ["prompt", "answer", *(k for k in OPTIONAL_FIELDS if k in (fields or {}))]
     rows = []
-    for index, record in enumerate(read_rows(target)):
+    for index, record in enumerate(read_rows(target), 1):
         if not isinstance(record, dict):
-            raise ValueError(f"{target}: row {index + 1} is not an object")
-        if any(record.get(k) != v for k, v in (where or {}).items()):
+            raise ValueError(f"{target}: row {index} is not an object")
+        record = plain(record)
+        if any(lookup(record, k) != v for k, v in (where or {}).items()):
             continue
+        row = {}
         for key, column in mapping.items():
-            if column not in record:
-                raise ValueError(f"{target}: row {index + 1} has no field {column!r} (mapped to {key}); fix the file or set fields.{key}")
-        rows.append({"prompt": str(record[mapping["prompt"]]), "answer": record[mapping["answer"]]})
+            value = lookup(record, column)
+            if value is MISSING and key in required:
+                raise ValueError(f"{target}: row {index} has no field {column!r} (mapped to {key}); "
+                                 f"its fields are {sorted(record)}; fix the file or set fields.{key}")
+            if value is not MISSING:
+                row[key] = value
+        row["prompt"] = as_prompt(row["prompt"], f"{target}: row {index} field {mapping['prompt']!r} (prompt)")
+        if split_by is not None:
+            value = lookup(record, split_by)
+            if value is MISSING or isinstance(value, (dict, list)):
+                raise ValueError(f"{target}: row {index} has no plain value at split_by={split_by!r}")
+            row["split"] = str(value)
+        rows.append(row)
     if not rows:
         raise ValueError(f"{target}: no rows" + (f" match where={dict(where)}" if where else ""))
     return [rows[i] for i in rng.permutation(len(rows))[:wanted]]
+
+
+def source_rows(name: str, source: str, params: dict, train_size: int | None, eval_size: int, seed: int) -> list[Row]:
+    """A distribution's rows from its source, checked: a file gives all its rows,
+    a generator `train_size` (default DEFAULT_SYNTHETIC_ROWS) + eval_size."""
+    rng = np.random.default_rng(_seed(seed, name, "rows"))
+    wanted = None if source == "file" else (train_size or DEFAULT_SYNTHETIC_ROWS) + eval_size
+    try:
+        rows = SOURCES.build(source, wanted, rng, **params)
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"distribution {name!r}: {err.args[0] if err.args else err}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"distribution {name!r}: source {source!r} returned {type(rows).__name__}, not a list of rows")
+    for index, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "prompt" not in row or "answer" not in row:
+            raise ValueError(f"distribution {name!r}: source {source!r} row {index} is not a mapping with 'prompt' and 'answer'")
+        rows[index - 1] = plain(row)
+        rows[index - 1]["prompt"] = as_prompt(rows[index - 1]["prompt"], f"distribution {name!r}: source {source!r} row {index} prompt")
+    return rows
+
+
+def make_distributions(spec: Mapping[str, Any], train_size: int | None, eval_size: int, seed: int) -> list["Distribution"]:
+    """A config distribution as Distributions: one, or with `params.split_by`
+    one per distinct value, named `<name>/<value>`, each with its own held-out rows."""
+    name, source, params = spec["name"], spec["source"], dict(spec.get("params") or {})
+    rows = source_rows(name, source, params, train_size, eval_size, seed)
+    common = {"budget": spec.get("budget"), "verifier_threshold": spec.get("verifier_threshold", 1.0)}
+    if params.get("split_by") is None:
+        return [Distribution(name, source, params, spec["verifier"], train_size, eval_size, seed, rows=rows, **common)]
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(row["split"], []).append({k: v for k, v in row.items() if k != "split"})
+    return [Distribution(f"{name}/{value}", source, params, spec["verifier"], train_size, eval_size, seed, rows=group, **common)
+            for value, group in sorted(groups.items())]
 
 
 def _seed(*parts: Any) -> int:
@@ -178,13 +285,16 @@ class Distribution:
     """One named distribution: rows split into held-out and train (deterministic
     by seed), and a shuffled cursor over the train rows, reshuffled every epoch."""
 
-    def __init__(self, name: str, source: str, params: dict, verifier: str, train_size: int, eval_size: int, seed: int, budget: int | None = None) -> None:
+    def __init__(self, name: str, source: str, params: dict, verifier: str, train_size: int | None, eval_size: int, seed: int,
+                 budget: int | None = None, rows: list[Row] | None = None, verifier_threshold: float = 1.0) -> None:
         self.name, self.verifier, self.seed, self.budget = name, verifier, seed, budget
-        rng = np.random.default_rng(_seed(seed, name, "rows"))
-        try:
-            rows = SOURCES.build(source, train_size + eval_size, rng, **params)
-        except (TypeError, KeyError) as err:
-            raise ValueError(f"distribution {name!r}: {err}") from None
+        self.verifier_threshold = verifier_threshold
+        if rows is None:
+            rows = source_rows(name, source, params, train_size, eval_size, seed)
+        self.note = ""  # said once by the driver: a cap that cuts the data
+        if train_size is not None and len(rows) > train_size + eval_size:
+            self.note = f"distribution {name!r}: data.train_size={train_size} trains on {train_size} of its {len(rows) - eval_size} rows"
+            rows = rows[: train_size + eval_size]
         if len(rows) <= eval_size:
             raise ValueError(f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}")
         self.eval_rows, self.train_rows = rows[:eval_size], rows[eval_size:]

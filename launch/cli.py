@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (see benchmarks/README.md)")
     bench.add_argument("name", help="e.g. weight_sync, async_vs_sync, vs_trl, rollout_vs_generate")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
+    data = sub.add_parser("data", help="write a ready-made dataset (verl parquet format)").add_subparsers(dest="dataset", required=True)
+    kk = data.add_parser("kk", help="Knights-and-Knaves puzzles, one data_source per number of people (configs/kk_mixture.yaml)")
+    kk.add_argument("--people", type=int, nargs="+", default=[3, 4, 5, 6, 7], help="numbers of people, one data_source each (3-8)")
+    kk.add_argument("--rows", type=int, default=1000, help="puzzles per number of people")
+    kk.add_argument("--seed", type=int, default=0)
+    kk.add_argument("--out", default="data/kk.parquet", help="parquet file to write")
     prepare = sub.add_parser("prepare-model", help="convert the embedded default model to a local safetensors directory")
     prepare.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     prepare.add_argument("--out", default=None, help="target directory (default: $GRADUS_HOME/models/NAME)")
@@ -65,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             from launch.models import prepare_model
 
             print(prepare_model(args.name, args.out, args.force))
+        elif args.command == "data":
+            from launch.data import write_kk
+
+            path, counts = write_kk(args.out, args.people, args.rows, args.seed)
+            print(f"gradus: wrote {sum(counts.values())} rows to {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         elif args.command == "submit":
             from launch.submit import job_command
 

@@ -1,24 +1,48 @@
 """Verifiers (by parsing only, never eval) and the composed reward of one completion.
 
-`verify(kind, completion, answer)` is the correctness score; `score` adds the
-format and length terms with their weights and returns every term separately
-so each can be logged.
+`verify(kind, completion, answer, row=None)` is the verifier's score; `kind` is
+a built-in name or `path/to/reward.py:fn`, a verl-style reward function run in a
+child process under a deadline (rollout/file_reward.py). `judge` also says what
+counts as correct: a file verifier's `acc` if it returns one, else
+score >= threshold (1.0 by default, so built-in 0/1 scores are unchanged).
+`score` adds the format and length terms with their weights and returns every
+term separately so each can be logged. VERIFIERS is a curriculum.registry
+Registry, the same plugin mechanism as curricula and sources.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from curriculum.registry import Registry, is_plugin
+from rollout.file_reward import FILE_TIMEOUT_S, file_score
 from rollout.safe_arith import ParseError, evaluate
 
 Verifier = Callable[[str, Any, bool], float]
-VERIFIERS: dict[str, Verifier] = {}
+VERL_SIGNATURE = "compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)"
+
+
+def reward_interface(fn: Any) -> list[str]:
+    """What a reward file's function lacks to be called the way verl calls it (by keyword)."""
+    if not callable(fn):
+        return [f"{fn!r} is not a function {VERL_SIGNATURE}"]
+    try:
+        inspect.signature(fn).bind(data_source="", solution_str="", ground_truth="", extra_info=None)
+    except TypeError:
+        return [f"it takes {inspect.signature(fn)}, not verl's {VERL_SIGNATURE}; wrap it in a two-line function (README: Rewards from a file)"]
+    except ValueError:  # no inspectable signature (a builtin): let the call decide
+        pass
+    return []
+
+
+VERIFIERS: Registry[Verifier] = Registry("verifier", reward_interface)
 SETUP: dict[str, Callable[[], Any]] = {}  # one-off imports, run outside the verifier's deadline
 MAX_TAG_CHARS = 2000
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -27,7 +51,7 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 def register(name: str, setup: Callable[[], Any] | None = None):
     def add(fn: Verifier) -> Verifier:
-        VERIFIERS[name] = fn
+        VERIFIERS.register(name)(fn)
         if setup is not None:
             SETUP[name] = functools.cache(setup)
         return fn
@@ -140,9 +164,11 @@ def deadline(seconds: float):
 
 
 def check(kind: str, completion: str, answer: Any, timeout: float = 1.0) -> tuple[float, str]:
-    """Correctness and how the verifier ended: "ok", "error" or "timeout"."""
+    """A built-in verifier's score and how it ended: "ok", "error" or "timeout".
+    Parse errors (ValueError, KeyError, TypeError, ...) mean an unparseable
+    completion: 0 and "ok". File verifiers count every exception (judge)."""
     try:
-        verifier = VERIFIERS[kind]
+        verifier = VERIFIERS.entries[kind]
         if kind in SETUP:
             SETUP[kind]()
         tagged_text = extract_answer(completion)
@@ -159,9 +185,33 @@ def check(kind: str, completion: str, answer: Any, timeout: float = 1.0) -> tupl
         return 0.0, "error"
 
 
-def verify(kind: str, completion: str, answer: Any) -> float:
-    """1.0 right, 0.0 wrong or unparseable; never raises."""
-    return check(kind, completion, answer)[0]
+@dataclass
+class Verdict:
+    """One completion's verification: the score (the reward's correctness term),
+    whether it counts as correct (accuracy, filters, curricula), how the
+    verifier ended ("ok", "error", "timeout") and a file verifier's extra keys."""
+
+    score: float
+    correct: bool
+    status: str = "ok"
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def judge(kind: str, completion: str, answer: Any, row: dict | None = None, threshold: float = 1.0, timeout: float | None = None) -> Verdict:
+    """Built-in verifiers in this process; `file.py:fn` ones in the reward process."""
+    if is_plugin(kind):
+        result, status = file_score(kind, completion, answer, row, FILE_TIMEOUT_S if timeout is None else timeout)
+        value = result.pop("score")
+        correct = bool(result["acc"]) if "acc" in result else value >= threshold
+        return Verdict(value, correct, status, result)
+    value, status = check(kind, completion, answer, 1.0 if timeout is None else timeout)
+    return Verdict(value, value >= threshold, status)
+
+
+def verify(kind: str, completion: str, answer: Any, row: dict | None = None) -> float:
+    """The verifier's score: 1.0 right, 0.0 wrong or unparseable for built-ins; a
+    file verifier's score as it returns it. `row` supplies data_source and extra_info. Never raises."""
+    return judge(kind, completion, answer, row).score
 
 
 def has_format(completion: str) -> bool:
@@ -172,23 +222,31 @@ def has_format(completion: str) -> bool:
 class RewardWeights:
     """Weights of the reward terms; a default lives here and nowhere else."""
 
-    correct: float = 1.0
+    correct: float = 1.0  # times the verifier's score (0/1 built-in; a reward file's score as it is)
     format: float = 0.0  # an <answer> tag is present
     length: float = 0.0  # minus the fraction of tokens over the budget
     unused_budget: float = 0.0  # fraction of the budget left unused, only when correct
 
 
-def score(kind: str, completion: str, answer: Any, num_tokens: int, budget: int | None, weights: RewardWeights) -> dict[str, float]:
-    """All reward terms of one completion, their weighted sum under 'reward', and
-    verifier failures (counted in metrics)."""
-    correct, status = check(kind, completion, answer)
-    terms = {
+def score(kind: str, completion: str, answer: Any, num_tokens: int, budget: int | None, weights: RewardWeights,
+          row: dict | None = None, threshold: float = 1.0) -> dict[str, Any]:
+    """All reward terms of one completion, their weighted sum under 'reward',
+    correctness, verifier failures (counted in metrics) and a file verifier's
+    extra keys under 'reward_extra'. The verifier's score is the correctness
+    term as it is (weighted by `weights.correct`)."""
+    verdict = judge(kind, completion, answer, row, threshold)
+    correct = float(verdict.correct)
+    terms: dict[str, Any] = {
+        "score": verdict.score,
         "correct": correct,
         "format": float(has_format(completion)),
         "length": -max(0, num_tokens - budget) / budget if budget else 0.0,
         "unused_budget": correct * max(0, budget - num_tokens) / budget if budget else 0.0,
     }
-    terms["reward"] = sum(getattr(weights, name) * value for name, value in terms.items())
-    terms["verify_error"] = float(status == "error")
-    terms["verify_timeout"] = float(status == "timeout")
+    terms["reward"] = (weights.correct * verdict.score + weights.format * terms["format"] + weights.length * terms["length"]
+                       + weights.unused_budget * terms["unused_budget"])
+    terms["verify_error"] = float(verdict.status == "error")
+    terms["verify_timeout"] = float(verdict.status == "timeout")
+    if verdict.extra:
+        terms["reward_extra"] = verdict.extra
     return terms

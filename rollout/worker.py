@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 from rollout.rewards import RewardWeights, score
 
+Prompt = str | list[dict]
+
 # vLLM must read these before it is imported in the actor process.
 ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in the actor, so collective_rpc takes a plain function
@@ -57,6 +59,21 @@ def _engine_param_sums(worker: Any) -> dict[str, float]:
     return sums
 
 
+def chat_messages(prompt: Prompt, system_prompt: str = "") -> list[dict]:
+    """A prompt as chat messages: a string becomes one user message; a message
+    list is kept as given. `system_prompt` is added only if there is no system message."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt, system_prompt: str = "") -> list[int]:
+    """The token ids vLLM gets: the tokenizer's chat template over chat_messages."""
+    ids = tokenizer.apply_chat_template(chat_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 class RolloutWorker:
     def __init__(self, model_path: str, seed: int = 0, reward: dict | None = None, **engine_args: Any) -> None:
         """`engine_args` go to vllm.LLM as they are (dtype, max_model_len, enforce_eager,
@@ -71,10 +88,8 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
-    def encode(self, prompt: str, system_prompt: str = "") -> list[int]:
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": prompt}]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    def encode(self, prompt: Prompt, system_prompt: str = "") -> list[int]:
+        return encode_prompt(self.tokenizer, prompt, system_prompt)
 
     def generate(
         self,
@@ -106,7 +121,8 @@ class RolloutWorker:
             samples = []
             for completion in out.outputs:
                 tokens = list(completion.token_ids)
-                terms = score(item["verifier"], completion.text, item["answer"], len(tokens), item.get("budget"), self.weights)
+                terms = score(item["verifier"], completion.text, item["answer"], len(tokens), item.get("budget"), self.weights,
+                              row=item, threshold=item.get("verifier_threshold", 1.0))
                 logprobs = [lp[t].logprob for lp, t in zip(completion.logprobs or [], tokens)]
                 samples.append({"tokens": tokens, "text": completion.text, "logprobs": logprobs, "finish": completion.finish_reason, **terms})
             groups.append({**item, "prompt_ids": ids, "samples": samples, "version": self.version})

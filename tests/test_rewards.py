@@ -89,7 +89,7 @@ def test_unknown_kind_and_garbage_never_raise():
 def test_score_terms():
     w = RewardWeights(correct=1.0, format=0.5, length=2.0)
     terms = score("numeric", "<answer>7</answer>", "7", num_tokens=30, budget=20, weights=w)
-    assert terms == pytest.approx({"correct": 1.0, "format": 1.0, "length": -0.5, "unused_budget": 0.0, "reward": 1.0 + 0.5 - 1.0, "verify_error": 0.0, "verify_timeout": 0.0})
+    assert terms == pytest.approx({"score": 1.0, "correct": 1.0, "format": 1.0, "length": -0.5, "unused_budget": 0.0, "reward": 1.0 + 0.5 - 1.0, "verify_error": 0.0, "verify_timeout": 0.0})
     plain = score("numeric", "8", "7", 5, None, w)
     assert plain["reward"] == 0.0 and plain["length"] == 0.0
     bonus = score("numeric", "<answer>7</answer>", "7", 5, 20, RewardWeights(unused_budget=0.4))
@@ -108,8 +108,8 @@ def test_timeout_and_errors_are_counted(monkeypatch):
     def broken(text, answer, tagged):
         raise RuntimeError("bug")
 
-    monkeypatch.setitem(rewards.VERIFIERS, "slow", slow)
-    monkeypatch.setitem(rewards.VERIFIERS, "broken", broken)
+    monkeypatch.setitem(rewards.VERIFIERS.entries, "slow", slow)
+    monkeypatch.setitem(rewards.VERIFIERS.entries, "broken", broken)
     start = time.perf_counter()
     assert rewards.check("slow", "x", "1", timeout=0.2) == (0.0, "timeout")
     assert time.perf_counter() - start < 1.0
