@@ -162,7 +162,8 @@ def test_checkpoint_resumes_on_another_world_size_and_zero_stage(local_ray, tiny
         expected = ray.get(first.export_weights())
     finally:
         first.shutdown()
-    assert {k.split("/")[0] for k in state} == {"param", "exp_avg", "exp_avg_sq"} and np.abs(state["exp_avg_sq/" + next(iter(k for k in state if k.startswith("param/")))[6:]]).max() > 0
+    assert {k.split("/")[0] for k in state} == {"param", "exp_avg", "exp_avg_sq"}
+    assert max(float(np.abs(v).max()) for k, v in state.items() if k.startswith("exp_avg_sq/")) > 0  # moments exist after one update
     second = group(*resumed)
     try:
         assert second.load_checkpoint(str(tmp_path)) == {"world_size": saved[0], "zero_stage": saved[1]}
