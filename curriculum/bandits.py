@@ -65,9 +65,13 @@ class Curriculum:
         """Per distribution, the per-sample |advantage| values seen this step."""
         self._check_names(signals)
 
-    def sample(self, n: int, rng: Any) -> list[str]:
+    def sample(self, n: int, rng: Any, scale: Mapping[str, float] | None = None) -> list[str]:
+        """n names drawn with the curriculum's probabilities, each optionally
+        scaled (e.g. by how much of a distribution is still available)."""
         probs = self.probabilities()
-        weights = [probs[name] for name in self.names]
+        weights = [probs[name] * (scale[name] if scale else 1.0) for name in self.names]
+        if not sum(weights):  # nothing available anywhere: fall back to the curriculum's own probabilities
+            weights = [probs[name] for name in self.names]
         if isinstance(rng, random.Random):
             return rng.choices(self.names, weights=weights, k=n)
         return [self.names[i] for i in rng.choice(len(self.names), size=n, p=np.asarray(weights) / sum(weights))]

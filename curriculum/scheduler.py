@@ -38,11 +38,14 @@ class CurriculumScheduler:
         train_size: int | None = None,
         eval_size: int = 32,
         seed: int = 0,
+        prompts: Mapping[str, Any] | None = None,
     ) -> None:
-        """`train_size=None`: every row of a file, DEFAULT_SYNTHETIC_ROWS of a generator."""
+        """`train_size=None`: every row of a file, DEFAULT_SYNTHETIC_ROWS of a generator.
+        `prompts`: the prompt-level sampler inside every distribution (curriculum/prompts.py),
+        e.g. {"kind": "pass_rate", "retire_after": 8}; default {"kind": "shuffle"}."""
         self.distributions: dict[str, Distribution] = {}
         for spec in distributions:
-            for dist in make_distributions(spec, train_size, eval_size, seed):
+            for dist in make_distributions(spec, train_size, eval_size, seed, prompts):
                 if dist.name in self.distributions:
                     raise ValueError(f"distribution {dist.name!r} appears twice (a split_by value may repeat another distribution's name)")
                 self.distributions[dist.name] = dist
@@ -58,11 +61,11 @@ class CurriculumScheduler:
         """n prompts tagged with distribution, verifier and the step's budget."""
         start = time.perf_counter()
         self.curriculum.set_step(step)
-        names = self.curriculum.sample(n, self.rng)
+        names = self.curriculum.sample(n, self.rng, scale=self.availability())
         batch = []
         for name in names:
             dist = self.distributions[name]
-            (row,) = dist.take(1)
+            (row,) = dist.take(1, self.rng)
             budget = self.budget_for(name, step)
             prompt = row["prompt"] if budget is None or not self.budget_prompt else with_budget(row["prompt"], self.budget_prompt, budget)
             batch.append({**self._tags(dist), "budget": budget, **row, "prompt": prompt})
@@ -95,10 +98,28 @@ class CurriculumScheduler:
         self.curriculum.update({k: list(v) for k, v in signals.items() if len(v)})
         self.overhead_s += time.perf_counter() - start
 
+    def observe_rows(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Every generated group's outcomes per row, filtered or not:
+        [{"distribution", "row_id", "correct": [bool, ...]}, ...] (correct as the
+        verifier decides, a file verifier's acc/threshold rule included)."""
+        start = time.perf_counter()
+        for result in results:
+            self.distributions[result["distribution"]].sampler.observe(int(result["row_id"]), list(result["correct"]))
+        self.overhead_s += time.perf_counter() - start
+
+    def availability(self) -> dict[str, float] | None:
+        """Per distribution, the share of the curriculum's probability it keeps
+        (a distribution whose rows are all retired is drawn only for rechecks);
+        None while every distribution is fully available."""
+        shares = {name: d.sampler.availability() for name, d in self.distributions.items()}
+        return shares if any(v < 1.0 for v in shares.values()) else None
+
     def report(self, step: int) -> dict[str, Any]:
-        """Probabilities and bandit scores that step's batch is drawn with."""
+        """Probabilities and bandit scores that step's batch is drawn with, and
+        each distribution's prompt-level statistics (rows retired, seen, ...)."""
         self.curriculum.set_step(step)
-        return {"probabilities": self.curriculum.probabilities(), "scores": self.curriculum.scores()}
+        return {"probabilities": self.curriculum.probabilities(), "scores": self.curriculum.scores(),
+                "rows": {name: {**d.sampler.stats(), "available": d.sampler.availability()} for name, d in self.distributions.items()}}
 
     def pop_overhead(self) -> float:
         """The scheduler's own compute seconds since the last call."""

@@ -10,7 +10,6 @@ from a file (a plugin, curriculum/registry.py).
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from curriculum.prompts import derive_seed, make_prompt_sampler
 from curriculum.registry import Registry, nearest
 
 Row = dict[str, Any]
@@ -246,7 +246,7 @@ def file(wanted: int | None, rng: np.random.Generator, path: str, fields: Mappin
 def source_rows(name: str, source: str, params: dict, train_size: int | None, eval_size: int, seed: int) -> list[Row]:
     """A distribution's rows from its source, checked: a file gives all its rows,
     a generator `train_size` (default DEFAULT_SYNTHETIC_ROWS) + eval_size."""
-    rng = np.random.default_rng(_seed(seed, name, "rows"))
+    rng = np.random.default_rng(derive_seed(seed, name, "rows"))
     wanted = None if source == "file" else (train_size or DEFAULT_SYNTHETIC_ROWS) + eval_size
     try:
         rows = SOURCES.build(source, wanted, rng, **params)
@@ -262,12 +262,15 @@ def source_rows(name: str, source: str, params: dict, train_size: int | None, ev
     return rows
 
 
-def make_distributions(spec: Mapping[str, Any], train_size: int | None, eval_size: int, seed: int) -> list["Distribution"]:
+def make_distributions(
+    spec: Mapping[str, Any], train_size: int | None, eval_size: int, seed: int, prompts: Mapping[str, Any] | None = None
+) -> list["Distribution"]:
     """A config distribution as Distributions: one, or with `params.split_by`
-    one per distinct value, named `<name>/<value>`, each with its own held-out rows."""
+    one per distinct value, named `<name>/<value>`, each with its own held-out
+    rows; `prompts` picks their prompt-level sampler (curriculum/prompts.py)."""
     name, source, params = spec["name"], spec["source"], dict(spec.get("params") or {})
     rows = source_rows(name, source, params, train_size, eval_size, seed)
-    common = {"budget": spec.get("budget"), "verifier_threshold": spec.get("verifier_threshold", 1.0)}
+    common = {"budget": spec.get("budget"), "verifier_threshold": spec.get("verifier_threshold", 1.0), "prompts": prompts}
     if params.get("split_by") is None:
         return [Distribution(name, source, params, spec["verifier"], train_size, eval_size, seed, rows=rows, **common)]
     groups: dict[str, list[Row]] = {}
@@ -277,16 +280,14 @@ def make_distributions(spec: Mapping[str, Any], train_size: int | None, eval_siz
             for value, group in sorted(groups.items())]
 
 
-def _seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
-
-
 class Distribution:
     """One named distribution: rows split into held-out and train (deterministic
-    by seed), and a shuffled cursor over the train rows, reshuffled every epoch."""
+    by seed), and a prompt sampler that picks the next training rows (row ids
+    are indices into the training rows)."""
 
     def __init__(self, name: str, source: str, params: dict, verifier: str, train_size: int | None, eval_size: int, seed: int,
-                 budget: int | None = None, rows: list[Row] | None = None, verifier_threshold: float = 1.0) -> None:
+                 budget: int | None = None, rows: list[Row] | None = None, verifier_threshold: float = 1.0,
+                 prompts: Mapping[str, Any] | None = None) -> None:
         self.name, self.verifier, self.seed, self.budget = name, verifier, seed, budget
         self.verifier_threshold = verifier_threshold
         if rows is None:
@@ -298,25 +299,15 @@ class Distribution:
         if len(rows) <= eval_size:
             raise ValueError(f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}")
         self.eval_rows, self.train_rows = rows[:eval_size], rows[eval_size:]
-        self.epoch, self.cursor = 0, 0
-        self._order = self._permutation()
+        self.sampler = make_prompt_sampler(dict(prompts or {}), len(self.train_rows), (seed, name))
 
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng(_seed(self.seed, self.name, "epoch", self.epoch)).permutation(len(self.train_rows))
-
-    def take(self, n: int) -> list[Row]:
-        out = []
-        for _ in range(n):
-            if self.cursor == len(self.train_rows):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._order = self._permutation()
-            out.append(self.train_rows[int(self._order[self.cursor])])
-            self.cursor += 1
-        return out
+    def take(self, n: int, rng: np.random.Generator | None = None) -> list[Row]:
+        """The next n training rows, each with its `row_id` (`rng`: the
+        scheduler's, for samplers that draw at random)."""
+        return [{**self.train_rows[i], "row_id": i} for i in self.sampler.take(n, rng)]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._order = self._permutation()
+        self.sampler.load_state_dict(state)

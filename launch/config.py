@@ -16,6 +16,9 @@ from curriculum.registry import Registry, is_plugin, nearest, resolve_plugin
 from launch.errors import GradusError
 from rollout.rewards import RewardWeights
 
+# Signals a run may take as its preemption warning (catchable, not already used by Ray or the terminal).
+STOP_SIGNALS = {"SIGUSR1", "SIGUSR2", "SIGTERM", "SIGHUP", "SIGXCPU", "SIGALRM"}
+
 
 @dataclass
 class ModelConfig:
@@ -49,6 +52,7 @@ class CurriculumConfig:
     max_refill_rounds: int = 2  # extra generation rounds to replace filtered groups
     budget: Optional[dict] = None  # length budget schedule, e.g. {kind: exponential, initial: 96, decay: 0.8, every: 5, minimum: 24}
     budget_prompt: str = ""  # e.g. "{prompt} Answer in at most {budget} tokens."; empty = budget not in the prompt
+    prompts: dict = field(default_factory=lambda: {"kind": "shuffle"})  # row order inside a distribution (curriculum/prompts.py)
 
 
 @dataclass
@@ -174,6 +178,7 @@ class RunConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     max_restarts: int = 2  # automatic restarts from the newest checkpoint when a trainer rank dies
     save_final: bool = True  # write the trained policy to <run_dir>/final (a Hugging Face directory) at the end
+    preempt_signal: str = "SIGUSR1"  # warning signal: checkpoint the step in flight and exit 75 (SIGTERM does too, best-effort); "" = only SIGTERM
 
 
 @dataclass
@@ -329,9 +334,9 @@ def _migrate(cfg: Config) -> None:
 
 def _merge(base: dict, update: dict) -> None:
     """Recursive merge so a preset only names what it changes. Lists and `params`
-    mappings replace: a kind's parameters never mix with another kind's."""
+    / `prompts` mappings replace: a kind's parameters never mix with another kind's."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "params":
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("params", "prompts"):
             _merge(base[key], value)
         else:
             base[key] = value
@@ -405,6 +410,8 @@ def validate(cfg: Config) -> None:
     ]:
         if value < 1:
             raise GradusError(f"{key}: must be >= 1, got {value}")
+    if cfg.run.preempt_signal and cfg.run.preempt_signal not in STOP_SIGNALS:
+        raise GradusError(f"run.preempt_signal: {cfg.run.preempt_signal!r} is not one of {sorted(STOP_SIGNALS)} (or \"\" for SIGTERM only)")
     if cfg.trainer.zero_stage not in (0, 1, 2, 3):
         raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")
     _validate_memory(cfg.trainer)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 
 import ray
 import torch
-import yaml
 from ray.exceptions import RayActorError
 
-from curriculum.scheduler import CurriculumScheduler, remote_scheduler
+from curriculum.scheduler import CurriculumScheduler
 from launch import checkpoint
 from launch.config import Config, to_dict
 from launch.errors import GradusError
@@ -32,6 +30,9 @@ from launch.metrics import (
 )
 from launch.models import resolve_model
 from launch.prefetch import Prefetcher, checkpoint_due
+from launch.preempt import Preempted, StopSignals
+from launch.rundir import check_disk, prepare_run_dir, truncate_metrics
+from launch.scheduler_client import SchedulerClient, SchedulerLost
 from trainer.batching import contributes
 from trainer.grpo import group_advantages
 from trainer.models import check_lora_targets
@@ -45,46 +46,6 @@ def sample_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create the run directory before anything expensive starts; refuse to
-    clobber an earlier run unless asked."""
-    run_dir = Path(cfg.run.run_dir)
-    if (run_dir / "metrics.jsonl").exists() and not resume:
-        if not overwrite:
-            raise GradusError(f"run.run_dir {run_dir} already holds a run; pass --overwrite or choose another run.run_dir=...")
-        (run_dir / "metrics.jsonl").unlink()
-    (run_dir / "done.json").unlink(missing_ok=True)  # complete again only when this run finishes
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    except OSError as err:
-        raise GradusError(f"run.run_dir {run_dir} is not writable: {err.strerror}") from None
-    return run_dir
-
-
-def check_disk(cfg: Config, run_dir: Path, model_path: Path) -> None:
-    """Fail before training if the checkpoints cannot fit: each holds the weights
-    and two Adam moments (~3x the model files); one more is written before the
-    oldest is removed."""
-    if cfg.run.checkpoint_every <= 0:
-        return
-    model_bytes = sum(f.stat().st_size for f in model_path.glob("*.safetensors")) or sum(f.stat().st_size for f in model_path.glob("*.bin"))
-    need = 3 * model_bytes * (cfg.run.keep_checkpoints + 1)
-    free = shutil.disk_usage(run_dir).free
-    if free < need:
-        raise GradusError(
-            f"run.run_dir {run_dir}: {free / 2**30:.1f} GiB free, checkpoints need about {need / 2**30:.1f} GiB; "
-            "free space, lower run.keep_checkpoints, set run.checkpoint_every=0, or choose another run.run_dir"
-        )
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines of steps after `last_step` (logged by a run killed before its next checkpoint)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
 def scheduler_args(cfg: Config) -> dict[str, Any]:
     return {
         "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
@@ -96,6 +57,7 @@ def scheduler_args(cfg: Config) -> dict[str, Any]:
         "train_size": cfg.data.train_size,
         "eval_size": cfg.data.eval_size,
         "seed": cfg.run.seed,
+        "prompts": cfg.curriculum.prompts,
     }
 
 
@@ -146,6 +108,7 @@ class Run:
         self.resume_from = checkpoint.resolve(self.run_dir, resume) if resume else None
         self.version = 0
         self.start_step = 0
+        self.pending: dict[int, dict] = {}  # batches a stop-signal checkpoint carried (async)
 
     def start(self) -> None:
         cfg = self.cfg
@@ -158,7 +121,7 @@ class Run:
             raise GradusError("cluster.device=cuda but the Ray cluster has no GPUs; start nodes with GPUs or set cluster.device=cpu")
         if self.device == "cpu" and "cpu" in (cfg.trainer.offload.optimizer, cfg.trainer.offload.params):
             print("gradus: trainer.offload changes nothing on a CPU-only run (model and optimizer are in CPU memory already)", flush=True)
-        self.scheduler = remote_scheduler(**self.scheduler_args)
+        self.scheduler = SchedulerClient(self.scheduler_args)
         share = None
         if cfg.cluster.colocate:
             per_bundle = -(-cfg.rollout.num_workers // cfg.trainer.world_size)
@@ -181,26 +144,38 @@ class Run:
         """Trainer engine, curriculum and counters from a checkpoint; the rollout
         engines get the checkpoint's weights. Returns the wandb run id."""
         state = checkpoint.load_state(path)
-        self.trainers.load_checkpoint(str(path / "trainer"))
-        ray.get(self.scheduler.load_state_dict.remote(state["scheduler"]))
+        saved = self.trainers.load_checkpoint(str(path / "trainer"))
+        now = {"world_size": self.cfg.trainer.world_size, "zero_stage": self.cfg.trainer.zero_stage}
+        if saved != now:
+            print(
+                f"gradus: the checkpoint was saved with trainer.world_size={saved['world_size']} zero_stage={saved['zero_stage']}, resuming with "
+                f"world_size={now['world_size']} zero_stage={now['zero_stage']}: weights, optimizer state, LR schedule, curriculum, data cursors "
+                "and step carry over exactly; per-rank RNG and the order of gradient reductions cannot, so later steps match an "
+                "uninterrupted run up to float rounding", flush=True,
+            )
+        self.scheduler.load(state["scheduler"])
+        self.pending = checkpoint.load_pending(path)
         self.version, self.start_step = state["version"], state["step"] + 1
         self.rollout.update_weights(self.version)
         truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
         print(f"gradus: resumed from {path} at step {self.start_step + 1}", flush=True)
         return state.get("wandb_id")
 
-    def save(self, step: int) -> Path:
+    def save(self, step: int, pending: dict[int, dict]) -> Path:
+        """Checkpoint after `step`. The scheduler state is the one after the last batch
+        generated: this step's or, if batches for later steps were generated ahead
+        (async), the last of those, which the checkpoint then carries."""
         staging = checkpoint.staging_dir(self.run_dir, step)
         self.trainers.save_checkpoint(str(staging / "trainer"))
         state = {
             "step": step,
             "version": self.version,
-            "scheduler": ray.get(self.scheduler.state_dict.remote()),
+            "scheduler": pending[max(pending)]["scheduler"] if pending else self.trained_scheduler,
             "wandb_id": self.logger.run_id,
         }
-        return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints)
+        return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints, pending)
 
-    def collect(self, step: int) -> tuple[list[dict], list[bool], dict[str, float]]:
+    def collect(self, step: int, epoch: int) -> tuple[list[dict], list[bool], dict[str, float]]:
         """Generate until prompts_per_step groups pass the filters or the refill
         rounds run out; the curriculum learns from every generated group."""
         cfg, want = self.cfg, self.cfg.rollout.prompts_per_step
@@ -211,7 +186,7 @@ class Run:
             need = want - sum(kept)
             if need <= 0:
                 break
-            items = ray.get(self.scheduler.next_batch.remote(step, need))
+            items = self.scheduler.call("next_batch", step, need, epoch=epoch)
             for i, item in enumerate(items):
                 item["seed"] = sample_seed(cfg.run.seed, step, round_, i)
             new, seconds = self.rollout.generate(
@@ -224,16 +199,19 @@ class Run:
             for g, adv in zip(new, group_advantages(rewards, cfg.trainer.estimator, scale=cfg.trainer.scale_rewards).tolist()):
                 for s, a in zip(g["samples"], adv):
                     s["advantage"] = a
-            kept += ray.get(self.scheduler.keep.remote([
+            kept += self.scheduler.call("keep", [
                 {"correct": [s["correct"] for s in g["samples"]], "rewards": [s["reward"] for s in g["samples"]]} for g in new
-            ]))
+            ], epoch=epoch)
+            self.scheduler.call("observe_rows", [  # per-row outcomes for the prompt-level sampler, filtered or not
+                {"distribution": g["distribution"], "row_id": g["row_id"], "correct": [bool(s["correct"]) for s in g["samples"]]} for g in new
+            ], epoch=epoch)
             groups += new
             stats["time/generate"] += seconds
             stats["groups/rounds"] += 1
         signals: dict[str, list[float]] = defaultdict(list)
         for g in groups:
             signals[g["distribution"]] += [abs(s["advantage"]) for s in g["samples"]]
-        ray.get(self.scheduler.observe.remote(step, dict(signals)))
+        self.scheduler.call("observe", step, dict(signals), epoch=epoch)
         stats.update({"groups/generated": len(groups), "groups/kept": sum(kept), "groups/dropped": len(groups) - sum(kept)})
         return groups, kept, stats
 
@@ -263,16 +241,26 @@ class Run:
 
     def produce(self, step: int) -> dict[str, Any]:
         """The generation half of a step: the curriculum's report, then groups
-        generated, scored and filtered (the curriculum learns from them here)."""
-        report = ray.get(self.scheduler.report.remote(step))
-        groups, kept, stats = self.collect(step)
-        return {"report": report, "groups": groups, "kept": kept, "stats": stats}
+        generated, scored and filtered (the curriculum learns from them here), and
+        the scheduler's state after it. If the scheduler actor dies meanwhile, it
+        restarts from the state after the previous batch and the step is produced again."""
+        while True:
+            epoch = self.scheduler.epoch
+            try:
+                report = self.scheduler.call("report", step, epoch=epoch)
+                groups, kept, stats = self.collect(step, epoch)
+                state = self.scheduler.call("state_dict", epoch=epoch)
+            except SchedulerLost:
+                continue
+            if self.scheduler.commit(epoch, state):
+                return {"report": report, "groups": groups, "kept": kept, "stats": stats, "scheduler": state}
 
     def step(self, step: int, prefetch: Prefetcher | None = None) -> dict[str, Any]:
         """One step; in async mode its batch was generated ahead by `prefetch`,
         otherwise it is generated here first."""
         start = time.perf_counter()
-        produced = prefetch.take(step) if prefetch else self.produce(step)
+        produced = prefetch.take(step) if prefetch else self.pending.pop(step, None) or self.produce(step)
+        self.trained_scheduler = produced["scheduler"]
         groups, kept, metrics = produced["groups"], produced["kept"], dict(produced["stats"])
         metrics["time/wait_generate"] = time.perf_counter() - start
         samples = self.training_batch(groups, kept)
@@ -306,7 +294,7 @@ class Run:
             metrics.update(train_metrics(ranks))
         metrics["policy_version"] = self.version
         metrics["faults/rollout_restarts"] = self.rollout.restarts
-        metrics["time/scheduler"] = ray.get(self.scheduler.pop_overhead.remote())
+        metrics["time/scheduler"] = self.scheduler.call("pop_overhead")
         metrics.update(batch_metrics(groups))
         metrics.update(distribution_metrics(groups, kept, produced["report"]))
         metrics["perf/gen_tokens_per_s"] = metrics["tokens/generated"] / max(metrics["time/generate"], 1e-9)
@@ -322,7 +310,7 @@ class Run:
         """Held-out accuracy (avg@n) and pass@k per distribution. The scheduler
         only hands out the rows; results never reach the curriculum."""
         cfg = self.cfg
-        rows = ray.get(self.scheduler.eval_rows.remote())
+        rows = self.scheduler.call("eval_rows")
         items = [row for name in rows for row in rows[name]]
         groups, seconds = self.rollout.generate(
             items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature,
@@ -360,35 +348,51 @@ class Run:
                 if group is not None:
                     group.shutdown()
             if hasattr(self, "scheduler"):
-                ray.kill(self.scheduler)
+                self.scheduler.kill()
 
 
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
-    """Run to the last step. If a trainer rank dies, start again from the newest
-    checkpoint (from scratch if there is none), up to run.max_restarts times."""
+    """Run to the last step. If a worker dies, start again from the newest
+    checkpoint (from scratch if there is none), up to run.max_restarts times. On
+    a stop signal, checkpoint the step in flight and raise Preempted
+    (launch/preempt.py). resume="auto": resume if run.run_dir holds a checkpoint."""
     started = time.perf_counter()
-    for attempt in range(cfg.run.max_restarts + 1):
-        run = Run(cfg, overwrite if attempt == 0 else True, resume)
-        prefetch = None
-        try:
-            run.start()
-            if cfg.rollout.async_generation:
-                prefetch = Prefetcher(run, run.start_step, cfg.run.steps, cfg.rollout.max_staleness)
-            for step in range(run.start_step, cfg.run.steps):
-                run.step(step, prefetch)
-                if checkpoint_due(cfg, step):
-                    run.save(step)
+    if resume == "auto":
+        resume = "latest" if checkpoint.complete(Path(cfg.run.run_dir)) else None
+        overwrite = overwrite or resume is None  # a run that never reached a checkpoint starts again
+        print(f"gradus: --resume auto: {'continuing from the newest checkpoint' if resume else 'no checkpoint in run.run_dir, starting at step 1'}", flush=True)
+    with StopSignals(cfg.run.preempt_signal) as stop:
+        for attempt in range(cfg.run.max_restarts + 1):
+            run = Run(cfg, overwrite if attempt == 0 else True, resume)
+            prefetch = None
+            try:
+                run.start()
+                if cfg.rollout.async_generation:
+                    prefetch = Prefetcher(run, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending)
+                for step in range(run.start_step, cfg.run.steps):
+                    run.step(step, prefetch)
+                    if checkpoint_due(cfg, step) or stop.requested:
+                        path = run.save(step, prefetch.pending() if prefetch else {})
+                    if stop.requested:
+                        raise Preempted(f"stopped on {stop.requested} after step {step + 1}; checkpoint {path}; continue with --resume auto")
+                    if prefetch:
+                        prefetch.finish(step)
+                run.finish(time.perf_counter() - started)
+                return run.run_dir
+            except Preempted:
+                raise
+            except Exception as err:
+                if stop.requested:  # SIGTERM reached the workers first
+                    raise Preempted(f"stopped on {stop.requested}; the workers were gone ({type(err).__name__}) before the step finished; "
+                                    f"{checkpoint.describe_latest(run.run_dir)}") from None
+                if not isinstance(err, RayActorError):
+                    raise
+                if attempt == cfg.run.max_restarts:
+                    raise GradusError(f"a worker died and run.max_restarts={cfg.run.max_restarts} restarts are used up: {err}".splitlines()[0]) from None
+                resume = "latest" if checkpoint.complete(run.run_dir) else None
+                print(f"gradus: a worker died ({type(err).__name__}); restarting from {resume or 'scratch'} ({attempt + 1}/{cfg.run.max_restarts})", flush=True)
+            finally:
                 if prefetch:
-                    prefetch.finish(step)
-            run.finish(time.perf_counter() - started)
-            return run.run_dir
-        except RayActorError as err:
-            if attempt == cfg.run.max_restarts:
-                raise GradusError(f"a worker died and run.max_restarts={cfg.run.max_restarts} restarts are used up: {err}".splitlines()[0]) from None
-            resume = "latest" if checkpoint.complete(run.run_dir) else None
-            print(f"gradus: a worker died ({type(err).__name__}); restarting from {resume or 'scratch'} ({attempt + 1}/{cfg.run.max_restarts})", flush=True)
-        finally:
-            if prefetch:
-                prefetch.stop()
-            run.close()
+                    prefetch.stop()
+                run.close()
     return run.run_dir

@@ -44,6 +44,7 @@ def distribution_metrics(groups: Sequence[dict], kept: Sequence[bool], report: d
         budgets = [g["budget"] for g, _ in pairs if g.get("budget") is not None]
         if budgets:
             out[prefix + "budget"] = _mean(budgets)
+        out.update({prefix + key: value for key, value in report.get("rows", {}).get(name, {}).items()})  # prompt-level sampler
     return out
 
 
@@ -53,6 +54,9 @@ def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
     out["accuracy"] = out.pop("correct/mean")
     out["length/tokens_mean"] = _mean([len(s["tokens"]) for s in samples])
     out["tokens/generated"] = sum(len(s["tokens"]) for s in samples)
+    informative = sum(len({s["reward"] for s in g["samples"]}) > 1 for g in groups)  # rewards not all equal: a gradient signal
+    out["groups/informative_frac"] = informative / len(groups)
+    out["tokens/per_informative_group"] = out["tokens/generated"] / informative if informative else float("nan")
     if "kl" in samples[0]:
         out["kl/reward_mean"] = _mean([s["kl"] for s in samples])
     out["verify/errors"] = sum(s["verify_error"] for s in samples)
