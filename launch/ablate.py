@@ -124,7 +124,7 @@ def summarize(spec: AblationConfig, jobs: list[Job]) -> dict[str, Path]:
         cells.setdefault(job.cell, []).append(job)
     table = {cell: aggregate([run_summary(j.run_dir, spec.target_accuracy) for j in cell_jobs]) for cell, cell_jobs in cells.items()}
     csv_path, md_path = write_results(out_dir, table, spec.target_accuracy)
-    plot_all({cell: [read_metrics(j.run_dir) for j in cell_jobs] for cell, cell_jobs in cells.items()}, out_dir / "plots")
+    plot_all({cell: [read_metrics(j.run_dir, with_start=True) for j in cell_jobs] for cell, cell_jobs in cells.items()}, out_dir / "plots")
     return {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
 
 

@@ -10,13 +10,15 @@ from pathlib import Path
 
 from curriculum.registry import nearest
 from launch.errors import GradusError
+from launch.preempt import EXIT_PREEMPTED, Preempted
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same run.run_dir")
     parser.add_argument(
         "--resume", nargs="?", const="latest", default=None, metavar="PATH",
-        help="continue from the run dir's latest checkpoint, or from checkpoints/step-NNNNNN at PATH",
+        help="continue from the run dir's latest checkpoint, or from checkpoints/step-NNNNNN at PATH; "
+             "`--resume auto`: continue if the run dir holds a checkpoint, else start (for re-queued cluster jobs)",
     )
 
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.run_dir)
             if not (run_dir / "metrics.jsonl").is_file():
                 raise GradusError(f"{run_dir} has no metrics.jsonl; pass a run directory (run.run_dir of a gradus train run)")
-            plot_all({run_dir.name: [read_metrics(run_dir)]}, run_dir / "plots")
+            plot_all({run_dir.name: [read_metrics(run_dir, with_start=True)]}, run_dir / "plots")
             print(f"gradus: plots in {run_dir / 'plots'}")
         elif args.command == "eval":
             from launch.evaluate import run_eval
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except GradusError as err:
         print(f"gradus: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"gradus: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

@@ -148,6 +148,7 @@ class EvalConfig:
     samples: int = 1  # samples per held-out prompt: eval/<name>/avg@<samples>
     temperature: float = 0.0  # 0 = greedy (then samples must be 1: greedy samples are identical)
     k: list[int] = field(default_factory=list)  # eval/<name>/pass@k for each k <= samples (unbiased estimator)
+    at_start: bool = False  # with every > 0: also evaluate the initial policy (<run_dir>/eval_start.json, step -1 in plots)
 
 
 @dataclass

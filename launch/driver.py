@@ -29,6 +29,7 @@ from launch.metrics import (
     train_metrics,
 )
 from launch.models import resolve_model
+from launch.results import START_EVAL
 from launch.prefetch import Prefetcher, checkpoint_due
 from launch.preempt import Preempted, StopSignals
 from launch.rundir import check_disk, prepare_run_dir, truncate_metrics
@@ -139,6 +140,9 @@ class Run:
         if self.resume_from is not None:
             wandb_id = self.restore(self.resume_from)
         self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps, wandb_id)
+        start_eval = self.run_dir / START_EVAL
+        if cfg.eval.every and cfg.eval.at_start and not start_eval.exists():  # the initial policy, once per run
+            start_eval.write_text(json.dumps(self.evaluate(-1)))
 
     def restore(self, path: Path) -> str | None:
         """Trainer engine, curriculum and counters from a checkpoint; the rollout
@@ -323,6 +327,11 @@ class Run:
         `gradus eval` and downstream use) and done.json, which marks the run complete."""
         if self.cfg.run.save_final:
             self.trainers.save_model(str(self.run_dir / "final"), self.model_path)
+        start_eval, last = self.run_dir / START_EVAL, self.logger.last_eval
+        if start_eval.exists() and last:  # what training changed on the held-out rows
+            before = json.loads(start_eval.read_text())
+            change = " ".join(f"{k[5:-9] or 'all'} {before[k]:.2f}->{last[k]:.2f}" for k in sorted(last) if k.endswith("accuracy") and k in before)
+            print(f"gradus: held-out accuracy before -> after training: {change}", flush=True)
         done = {"steps": self.cfg.run.steps, "policy_version": self.version, "wall_seconds": wall_seconds}
         (self.run_dir / "done.json").write_text(json.dumps(done))
 

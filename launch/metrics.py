@@ -126,6 +126,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, total_steps: int, wandb_id: str | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.last_eval: dict[str, float] = {}  # the newest held-out evaluation logged
         self.total_steps = total_steps
         self.wandb = None
         if wandb_cfg.mode != "disabled":
@@ -141,6 +142,8 @@ class MetricsLogger:
         return self.wandb.id if self.wandb is not None else None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if "eval/accuracy" in metrics:
+            self.last_eval = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -13,9 +13,16 @@ import numpy as np
 from launch.metrics import distribution_names
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+START_EVAL = "eval_start.json"  # held-out metrics of the initial policy (eval.at_start), outside metrics.jsonl
+
+
+def read_metrics(run_dir: Path, with_start: bool = False) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; `with_start`: led by the before-training
+    evaluation as step -1 (for plots; summaries count training steps only)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    start = Path(run_dir) / START_EVAL
+    return ([{"step": -1, **json.loads(start.read_text())}] if with_start and start.exists() else []) + records
 
 
 def distributions(metrics: Sequence[dict]) -> list[str]:

@@ -69,6 +69,8 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert probs == pytest.approx([np.mean([m[s]["dist/add1/prob"] for m in cells["dump"]]) for s in steps])
     assert drawn["probabilities.png"]["uniform"]["add2"][1] == pytest.approx([1 / 3] * 3)
     assert drawn["rewards.png"]["uniform"]["eval/accuracy"][0] == [1, 2]
+    started = {"dump": [read_metrics(runs["dump", s], with_start=True) for s in (0, 1)]}  # eval.at_start (default.yaml)
+    assert plot_all(started, tmp_path / "start")["rewards.png"]["dump"]["eval/accuracy"][0] == [-1, 1, 2]
 
     # Re-running skips every finished cell.
     assert run_jobs(jobs, parallel=1) == []
