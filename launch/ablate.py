@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from launch import checkpoint
+from curriculum.registry import nearest
 from launch.config import Config, build, load_config
 from launch.errors import GradusError
 from launch.plots import plot_all
@@ -31,6 +32,8 @@ class AblationConfig:
     overrides: dict = field(default_factory=dict)  # dotted key -> value, applied to every cell
     curricula: dict = field(default_factory=dict)  # cell name -> dotted overrides, e.g. {dump: {curriculum.kind: ucb}}
     variants: dict = field(default_factory=lambda: {"": {}})  # crossed with every curriculum; "" = as is
+    cells: dict = field(default_factory=dict)  # more cells with their own overrides, not crossed with variants (e.g. dump+pass_rate)
+    reference_cell: str = ""  # report steps and generated tokens to reach this cell's final held-out accuracy
     parallel: int = 1  # cells at once; > 1 runs them as Ray tasks (a cluster: set overrides cluster.address)
 
 
@@ -61,20 +64,25 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
         raise GradusError(f"{path}: 'curricula' is empty; name at least one cell, e.g. curricula: {{uniform: {{curriculum.kind: uniform}}}}")
     if not spec.seeds:
         raise GradusError(f"{path}: 'seeds' is empty; e.g. seeds: [0, 1]")
+    cells = {
+        f"{curriculum}+{variant}" if variant else curriculum: _dotted(cell_overrides or {}) + _dotted(variant_overrides or {})
+        for curriculum, cell_overrides in spec.curricula.items()
+        for variant, variant_overrides in spec.variants.items()
+    }
+    cells.update({name: _dotted(overrides or {}) for name, overrides in spec.cells.items()})
+    if spec.reference_cell and spec.reference_cell not in cells:
+        raise GradusError(f"{path}: reference_cell {spec.reference_cell!r} is not a cell{nearest(spec.reference_cell, cells)}; cells: {sorted(cells)}")
     jobs = []
-    for curriculum, cell_overrides in spec.curricula.items():
-        for variant, variant_overrides in spec.variants.items():
-            cell = f"{curriculum}+{variant}" if variant else curriculum
-            for seed in spec.seeds:
-                run_dir = Path(spec.out_dir) / cell / f"seed-{seed}"
-                overrides = _dotted(spec.overrides) + _dotted(cell_overrides or {}) + _dotted(variant_overrides or {})
-                try:
-                    cfg = load_config(path.parent / spec.base, overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"])
-                except GradusError as err:
-                    raise GradusError(f"{path}: cell {cell!r}: {err}") from None
-                if cfg.eval.every <= 0:
-                    raise GradusError(f"{path}: cell {cell!r} has eval.every=0, so no held-out accuracy; add overrides: {{eval.every: 5}}")
-                jobs.append(Job(cell, seed, cfg))
+    for cell, overrides in cells.items():
+        for seed in spec.seeds:
+            run_dir = Path(spec.out_dir) / cell / f"seed-{seed}"
+            try:
+                cfg = load_config(path.parent / spec.base, _dotted(spec.overrides) + overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"])
+            except GradusError as err:
+                raise GradusError(f"{path}: cell {cell!r}: {err}") from None
+            if cfg.eval.every <= 0:
+                raise GradusError(f"{path}: cell {cell!r} has eval.every=0, so no held-out accuracy; add overrides: {{eval.every: 5}}")
+            jobs.append(Job(cell, seed, cfg))
     return spec, jobs
 
 
@@ -122,8 +130,11 @@ def summarize(spec: AblationConfig, jobs: list[Job]) -> dict[str, Path]:
     cells: dict[str, list[Job]] = {}
     for job in jobs:
         cells.setdefault(job.cell, []).append(job)
-    table = {cell: aggregate([run_summary(j.run_dir, spec.target_accuracy) for j in cell_jobs]) for cell, cell_jobs in cells.items()}
-    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy)
+    reference = None
+    if spec.reference_cell:  # the reference cell's mean final held-out accuracy becomes a second target
+        reference = aggregate([run_summary(j.run_dir, spec.target_accuracy) for j in cells[spec.reference_cell]])["final_accuracy_mean"]
+    table = {cell: aggregate([run_summary(j.run_dir, spec.target_accuracy, reference) for j in cell_jobs]) for cell, cell_jobs in cells.items()}
+    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, (spec.reference_cell, reference) if spec.reference_cell else None)
     plot_all({cell: [read_metrics(j.run_dir, with_start=True) for j in cell_jobs] for cell, cell_jobs in cells.items()}, out_dir / "plots")
     return {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
 

@@ -30,10 +30,22 @@ def distributions(metrics: Sequence[dict]) -> list[str]:
     return sorted({name for m in metrics for name in distribution_names(m)})
 
 
-def run_summary(run_dir: Path, target_accuracy: float) -> dict[str, float]:
+def reach(metrics: Sequence[dict], target: float) -> tuple[float, float]:
+    """(steps, generated tokens) until the first held-out evaluation at or above
+    `target`; nan if never (nan target: never)."""
+    tokens = 0.0
+    for m in metrics:
+        tokens += m.get("tokens/generated", 0.0)
+        if m.get("eval/accuracy") is not None and m["eval/accuracy"] >= target:
+            return float(m["step"] + 1), tokens
+    return math.nan, math.nan
+
+
+def run_summary(run_dir: Path, target_accuracy: float, reference: float | None = None) -> dict[str, float]:
     """One finished run: final held-out accuracy (avg@n, overall and per distribution) and pass@k,
-    the first step whose held-out accuracy reached the target (nan if never),
-    mean response length, tokens generated, wall seconds."""
+    the steps and generated tokens until held-out accuracy reached the target
+    (and, with `reference`, that accuracy: a reference cell's final one), mean
+    response length, tokens generated, wall seconds."""
     metrics = read_metrics(run_dir)
     evals = [m for m in metrics if m.get("eval/accuracy") is not None]
     final = evals[-1] if evals else {}
@@ -42,8 +54,9 @@ def run_summary(run_dir: Path, target_accuracy: float) -> dict[str, float]:
         out[f"final_accuracy/{name}"] = final.get(f"eval/{name}/accuracy", math.nan)
     for key in sorted(k for k in final if k.startswith("eval/pass@")):  # overall pass@k for each eval.k
         out[f"final_{key[len('eval/'):]}"] = final[key]
-    reached = [m["step"] + 1 for m in evals if m["eval/accuracy"] >= target_accuracy]
-    out["steps_to_target"] = float(reached[0]) if reached else math.nan
+    out["steps_to_target"], out["tokens_to_target"] = reach(metrics, target_accuracy)
+    if reference is not None:
+        out["steps_to_reference"], out["tokens_to_reference"] = reach(metrics, reference)
     out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
     out["tokens_generated"] = float(sum(m["tokens/generated"] for m in metrics))
     done = Path(run_dir) / "done.json"
@@ -51,20 +64,33 @@ def run_summary(run_dir: Path, target_accuracy: float) -> dict[str, float]:
     return out
 
 
+def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean over seeds (few seeds: wide, as it should be)."""
+    if not len(values):
+        return math.nan, math.nan
+    data = np.asarray(values, dtype=float)
+    means = data[np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def aggregate(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean and sample std over seeds of every field; steps_to_target over the
-    seeds that reached the target, with how many did."""
+    """Mean, sample std and a bootstrap 95% interval over seeds of every field;
+    steps/tokens to a target over the seeds that reached it, with how many did."""
     out: dict[str, float] = {"seeds": len(summaries)}
     for key in summaries[0]:
         values = [s[key] for s in summaries if not math.isnan(s[key])]
         out[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
         out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else math.nan)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_interval(values)
     out["reached_target"] = sum(not math.isnan(s["steps_to_target"]) for s in summaries)
+    if "steps_to_reference" in summaries[0]:
+        out["reached_reference"] = sum(not math.isnan(s["steps_to_reference"]) for s in summaries)
     return out
 
 
-def write_results(out_dir: Path, cells: dict[str, dict[str, float]], target_accuracy: float) -> tuple[Path, Path]:
-    """results.csv (every mean and std column) and results.md (the table to paste)."""
+def write_results(out_dir: Path, cells: dict[str, dict[str, float]], target_accuracy: float,
+                  reference: tuple[str, float] | None = None) -> tuple[Path, Path]:
+    """results.csv (every mean, std and interval column) and results.md (the table to paste)."""
     out_dir = Path(out_dir)
     fields = ["cell"] + list(next(iter(cells.values())))
     csv_path = out_dir / "results.csv"
@@ -74,7 +100,7 @@ def write_results(out_dir: Path, cells: dict[str, dict[str, float]], target_accu
         for cell, row in cells.items():
             writer.writerow({"cell": cell, **{k: _csv_value(v) for k, v in row.items()}})
     md_path = out_dir / "results.md"
-    md_path.write_text(markdown_table(cells, target_accuracy))
+    md_path.write_text(markdown_table(cells, target_accuracy, reference))
     return csv_path, md_path
 
 
@@ -87,17 +113,28 @@ def _pm(row: dict[str, float], key: str, fmt: str) -> str:
     return "-" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float) -> str:
+def _ci(row: dict[str, float], key: str, fmt: str) -> str:
+    mean, low, high = row[f"{key}_mean"], row[f"{key}_ci_low"], row[f"{key}_ci_high"]
+    return "-" if math.isnan(mean) else f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float, reference: tuple[str, float] | None = None) -> str:
+    """Mean ± std over seeds per cell; with a reference cell, steps and tokens to
+    reach its final accuracy as mean [bootstrap 95% interval] (reached/seeds)."""
     first = next(iter(cells.values()))
     names = sorted(k[len("final_accuracy/"):-len("_mean")] for k in first if k.startswith("final_accuracy/") and k.endswith("_mean"))
     passes = sorted((k[len("final_"):-len("_mean")] for k in first if k.startswith("final_pass@") and k.endswith("_mean")), key=lambda k: int(k[5:]))
     header = (["cell", "seeds", "held-out acc"] + [f"acc {n}" for n in names] + [f"held-out {k}" for k in passes]
               + [f"steps to acc {target_accuracy:g} (reached)", "mean length", "tokens generated", "wall s"])
+    if reference:
+        header += [f"steps to {reference[0]}'s final acc {reference[1]:.3f} [95% CI] (reached)", "tokens to it [95% CI]"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell, row in cells.items():
         reach = f"{_pm(row, 'steps_to_target', '.1f')} ({row['reached_target']}/{row['seeds']})"
         values = ([cell, str(row["seeds"]), _pm(row, "final_accuracy", ".3f")] + [_pm(row, f"final_accuracy/{n}", ".3f") for n in names]
                   + [_pm(row, f"final_{k}", ".3f") for k in passes]
                   + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "wall_seconds", ".0f")])
+        if reference:
+            values += [f"{_ci(row, 'steps_to_reference', '.1f')} ({row['reached_reference']}/{row['seeds']})", _ci(row, "tokens_to_reference", ".0f")]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import yaml
 
 from launch.ablate import load_ablation
 from launch.errors import GradusError
-from launch.results import aggregate, markdown_table, run_summary
+from launch.results import aggregate, bootstrap_interval, markdown_table, run_summary
 from tests.conftest import ROOT
 
 
@@ -62,10 +62,26 @@ def test_ablation_file_errors_name_the_key(tmp_path, spec, message):
         load_ablation(path)
 
 
-def test_shipped_ablation_expands_to_curricula_x_variants_x_seeds():
-    _, jobs = load_ablation("configs/ablation.yaml")
-    assert len(jobs) == 4 * 2 * 2
-    assert {j.cell for j in jobs} == {"uniform", "staged", "dump", "sec", "uniform+filter", "staged+filter", "dump+filter", "sec+filter"}
+def test_shipped_ablation_expands_to_its_cells_and_seeds():
+    spec, jobs = load_ablation("configs/ablation.yaml")
+    assert len(jobs) == 5 * 3 and spec.reference_cell == "uniform"
+    assert {j.cell for j in jobs} == {"uniform", "dump", "sec", "dump+filter", "dump+pass_rate"}
     dump_filter = next(j for j in jobs if j.cell == "dump+filter" and j.seed == 1)
     assert dump_filter.cfg.curriculum.kind == "ucb" and dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
     assert dump_filter.cfg.run.seed == 1 and str(dump_filter.run_dir) == "runs/ablation/dump+filter/seed-1"
+    pass_rate = next(j for j in jobs if j.cell == "dump+pass_rate")
+    assert pass_rate.cfg.curriculum.prompts["kind"] == "pass_rate" and pass_rate.cfg.eval.samples == 4
+
+
+def test_reach_reference_and_bootstrap_interval(tmp_path):
+    _write_run(tmp_path / "r", [None, 0.2, None, 0.6, 0.5])
+    s = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.2)
+    assert (s["steps_to_reference"], s["tokens_to_reference"]) == (2.0, 200.0)  # 100 tokens a step, reached after step 2
+    assert (s["steps_to_target"], s["tokens_to_target"]) == (4.0, 400.0)
+    assert bootstrap_interval([3.0]) == (3.0, 3.0)
+    low, high = bootstrap_interval([1.0, 2.0, 6.0])
+    assert 1.0 <= low < 3.0 < high <= 6.0
+    row = aggregate([s, {**s, "steps_to_reference": math.nan}])
+    assert row["reached_reference"] == 1 and row["steps_to_reference_ci_low"] == 2.0
+    table = markdown_table({"x": row}, 0.5, ("uniform", 0.2)).splitlines()
+    assert "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "2.0 [2.0, 2.0] (1/2)" in table[2]
