@@ -117,7 +117,8 @@ class TrainerWorker(WeightSender):
         if self.cfg["zero_stage"] != 3:
             return model.to(self.engine.device)
         engine, *_ = deepspeed.initialize(model=model, config=config)
-        return engine.eval()
+        engine.eval()  # returns None, unlike Module.eval
+        return engine
 
     def _old_logprobs(self, mini_batches: Sequence[dict], stats: dict[str, float]) -> None:
         """Attach each sample's old (behaviour) log-probs, from vLLM ("rollout") or
