@@ -3,13 +3,18 @@ complete, so a crash mid-save never leaves one that looks finished; the newest
 `keep` are kept.
 
 <run_dir>/checkpoints/step-000012/
-    trainer/     DeepSpeed engine: model, optimizer, LR scheduler, per-rank RNG
+    trainer/     consolidated weights + optimizer state (any world size / ZeRO
+                 stage loads it: trainer/checkpoint.py), LR schedule, per-rank RNG
     state.json   step, policy version, curriculum scheduler (bandit, cursors,
-                 RNG), wandb run id
+                 RNG) as of the last batch generated, wandb run id
+    pending.pkl  async rollout only, in a checkpoint taken on a stop signal:
+                 batches already generated for the next steps (their
+                 generating weights are gone), trained first on resume
 """
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 from launch.errors import GradusError
 
 PREFIX = "step-"
+PENDING = "pending.pkl"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -30,8 +36,10 @@ def staging_dir(run_dir: Path, step: int) -> Path:
     return path
 
 
-def commit(staging: Path, state: dict[str, Any], keep: int) -> Path:
+def commit(staging: Path, state: dict[str, Any], keep: int, pending: dict[int, dict] | None = None) -> Path:
     """Write state.json last, then rename: only complete checkpoints carry the final name."""
+    if pending:
+        (staging / PENDING).write_bytes(pickle.dumps(pending))
     (staging / "state.json").write_text(json.dumps(state))
     final = staging.parent / staging.name.removeprefix(".tmp-")
     shutil.rmtree(final, ignore_errors=True)
@@ -49,8 +57,8 @@ def complete(run_dir: Path) -> list[Path]:
 
 
 def resolve(run_dir: Path, resume: str) -> Path:
-    """`latest` -> the run dir's newest checkpoint; otherwise a checkpoint path."""
-    if resume == "latest":
+    """`latest` (or `auto`) -> the run dir's newest checkpoint; otherwise a checkpoint path."""
+    if resume in ("latest", "auto"):
         found = complete(run_dir)
         if not found:
             raise GradusError(f"--resume: {checkpoint_root(run_dir)} holds no complete checkpoint; train without --resume or set run.checkpoint_every")
@@ -63,3 +71,14 @@ def resolve(run_dir: Path, resume: str) -> Path:
 
 def load_state(path: Path) -> dict[str, Any]:
     return json.loads((path / "state.json").read_text())
+
+
+def load_pending(path: Path) -> dict[int, dict]:
+    """Batches a stop-signal checkpoint carried for the steps after it (our own file)."""
+    return pickle.loads((path / PENDING).read_bytes()) if (path / PENDING).is_file() else {}
+
+
+def describe_latest(run_dir: Path) -> str:
+    """Which checkpoint a resume continues from, in words."""
+    found = complete(run_dir)
+    return f"the last periodic checkpoint {found[-1]} is what --resume auto continues from" if found else "no checkpoint: --resume auto starts again"

@@ -376,6 +376,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
             prefetch = None
             try:
                 run.start()
+                stop.arm()  # ray.init replaced the SIGTERM handler (a SIGTERM during start-up ends the run at once)
                 if cfg.rollout.async_generation:
                     prefetch = Prefetcher(run, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending)
                 for step in range(run.start_step, cfg.run.steps):

@@ -32,23 +32,23 @@ class Prefetcher:
     so a checkpoint holds no half-used batch and resume stays exact. Syncs land
     between generation calls on each rollout actor, never inside one."""
 
-    def __init__(self, run: Run, start: int, steps: int, max_staleness: int) -> None:
+    def __init__(self, run: Run, start: int, steps: int, max_staleness: int, ready: dict[int, dict] | None = None) -> None:
         self.run, self.max_staleness, self.steps = run, max_staleness, steps
         self.finished = start - 1  # the last step trained, synced and (if due) checkpointed
-        self.produced = start - 1  # the last step whose batch is generated
-        self.ready: dict[int, dict] = {}
+        self.ready: dict[int, dict] = dict(ready or {})  # batches generated ahead (a preemption checkpoint keeps them)
+        self.produced = max(self.ready, default=start - 1)  # the last step whose batch is generated
         self.error: BaseException | None = None
         self.stopped = False
         self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._produce, args=(start,), name="gradus-prefetch", daemon=True)
+        self.thread = threading.Thread(target=self._produce, name="gradus-prefetch", daemon=True)
         self.thread.start()
 
     def _may_generate(self, step: int) -> bool:
         pending_checkpoint = any(checkpoint_due(self.run.cfg, j) for j in range(self.finished + 1, step))
         return self.stopped or (step - self.max_staleness - 1 <= self.finished and not pending_checkpoint)
 
-    def _produce(self, start: int) -> None:
-        for step in range(start, self.steps):
+    def _produce(self) -> None:
+        for step in range(self.produced + 1, self.steps):
             with self.cond:
                 self.cond.wait_for(lambda: self._may_generate(step))
                 if self.stopped:
@@ -83,6 +83,12 @@ class Prefetcher:
             self.cond.wait_for(lambda: self.produced >= last or self.error is not None)
             if self.error is not None:
                 raise self.error
+
+    def pending(self) -> dict[int, dict]:
+        """Batches generated for steps not yet trained (what a checkpoint taken now
+        must carry for the resumed run to train exactly these)."""
+        with self.cond:
+            return dict(self.ready)
 
     def finish(self, step: int) -> None:
         with self.cond:

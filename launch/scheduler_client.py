@@ -1,0 +1,82 @@
+"""The curriculum scheduler actor behind a handle that survives its death.
+
+The driver keeps the scheduler's state as of the last fully produced step (a
+small dict: bandit, data cursors, RNG). If the actor dies, a new one starts
+from that state and the step being produced is produced again; sampling seeds
+come from (seed, step, round, prompt), so it is the same step as before. Calls
+from a produce() that began before the restart raise SchedulerLost (their
+partial updates went down with the old actor), so two threads (async rollout)
+never mix states."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from curriculum.scheduler import remote_scheduler
+
+
+class SchedulerLost(Exception):
+    """The scheduler actor was replaced since this produce() began; produce again."""
+
+
+class SchedulerClient:
+    def __init__(self, args: dict[str, Any], max_restarts: int = 3) -> None:
+        self.args, self.max_restarts = args, max_restarts
+        self.actor = remote_scheduler(**args)
+        self.epoch = 0  # bumped by every restart
+        self.restarts = 0
+        self.snapshot: dict[str, Any] | None = None  # state after the last produced step; None: the initial state
+        self.lock = threading.Lock()
+
+    def call(self, method: str, *args: Any, epoch: int | None = None) -> Any:
+        """`method(*args)` on the actor. With `epoch` (from the start of a produce())
+        raise SchedulerLost if the actor was replaced since; without, a read-only
+        call, retried on the replacement."""
+        while True:
+            with self.lock:
+                actor, current = self.actor, self.epoch
+            if epoch is not None and epoch != current:
+                raise SchedulerLost
+            try:
+                return ray.get(getattr(actor, method).remote(*args))
+            except RayActorError:
+                if not self._restart(current):
+                    raise
+                if epoch is not None:
+                    raise SchedulerLost from None
+
+    def commit(self, epoch: int, state: dict[str, Any]) -> bool:
+        """Record the state after a produced step, unless the actor was replaced meanwhile."""
+        with self.lock:
+            if epoch != self.epoch:
+                return False
+            self.snapshot = state
+            return True
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Set the actor's state (a checkpoint's) and remember it as the restart point."""
+        self.call("load_state_dict", state)
+        self.snapshot = state
+
+    def _restart(self, dead_epoch: int) -> bool:
+        """Replace the actor that died in `dead_epoch` (once, whichever thread sees it
+        first); False once max_restarts are used up (the run then restarts from its checkpoint)."""
+        with self.lock:
+            if dead_epoch != self.epoch:
+                return True
+            if self.restarts == self.max_restarts:
+                return False
+            ray.kill(self.actor)
+            self.actor = remote_scheduler(**self.args)
+            if self.snapshot is not None:
+                ray.get(self.actor.load_state_dict.remote(self.snapshot))
+            self.epoch += 1
+            self.restarts += 1
+        print(f"gradus: the curriculum scheduler actor died; restarted from the state after the last produced step ({self.restarts}/{self.max_restarts})", flush=True)
+        return True
+
+    def kill(self) -> None:
+        ray.kill(self.actor)
