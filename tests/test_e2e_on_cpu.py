@@ -66,23 +66,24 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
     from curriculum.bandits import make_curriculum
 
     names = ["add1", "add2", "add3"]
+    add3 = _verl_file_with_reward(tmp_path)  # add3 from a verl-format parquet (chat prompts), scored by a reward file
     cfg = load_config("configs/dump.yaml", [
         f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=3", "wandb.mode=disabled",
         "trainer.world_size=1", "rollout.max_tokens=16", "reward.length=1.0", "eval.every=2", "data.eval_size=4",
         "curriculum.budget={kind: constant, budget: 4}", "curriculum.filters=[{kind: nonzero_std}]",
-        "trainer.kl_coef=0.05", "trainer.kl_in=reward",
+        "trainer.kl_coef=0.05", "trainer.kl_in=reward", *add3,
     ])
     run = Run(cfg)
     logged = []
     try:
         run.start()
         for step in range(3):
-            reported = ray.get(run.scheduler.report.remote(step))
+            reported = run.scheduler.call("report", step)
             logged.append(run.step(step))
             assert [logged[-1][f"dist/{n}/prob"] for n in names] == pytest.approx([reported["probabilities"][n] for n in names])
-        state = ray.get(run.scheduler.state_dict.remote())
+        state = run.scheduler.call("state_dict")
         run.evaluate(3)
-        assert ray.get(run.scheduler.state_dict.remote()) == state
+        assert run.scheduler.call("state_dict") == state
     finally:
         run.close()
 
@@ -94,3 +95,26 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         assert m["groups/generated"] >= m["groups/kept"] and m["groups/kept"] + m["groups/dropped"] == m["groups/generated"]
     assert logged[0]["dist/add1/prob"] == pytest.approx(1 / 3)
     assert max(abs(logged[-1][f"dist/{n}/prob"] - 1 / 3) for n in names) > 0.01
+    assert sum(m["dist/add3/samples"] for m in logged) > 0
+    for m in logged:  # the reward file ran on the rollout worker: its extra key is logged, nothing failed
+        assert m["verify/errors"] == 0 and m["verify/timeouts"] == 0
+        assert m.get("reward_extra/seen") == (1.0 if m["dist/add3/samples"] else None)
+
+
+def _verl_file_with_reward(tmp_path) -> list[str]:
+    """Overrides that make add3 a file source (verl's columns, chat-message prompts)
+    scored by a verl-style reward file returning a dict."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"data_source": "arith/add", "prompt": [{"role": "user", "content": f"What is {a} + {b} ?"}],
+             "reward_model": {"ground_truth": str(a + b)}, "extra_info": {"index": a}} for a, b in zip(range(40), range(40, 80))]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "add3.parquet")
+    (tmp_path / "reward.py").write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    assert data_source == 'arith/add' and 'index' in extra_info\n"
+        "    right = ground_truth in solution_str\n"
+        "    return {'score': float(right), 'acc': right, 'seen': 1.0}\n"
+    )
+    return ["data.distributions.2.source=file", f"data.distributions.2.verifier={tmp_path / 'reward.py'}:compute_score",
+            f"data.distributions.2.params={{path: {tmp_path / 'add3.parquet'}, fields: {{answer: reward_model.ground_truth}}}}"]
