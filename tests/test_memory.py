@@ -1,0 +1,84 @@
+"""Memory features on a plain Hugging Face model (no Ray, no DeepSpeed):
+gradient checkpointing, LoRA merged weights and adapters-disabled reference,
+and the config errors (trainer ranks: test_trainer_on_cpu.py)."""
+import pytest
+import torch
+
+from launch.config import load_config
+from launch.errors import GradusError
+from tests.test_trainer_on_cpu import _batch
+from trainer.loss import completion_logprobs
+from trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state
+
+LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+
+
+def _model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    model.train()
+    completion_logprobs(model, _batch(n=4))["logp"].sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
+    plain = _grads(_model(tiny_model))
+    model = _model(tiny_model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = _grads(model)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    assert max(float((plain[n] - checkpointed[n]).abs().max()) for n in plain) < 1e-5
+
+
+def test_lora_merged_weights_and_disabled_adapters(tiny_model):
+    base = _model(tiny_model)
+    model = add_lora(_model(tiny_model), LORA)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    torch.manual_seed(1)
+    with torch.no_grad():  # adapters start as a no-op (B = 0): give them a value
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    merged = merged_state(model)
+    expected = base.state_dict()
+    assert {k: v.shape for k, v in merged.items()} == {k: v.shape for k, v in expected.items()}  # vLLM's names, tied lm_head too
+    changed = {k for k in merged if not torch.equal(merged[k], expected[k])}
+    assert changed == {k for k in expected if any(f"{t}.weight" in k for t in LORA["target_modules"])}
+    samples = _batch(n=3)
+    with torch.no_grad():
+        adapted = completion_logprobs(model, samples)["logp"]
+        base.load_state_dict(merged)
+        assert float((completion_logprobs(base, samples)["logp"] - adapted).abs().max()) < 1e-5  # W + scale*BA is the adapted policy
+        with model.disable_adapter():
+            disabled = completion_logprobs(model, samples)["logp"]
+        assert torch.equal(disabled, completion_logprobs(_model(tiny_model), samples)["logp"])
+
+
+def test_lora_target_modules_are_checked_against_the_model(tiny_model, tmp_path):
+    from launch.driver import Run
+
+    names = linear_module_names(str(tiny_model))
+    assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]  # lm_head left out
+    with pytest.raises(ValueError, match=r"no linear module \['qkv_proj'\]; its linear modules are \['down_proj'"):
+        check_lora_targets(str(tiny_model), ["q_proj", "qkv_proj"])
+    cfg = load_config("configs/uniform.yaml", [f"model.path={tiny_model}", f"run.run_dir={tmp_path}", "trainer.lora={target_modules: [qkv_proj]}"])
+    with pytest.raises(GradusError, match="trainer.lora.target_modules: the model has no linear module"):
+        Run(cfg)  # before Ray starts
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.lora.rank=0"], "trainer.lora.rank: must be >= 1"),
+    (["trainer.lora={rank: 8, dropout: 1.5}"], "0 <= dropout < 1"),
+    (["trainer.offload.params=cpu"], "trainer.offload.params=cpu needs trainer.zero_stage=3"),
+    (["trainer.offload.optimizer=cpu", "trainer.zero_stage=0"], "needs trainer.zero_stage >= 1"),
+    (["trainer.offload.optimizer=nvme"], "trainer.offload.optimizer: unknown value 'nvme'"),
+])
+def test_memory_config_errors(overrides, message):
+    with pytest.raises(GradusError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config("configs/uniform.yaml", overrides)
+    load_config("configs/uniform.yaml", ["trainer.lora={rank: 8}", "trainer.offload={optimizer: cpu, params: cpu}", "trainer.zero_stage=3"])
