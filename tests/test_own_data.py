@@ -239,6 +239,7 @@ def _config(tmp_path, dist_overrides="", extra=""):
     ("", "", ["curriculum.kind=ucb", "curriculum.params={c: 1, windw: 3}"], "unknown parameter 'windw' (did you mean 'window'?)"),
     ("", "", ["data.distributions.0.params.split_byy=data_source"], "unknown parameter 'split_byy' (did you mean 'split_by'?); valid parameters: path, fields, where, split_by"),
     ("", "", ["data.train_size=0"], "data.train_size: must be >= 1 or null"),
+    ("", "", ["data.distributions.0.params.fields={promt: prompt}"], "fields.promt is not a row field (did you mean 'prompt'?)"),
 ])
 def test_bad_inputs_one_line_exit_2(data, monkeypatch, capsys, dist, extra, args, message):
     tmp_path, _ = data
