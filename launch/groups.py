@@ -16,7 +16,7 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rollout.worker import RolloutWorker, engine_env
-from trainer.batching import PAD, assign, plan
+from trainer.batching import PAD, assign, dummy, plan
 from trainer.sync import WeightReceiver
 from trainer.worker import TrainerWorker
 
@@ -105,9 +105,9 @@ class TrainerGroup:
         (trainer.batching.plan): every rank runs the same number of reference
         forwards, which a sharded (ZeRO-3) reference needs; PAD slots are ignored."""
         lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in samples]
-        per_rank = plan(lengths, len(self.ranks), self.max_tokens)
+        per_rank, padding = plan(lengths, len(self.ranks), self.max_tokens), dummy(samples[0])
         parts = ray.get([
-            r.sequence_kl.remote([[samples[i if i != PAD else 0] for i in micro] for micro in micros]) for r, micros in zip(self.ranks, per_rank)
+            r.sequence_kl.remote([[samples[i] if i != PAD else padding for i in micro] for micro in micros]) for r, micros in zip(self.ranks, per_rank)
         ])
         kls = [0.0] * len(samples)
         for micros, values in zip(per_rank, parts):
