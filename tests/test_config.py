@@ -39,6 +39,8 @@ def test_bad_values():
         load_config(DEFAULT, ["rollout.group_size=0"])
     with pytest.raises(GradusError, match="distributions"):
         load_config(None)
+    with pytest.raises(GradusError, match="run.preempt_signal: 'SIGKILL' is not one of"):
+        load_config(DEFAULT, ["run.preempt_signal=SIGKILL"])
 
 
 @pytest.mark.parametrize(
@@ -143,3 +145,4 @@ def test_submit_builds_a_ray_job_command_after_checking_the_config():
     assert entry[-1] == "'rollout.resources={rollout_node: 1}'"  # quoted: ray joins the words into a shell line
     with pytest.raises(GradusError, match="did you mean 'steps'"):
         job_command("configs/default.yaml", ["run.stepz=3"], "http://head:8265")
+    assert job_command("configs/default.yaml", [], "http://head:8265", resume="auto")[-2:] == ["--resume", "auto"]
