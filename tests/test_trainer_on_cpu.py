@@ -92,29 +92,48 @@ def test_skipping_and_shared_prompts_under_zero(local_ray, tiny_model, stage):
 
 
 def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):
+    """Two epochs with a KL term: ZeRO-3 (built inside zero.Init, its reference a
+    sharded engine of its own, gradient checkpointing on) updates exactly as ZeRO-2
+    (a plain reference copy, no checkpointing)."""
     from transformers import AutoModelForCausalLM
 
-    z2, _ = _train(tiny_model, 2, zero_stage=2)
-    z3, _ = _train(tiny_model, 2, zero_stage=3)
+    kl = {"ppo_epochs": 2, "kl_coef": 0.1}
+    z2, stats2 = _train(tiny_model, 2, zero_stage=2, **kl)
+    z3, stats3 = _train(tiny_model, 2, zero_stage=3, gradient_checkpointing=True, **kl)
     assert _max_diff(z2, z3) < 1e-5
+    assert sum(s["kl"] for s in stats3) == pytest.approx(sum(s["kl"] for s in stats2), rel=1e-4) and sum(s["kl"] for s in stats3) > 0
     reference = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     assert {k: tuple(v.shape) for k, v in reference.items()} == {k: v.shape for k, v in z3.items()}
 
 
-def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model):
+@pytest.mark.parametrize("extra", [{"zero_stage": 3}, {"lora": {"rank": 4, "target_modules": ["q_proj", "down_proj"]}}], ids=["zero3-sharded", "lora-disabled"])
+def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model, extra):
+    """After an update, the KL-in-reward against the reference (a ZeRO-3 engine of
+    its own, or the LoRA policy with adapters disabled) equals the KL against the
+    base model loaded separately. Small micro-batches over 2 ranks: rank 1 runs
+    padding forwards to keep the sharded forwards in step. With LoRA only the
+    adapted weights move (export: merged, base names)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.worker import completion_logprobs
+    from launch.config import LoraConfig
+    from trainer.loss import completion_logprobs
 
-    cfg = dataclasses.replace(TrainerConfig(), threads=1, kl_coef=0.1, kl_in="reward", kl_kind="k1")
+    lora = {"lora": LoraConfig(**extra["lora"])} if "lora" in extra else {}
+    cfg = dataclasses.replace(TrainerConfig(), lr=1e-2, threads=1, kl_coef=0.1, kl_in="reward", kl_kind="k1", max_tokens_per_micro_batch=20, **{**extra, **lora})
     group = TrainerGroup(2, threads=1)
     samples = _batch(n=5)
     try:
         group.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
+        before = ray.get(group.export_weights())
+        group.train(_batch(), 1, 48)
+        after = ray.get(group.export_weights())
         kls = group.sequence_kl(samples)
     finally:
         group.shutdown()
+    changed = {k for k in after if not np.array_equal(after[k], before[k])}
+    targets = extra.get("lora", {}).get("target_modules", [""])
+    assert changed == {k for k in after if any(f"{t}.weight" in k for t in targets)}  # LoRA: only the adapted layers
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     for sample, kl in zip(samples, kls):
         with torch.no_grad():
