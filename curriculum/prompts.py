@@ -96,6 +96,9 @@ class Shuffle(PromptSampler):
             self.cursor += 1
         return out
 
+    def stats(self) -> dict[str, float]:
+        return {"rows_seen": float(self.n_rows if self.epoch else self.cursor)}
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
@@ -119,10 +122,11 @@ class PassRate(PromptSampler):
         self.attempts = np.zeros(n_rows, dtype=np.int64)
         self.successes = np.zeros(n_rows, dtype=np.int64)
         self.rate = np.full(n_rows, np.nan)  # recency-weighted pass rate; nan = unseen
-        self.recent: list[list[bool]] = [[] for _ in range(n_rows)]  # the last retire_after outcomes
+        self.streak = np.zeros(n_rows, dtype=np.int64)  # correct samples in a row, up to the newest
 
     def retired(self) -> np.ndarray:
-        return np.array([len(r) >= self.retire_after and all(r) for r in self.recent], dtype=bool)
+        """Rows whose last retire_after samples were all correct."""
+        return self.streak >= self.retire_after
 
     def weights(self) -> np.ndarray:
         """Band-pass weight per row from its pass rate (unseen rows: 1)."""
@@ -155,7 +159,8 @@ class PassRate(PromptSampler):
         mean = sum(outcomes) / len(outcomes)
         previous = self.rate[row_id]
         self.rate[row_id] = mean if np.isnan(previous) else (1 - self.decay) * previous + self.decay * mean
-        self.recent[row_id] = (self.recent[row_id] + outcomes)[-self.retire_after:]
+        wrong = [i for i, c in enumerate(outcomes) if not c]
+        self.streak[row_id] = self.streak[row_id] + len(outcomes) if not wrong else len(outcomes) - 1 - wrong[-1]
 
     def availability(self) -> float:
         return self.recheck if self.retired().all() else 1.0
@@ -167,13 +172,13 @@ class PassRate(PromptSampler):
 
     def state_dict(self) -> dict:
         return {"attempts": self.attempts.tolist(), "successes": self.successes.tolist(),
-                "rate": [None if np.isnan(r) else float(r) for r in self.rate], "recent": [list(r) for r in self.recent]}
+                "rate": [None if np.isnan(r) else float(r) for r in self.rate], "streak": self.streak.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         self.attempts = np.asarray(state["attempts"], dtype=np.int64)
         self.successes = np.asarray(state["successes"], dtype=np.int64)
         self.rate = np.array([np.nan if r is None else r for r in state["rate"]], dtype=float)
-        self.recent = [[bool(x) for x in r] for r in state["recent"]]
+        self.streak = np.asarray(state["streak"], dtype=np.int64)
 
 
 def make_prompt_sampler(spec: dict | None, n_rows: int, seed: tuple) -> PromptSampler:

@@ -62,10 +62,10 @@ class CurriculumScheduler:
         start = time.perf_counter()
         self.curriculum.set_step(step)
         names = self.curriculum.sample(n, self.rng, scale=self.availability())
+        rows = {name: iter(self.distributions[name].take(names.count(name), self.rng)) for name in dict.fromkeys(names)}  # one draw per distribution
         batch = []
         for name in names:
-            dist = self.distributions[name]
-            (row,) = dist.take(1, self.rng)
+            dist, row = self.distributions[name], next(rows[name])
             budget = self.budget_for(name, step)
             prompt = row["prompt"] if budget is None or not self.budget_prompt else with_budget(row["prompt"], self.budget_prompt, budget)
             batch.append({**self._tags(dist), "budget": budget, **row, "prompt": prompt})

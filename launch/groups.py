@@ -79,6 +79,8 @@ class TrainerGroup:
         identically zero get no forward or backward (the gradient is the same)."""
         per_rank: list[list[dict]] = [[] for _ in self.ranks]
         for idx in np.array_split(np.arange(len(samples)), mini_batches):
+            if all(samples[i]["weight"] == 0 for i in idx):
+                continue  # padding only: no loss to normalise (0/0), so no update, on every rank alike
             shares = assign([samples[i] for i in idx], len(self.ranks), max_tokens_per_micro_batch, skip, self.kl_in_loss, self.share_prompts)
             for rank, share in enumerate(shares):
                 per_rank[rank].append(share)

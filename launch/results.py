@@ -30,15 +30,17 @@ def distributions(metrics: Sequence[dict]) -> list[str]:
     return sorted({name for m in metrics for name in distribution_names(m)})
 
 
-def reach(metrics: Sequence[dict], target: float) -> tuple[float, float]:
+def reach(metrics: Sequence[dict], target: float) -> tuple[float, float, bool]:
     """(steps, generated tokens) until the first held-out evaluation at or above
-    `target`; nan if never (nan target: never)."""
+    `target`, and whether it was reached. A run that never reaches it counts
+    its whole length (censored: a lower bound), so averages over seeds are not
+    biased toward the lucky ones."""
     tokens = 0.0
     for m in metrics:
         tokens += m.get("tokens/generated", 0.0)
         if m.get("eval/accuracy") is not None and m["eval/accuracy"] >= target:
-            return float(m["step"] + 1), tokens
-    return math.nan, math.nan
+            return float(m["step"] + 1), tokens, True
+    return float(max((m["step"] + 1 for m in metrics), default=0)), tokens, False
 
 
 def run_summary(run_dir: Path, target_accuracy: float, reference: float | None = None) -> dict[str, float]:
@@ -54,9 +56,11 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
         out[f"final_accuracy/{name}"] = final.get(f"eval/{name}/accuracy", math.nan)
     for key in sorted(k for k in final if k.startswith("eval/pass@")):  # overall pass@k for each eval.k
         out[f"final_{key[len('eval/'):]}"] = final[key]
-    out["steps_to_target"], out["tokens_to_target"] = reach(metrics, target_accuracy)
+    steps, _, reached = reach(metrics, target_accuracy)
+    out["steps_to_target"] = steps if reached else math.nan
     if reference is not None:
-        out["steps_to_reference"], out["tokens_to_reference"] = reach(metrics, reference)
+        out["steps_to_reference"], out["tokens_to_reference"], hit = reach(metrics, reference)
+        out["reached_reference"] = float(hit)
     out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
     out["tokens_generated"] = float(sum(m["tokens/generated"] for m in metrics))
     done = Path(run_dir) / "done.json"
@@ -65,8 +69,9 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
 
 
 def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean over seeds (few seeds: wide, as it should be)."""
-    if not len(values):
+    """95% percentile-bootstrap interval of the mean over seeds (nan for fewer
+    than 2; with 3 seeds it under-covers: read it as a rough range)."""
+    if len(values) < 2:
         return math.nan, math.nan
     data = np.asarray(values, dtype=float)
     means = data[np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
@@ -83,8 +88,8 @@ def aggregate(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
         out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else math.nan)
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_interval(values)
     out["reached_target"] = sum(not math.isnan(s["steps_to_target"]) for s in summaries)
-    if "steps_to_reference" in summaries[0]:
-        out["reached_reference"] = sum(not math.isnan(s["steps_to_reference"]) for s in summaries)
+    if "reached_reference" in summaries[0]:
+        out["reached_reference"] = sum(int(s["reached_reference"]) for s in summaries)
     return out
 
 
@@ -113,9 +118,11 @@ def _pm(row: dict[str, float], key: str, fmt: str) -> str:
     return "-" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def _ci(row: dict[str, float], key: str, fmt: str) -> str:
+def _ci(row: dict[str, float], key: str, fmt: str, censored: bool = False) -> str:
+    """mean [95% interval]; ">=" when some seed never got there (its run length counted)."""
     mean, low, high = row[f"{key}_mean"], row[f"{key}_ci_low"], row[f"{key}_ci_high"]
-    return "-" if math.isnan(mean) else f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+    interval = "" if math.isnan(low) else f" [{low:{fmt}}, {high:{fmt}}]"
+    return "-" if math.isnan(mean) else f"{'>=' if censored else ''}{mean:{fmt}}{interval}"
 
 
 def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float, reference: tuple[str, float] | None = None) -> str:
@@ -135,6 +142,8 @@ def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float, r
                   + [_pm(row, f"final_{k}", ".3f") for k in passes]
                   + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "wall_seconds", ".0f")])
         if reference:
-            values += [f"{_ci(row, 'steps_to_reference', '.1f')} ({row['reached_reference']}/{row['seeds']})", _ci(row, "tokens_to_reference", ".0f")]
+            censored = row["reached_reference"] < row["seeds"]
+            values += [f"{_ci(row, 'steps_to_reference', '.1f', censored)} ({row['reached_reference']}/{row['seeds']})",
+                       _ci(row, "tokens_to_reference", ".0f", censored)]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"

@@ -57,6 +57,12 @@ def test_retire_recheck_and_forgetting():
     assert 1 not in never.take(50, rng)
 
 
+def test_a_batch_draws_distinct_rows_while_there_are_enough():
+    scheduler = CurriculumScheduler([ADD1], eval_size=8, seed=0, prompts={"kind": "pass_rate"})
+    rows = [item["row_id"] for item in scheduler.next_batch(0, 40)]
+    assert len(set(rows)) == 40
+
+
 def test_band_pass_weight():
     sampler = PassRate(5, (0, "x"), low=0.2, high=0.8, decay=1.0, floor=0.05)
     for row, correct in [(0, [True] * 4), (1, [False] * 4), (2, [True, False, False, False]), (3, [True, True, False, False])]:

@@ -76,12 +76,13 @@ def test_shipped_ablation_expands_to_its_cells_and_seeds():
 def test_reach_reference_and_bootstrap_interval(tmp_path):
     _write_run(tmp_path / "r", [None, 0.2, None, 0.6, 0.5])
     s = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.2)
-    assert (s["steps_to_reference"], s["tokens_to_reference"]) == (2.0, 200.0)  # 100 tokens a step, reached after step 2
-    assert (s["steps_to_target"], s["tokens_to_target"]) == (4.0, 400.0)
-    assert bootstrap_interval([3.0]) == (3.0, 3.0)
+    assert (s["steps_to_reference"], s["tokens_to_reference"], s["reached_reference"]) == (2.0, 200.0, 1.0)  # 100 tokens a step
+    never = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.9)
+    assert (never["steps_to_reference"], never["tokens_to_reference"], never["reached_reference"]) == (5.0, 500.0, 0.0)  # censored
+    assert math.isnan(bootstrap_interval([3.0])[0])
     low, high = bootstrap_interval([1.0, 2.0, 6.0])
     assert 1.0 <= low < 3.0 < high <= 6.0
-    row = aggregate([s, {**s, "steps_to_reference": math.nan}])
-    assert row["reached_reference"] == 1 and row["steps_to_reference_ci_low"] == 2.0
+    row = aggregate([s, never])
+    assert row["reached_reference"] == 1 and row["steps_to_reference_mean"] == 3.5
     table = markdown_table({"x": row}, 0.5, ("uniform", 0.2)).splitlines()
-    assert "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "2.0 [2.0, 2.0] (1/2)" in table[2]
+    assert "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "| >=3.5 [2.0, 5.0] (1/2) |" in table[2]

@@ -65,6 +65,29 @@ def plan(lengths: Sequence[int], ranks: int, max_tokens: int) -> list[list[list[
     return per_rank
 
 
+def units(samples: Sequence[dict], share_prompts: bool, max_tokens: int) -> list[list[dict]]:
+    """What stays together in one micro-batch: single samples, or with
+    `share_prompts` the samples of one prompt (a group), which become one row
+    (prompt once, then every completion), cut into chunks whose row fits
+    `max_tokens` (a chunk holds at least one sample)."""
+    if not share_prompts:
+        return [[s] for s in samples]
+    by_prompt: dict[tuple, list[dict]] = {}
+    for s in samples:
+        by_prompt.setdefault(tuple(s["prompt_ids"]), []).append(s)
+    out: list[list[dict]] = []
+    for group in by_prompt.values():
+        chunk, width = [], len(group[0]["prompt_ids"])
+        for s in group:
+            if chunk and width + len(s["tokens"]) > max_tokens:
+                out.append(chunk)
+                chunk, width = [], len(group[0]["prompt_ids"])
+            chunk.append(s)
+            width += len(s["tokens"])
+        out.append(chunk)
+    return out
+
+
 def assign(
     mini: Sequence[dict], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False, share_prompts: bool = False
 ) -> list[dict[str, Any]]:
@@ -72,15 +95,13 @@ def assign(
     {"micro_batches": [[sample, ...], ...], "num_tokens", "num_seqs"}, the counts
     being the whole mini-batch's trained (weight > 0) samples, the loss
     denominators. With `skip`, samples that cannot contribute get no forward or
-    backward; with `share_prompts` the samples of one prompt (a group) stay in
-    one micro-batch, sized as the one row they become (prompt once, then every
-    completion). PAD slots become the cheapest dummy sample."""
+    backward (a mini-batch left with none runs one dummy pass per rank, then
+    its optimiser step, as the unskipped path would); with `share_prompts` a
+    group's samples share micro-batches (`units`). PAD slots become the cheapest
+    dummy sample."""
     trained = [s for s in mini if s["weight"] > 0]
     active = [s for s in mini if contributes(s, kl_in_loss)] if skip else list(mini)
-    units: dict[Any, list[dict]] = {}
-    for i, s in enumerate(active):
-        units.setdefault(tuple(s["prompt_ids"]) if share_prompts else i, []).append(s)
-    members = list(units.values())
+    members = units(active, share_prompts, max_tokens)
     lengths = [len(u[0]["prompt_ids"]) + sum(len(s["tokens"]) for s in u) for u in members]  # the row each unit becomes
     padding = dummy(mini[0])
     num_tokens, num_seqs = sum(len(s["tokens"]) for s in trained), len(trained)

@@ -43,10 +43,9 @@ def _grpo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     if scale == "none":
         return centered
     if scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
-        return centered / (std + eps)
+        return centered / (rewards.std() + eps)  # one-sample groups never get here: all-equal, zeroed by the caller
     if rewards.shape[-1] < 2:
-        return torch.zeros_like(rewards)
+        return centered  # one sample: all-equal (zero); std would warn
     return centered / (rewards.std(dim=-1, keepdim=True) + eps)  # unbiased
 
 
@@ -58,9 +57,7 @@ def _drgrpo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
 @_register(ADVANTAGE_ESTIMATORS, "rloo")
 def _rloo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     g = rewards.shape[-1]
-    if g < 2:
-        return torch.zeros_like(rewards)
-    others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / (g - 1)
+    others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / max(g - 1, 1)  # g = 1 is all-equal: zeroed by the caller
     return rewards - others_mean
 
 
