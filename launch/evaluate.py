@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.config import Config, load_config
-from launch.driver import local_scheduler
+from launch.driver import local_scheduler, sample_seed
 from launch.errors import GradusError
 from launch.metrics import held_out_metrics
 from launch.models import resolve_model
@@ -44,7 +44,7 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
         str(model), cfg.run.seed, dataclasses.asdict(cfg.reward),
         dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len, enforce_eager=cfg.rollout.enforce_eager,
     )
-    items = [row for name in rows for row in rows[name]]
+    items = [{**row, "seed": sample_seed(cfg.run.seed, "eval", i)} for i, row in enumerate(r for name in rows for r in rows[name])]  # as the run's evals
     out = worker.generate(
         items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature, system_prompt=cfg.data.system_prompt,
     )

