@@ -66,8 +66,9 @@ class TrainerGroup:
         master = self.address()
         self.max_tokens = cfg["max_tokens_per_micro_batch"]
         self.kl_in_loss = cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss"
-        self.share_prompts = cfg["share_prompts"]
-        return ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
+        params = ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
+        self.share_prompts = ray.get(self.ranks[0].shares_prompts.remote())  # as the ranks resolved it for this model
+        return params
 
     def address(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port there."""

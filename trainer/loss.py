@@ -75,14 +75,20 @@ def _shared_prompt_mask(rows: list[_Row], samples: Sequence[dict], width: int, d
 SHARED_PROMPT_BACKENDS = ("sdpa", "eager")  # attention implementations that take an arbitrary 4D mask
 
 
-def prompt_sharing(model: Any, wanted: bool) -> bool:
-    """Whether the shared-prompt forward can be used with this model; says once why not."""
-    backend = getattr(model.config, "_attn_implementation", None)
-    if wanted and backend not in SHARED_PROMPT_BACKENDS:
-        print(f"gradus: trainer.share_prompts is off: attention backend {backend!r} cannot take its 4D mask "
-              f"(supported: {', '.join(SHARED_PROMPT_BACKENDS)})", flush=True)
-        return False
-    return wanted
+def prompt_sharing(model: Any, wanted: bool, say: bool = True) -> bool:
+    """Whether the shared-prompt forward is exact for this model (`say`: print
+    why not, once). It needs an attention backend that takes an arbitrary 4D
+    mask, and no sliding-window layers (a 4D mask replaces their window)."""
+    config = model.config
+    backend = getattr(config, "_attn_implementation", None)
+    sliding = getattr(config, "sliding_window", None) and (
+        getattr(config, "use_sliding_window", True) or "sliding_attention" in (getattr(config, "layer_types", None) or [])
+    )
+    reason = (f"attention backend {backend!r} cannot take its 4D mask (supported: {', '.join(SHARED_PROMPT_BACKENDS)})"
+              if backend not in SHARED_PROMPT_BACKENDS else "sliding-window attention layers would lose their window" if sliding else "")
+    if wanted and reason and say:
+        print(f"gradus: trainer.share_prompts is off: {reason}", flush=True)
+    return wanted and not reason
 
 
 def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False, share_prompts: bool = False) -> dict[str, torch.Tensor]:

@@ -60,7 +60,7 @@ class TrainerWorker(WeightSender):
         torch_dtype = getattr(torch, dtype)
         ds_config = self._ds_config()
         model = load_model(model_path, torch_dtype, ds_config, cfg["zero_init"])
-        self.cfg["share_prompts"] = prompt_sharing(model, cfg["share_prompts"])
+        self.cfg["share_prompts"] = prompt_sharing(model, cfg["share_prompts"], say=self.rank == 0)
         if cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora:
@@ -81,6 +81,10 @@ class TrainerWorker(WeightSender):
         if cfg["kl_coef"] > 0 and not self.lora:  # LoRA's reference is the policy with its adapters disabled
             self.ref = self._reference_model(model_path, torch_dtype)
         return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+    def shares_prompts(self) -> bool:
+        """Whether this rank encodes each group's prompt once (resolved at setup)."""
+        return self.cfg["share_prompts"]
 
     def _ds_config(self, training: bool = True) -> dict[str, Any]:
         """The policy engine's DeepSpeed config, or (training=False) the optimizer-free
