@@ -5,6 +5,7 @@ import math
 
 import pytest
 import ray
+from safetensors.torch import load_file
 
 from launch.config import load_config
 from launch.driver import Run
@@ -62,7 +63,10 @@ def test_two_steps_two_ranks_zero3_weights_synced(tiny_model, tmp_path):
 
 def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
     """DUMP on the real stack: logged probabilities are the bandit's own, they
-    leave uniform, and held-out evaluation never touches the curriculum."""
+    leave uniform, and held-out evaluation never touches the curriculum. The
+    policy is LoRA with gradient checkpointing: after every sync the engine holds
+    the merged weights (base names, no LoRA in vLLM); the final directory holds
+    them too, and the adapters."""
     from curriculum.bandits import make_curriculum
 
     names = ["add1", "add2", "add3"]
@@ -72,20 +76,30 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         "trainer.world_size=1", "rollout.max_tokens=16", "reward.length=1.0", "eval.every=2", "data.eval_size=4",
         "curriculum.budget={kind: constant, budget: 4}", "curriculum.filters=[{kind: nonzero_std}]",
         "trainer.kl_coef=0.05", "trainer.kl_in=reward", *add3,
+        "trainer.lora={rank: 8, target_modules: [q_proj, v_proj, up_proj]}", "trainer.gradient_checkpointing=true",
     ])
     run = Run(cfg)
     logged = []
     try:
         run.start()
+        initial = run.trainers.param_sums()
         for step in range(3):
             reported = run.scheduler.call("report", step)
             logged.append(run.step(step))
             assert [logged[-1][f"dist/{n}/prob"] for n in names] == pytest.approx([reported["probabilities"][n] for n in names])
+            _assert_same_weights(run.trainers.param_sums(), run.rollout.param_sums()[0])
         state = run.scheduler.call("state_dict")
         run.evaluate(3)
         assert run.scheduler.call("state_dict") == state
+        merged = run.trainers.param_sums()
+        run.trainers.save_model(str(tmp_path / "final"), run.model_path)
     finally:
         run.close()
+    changed = {n for n in merged if merged[n] != initial[n]}
+    assert changed and all(any(f"{t}.weight" in n for t in ("q_proj", "v_proj", "up_proj")) for n in changed)
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    _assert_same_weights({n: merged[n] for n in saved}, {n: float(t.double().sum()) for n, t in saved.items()})
+    assert (tmp_path / "final" / "adapter" / "adapter_config.json").is_file()
 
     assert "eval/add1/accuracy" in logged[1] and "eval/add1/accuracy" in logged[2] and "eval/add1/accuracy" not in logged[0]
     replay = make_curriculum("ucb", names, c=1.0, window=300, temperature=0.1)
