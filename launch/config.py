@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-from curriculum.registry import Registry, is_plugin, nearest, resolve_plugin
+from curriculum.registry import is_plugin, nearest, resolve_plugin
 from launch.errors import GradusError
 from rollout.rewards import RewardWeights
 
@@ -308,6 +308,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = build(Config, raw, "")
     _migrate(cfg)
     _resolve_paths(cfg)
+    from launch.validate import validate  # it reads these dataclasses; the registries it checks import much more
+
     validate(cfg)
     return cfg
 
@@ -321,16 +323,19 @@ def _resolve_paths(cfg: Config) -> None:
             dist.params["path"] = str(Path.cwd() / Path(dist.params["path"]).expanduser())
     if is_plugin(cfg.curriculum.kind):
         cfg.curriculum.kind = resolve_plugin(cfg.curriculum.kind)
-    for spec in [*cfg.curriculum.filters, cfg.curriculum.budget or {}]:
+    for spec in [*cfg.curriculum.filters, cfg.curriculum.budget or {}, cfg.curriculum.prompts]:
         if is_plugin(spec.get("kind")):
             spec["kind"] = resolve_plugin(spec["kind"])
 
 
 def _migrate(cfg: Config) -> None:
-    """Keys that were renamed keep working, with one note."""
-    if cfg.trainer.importance_cap is not None:
-        print(f"gradus: trainer.importance_cap is now trainer.importance.cap; using cap={cfg.trainer.importance_cap}", flush=True)
-        cfg.trainer.importance.cap, cfg.trainer.importance_cap = cfg.trainer.importance_cap, None
+    """Keys that were renamed keep working, with one note; a value given under
+    the new name wins (a resumed run's config.yaml still holds the old key)."""
+    old, importance = cfg.trainer.importance_cap, cfg.trainer.importance
+    if old is not None:
+        explicit = importance.cap != ImportanceConfig().cap
+        print(f"gradus: trainer.importance_cap is now trainer.importance.cap; using cap={importance.cap if explicit else old}", flush=True)
+        importance.cap, cfg.trainer.importance_cap = (importance.cap if explicit else old), None
 
 
 def _merge(base: dict, update: dict) -> None:
@@ -341,139 +346,3 @@ def _merge(base: dict, update: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    from curriculum.bandits import CURRICULA
-    from curriculum.filters import FILTERS
-    from curriculum.sources import SOURCES
-    from rollout.rewards import VERIFIERS
-    from trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_PENALTIES
-    from trainer.schedules import LR_SCHEDULES
-
-    def choice(key: str, value: str, options) -> None:
-        if isinstance(options, Registry) and is_plugin(value):  # loaded and checked now, before Ray starts
-            try:
-                options.get(value)
-            except ValueError as err:
-                raise GradusError(f"{key}: {err}") from None
-            return
-        if value not in options:
-            raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {sorted(options)}")
-
-    names = [d.name for d in cfg.data.distributions]
-    if not names or any(not n for n in names) or len(set(names)) != len(names):
-        raise GradusError(f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})")
-    for i, dist in enumerate(cfg.data.distributions):
-        choice(f"data.distributions.{i}.source", dist.source, SOURCES)
-        choice(f"data.distributions.{i}.verifier", dist.verifier, VERIFIERS)
-    choice("curriculum.kind", cfg.curriculum.kind, CURRICULA)
-    for i, spec in enumerate(cfg.curriculum.filters):
-        choice(f"curriculum.filters.{i}.kind", str(spec.get("kind")), FILTERS)
-    if cfg.curriculum.budget is not None:
-        from curriculum.budget import BUDGETS
-
-        choice("curriculum.budget.kind", str(cfg.curriculum.budget.get("kind")), BUDGETS)
-    if cfg.data.train_size is not None and cfg.data.train_size < 1:
-        raise GradusError(f"data.train_size: must be >= 1 or null (every row of a file), got {cfg.data.train_size}")
-    choice("trainer.estimator", cfg.trainer.estimator, list(ADVANTAGE_ESTIMATORS))
-    if cfg.trainer.loss_agg is not None:
-        choice("trainer.loss_agg", cfg.trainer.loss_agg, list(AGGREGATIONS))
-    choice("trainer.lr_schedule", cfg.trainer.lr_schedule, list(LR_SCHEDULES))
-    choice("trainer.old_logprobs", cfg.trainer.old_logprobs, ["recompute", "rollout"])
-    choice("trainer.kl_kind", cfg.trainer.kl_kind, list(KL_PENALTIES))
-    choice("trainer.kl_in", cfg.trainer.kl_in, ["loss", "reward"])
-    choice("wandb.mode", cfg.wandb.mode, ["offline", "online", "disabled"])
-    choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
-    choice("cluster.device", cfg.cluster.device, ["auto", "cpu", "cuda"])
-    from trainer.sync import TRANSPORTS
-
-    choice("sync.transport", cfg.sync.transport, list(TRANSPORTS))
-    if cfg.rollout.max_staleness < 0:
-        raise GradusError(f"rollout.max_staleness: must be >= 0, got {cfg.rollout.max_staleness}")
-    if cfg.sync.bucket_mb <= 0:
-        raise GradusError(f"sync.bucket_mb: must be > 0, got {cfg.sync.bucket_mb}")
-    if cfg.cluster.colocate and cfg.rollout.tensor_parallel_size > 1:
-        raise GradusError("cluster.colocate: a colocated rollout worker shares one trainer GPU; set rollout.tensor_parallel_size=1 or cluster.colocate=false")
-    for key, value in [
-        ("rollout.num_workers", cfg.rollout.num_workers),
-        ("rollout.prompts_per_step", cfg.rollout.prompts_per_step),
-        ("rollout.group_size", cfg.rollout.group_size),
-        ("rollout.max_tokens", cfg.rollout.max_tokens),
-        ("trainer.world_size", cfg.trainer.world_size),
-        ("trainer.max_tokens_per_micro_batch", cfg.trainer.max_tokens_per_micro_batch),
-        ("run.steps", cfg.run.steps),
-        ("eval.samples", cfg.eval.samples),
-        ("trainer.ppo_epochs", cfg.trainer.ppo_epochs),
-        ("trainer.mini_batches", cfg.trainer.mini_batches),
-        ("rollout.tensor_parallel_size", cfg.rollout.tensor_parallel_size),
-    ]:
-        if value < 1:
-            raise GradusError(f"{key}: must be >= 1, got {value}")
-    if cfg.run.preempt_signal and cfg.run.preempt_signal not in STOP_SIGNALS:
-        raise GradusError(f"run.preempt_signal: {cfg.run.preempt_signal!r} is not one of {sorted(STOP_SIGNALS)} (or \"\" for SIGTERM only)")
-    if cfg.trainer.zero_stage not in (0, 1, 2, 3):
-        raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")
-    _validate_memory(cfg.trainer)
-    _validate_learning(cfg)
-
-
-def _validate_memory(t: TrainerConfig) -> None:
-    """LoRA and offload settings that cannot work (target modules are checked against the model in launch.driver.Run)."""
-    if t.lora is not None:
-        if t.lora.rank <= 0:
-            raise GradusError(f"trainer.lora.rank: must be >= 1, got {t.lora.rank} (leave trainer.lora unset for full fine-tuning)")
-        if t.lora.alpha <= 0 or not 0 <= t.lora.dropout < 1 or not t.lora.target_modules:
-            raise GradusError(f"trainer.lora: need alpha > 0, 0 <= dropout < 1 and at least one target module, got {t.lora}")
-    for key, value in (("trainer.offload.optimizer", t.offload.optimizer), ("trainer.offload.params", t.offload.params)):
-        if value not in ("none", "cpu"):
-            raise GradusError(f"{key}: unknown value {value!r}; choose one of ['cpu', 'none']")
-    if t.offload.params == "cpu" and t.zero_stage != 3:
-        raise GradusError(f"trainer.offload.params=cpu needs trainer.zero_stage=3 (got {t.zero_stage}): only ZeRO-3 partitions parameters")
-    if t.offload.optimizer == "cpu" and t.zero_stage < 1:
-        raise GradusError("trainer.offload.optimizer=cpu needs trainer.zero_stage >= 1: ZeRO-0 has no optimizer partition to offload")
-
-
-# Built-in sources whose answers only some verifiers can score (file sources and plugins are exempt).
-SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "kk": {"kk"}}
-
-
-def _validate_learning(cfg: Config) -> None:
-    """Settings that start a run which cannot learn, or loss options that contradict each other."""
-    from trainer.grpo import RATIO_LEVELS, REWARD_SCALES
-
-    t, r, e = cfg.trainer, cfg.rollout, cfg.eval
-    if r.group_size < 2:
-        raise GradusError(f"rollout.group_size={r.group_size}: every group advantage would be 0 and nothing is learned; "
-                          "GRPO compares samples of one prompt, use rollout.group_size >= 2")
-    if r.temperature <= 0:
-        raise GradusError(f"rollout.temperature={r.temperature}: greedy training samples of a prompt are identical (advantage 0); "
-                          "use a temperature > 0, e.g. 1.0")
-    for i, dist in enumerate(cfg.data.distributions):
-        allowed = SCORABLE_BY.get(dist.source)
-        if allowed is not None and ":" not in dist.verifier and dist.verifier not in allowed:
-            raise GradusError(f"data.distributions.{i} ({dist.name}): verifier {dist.verifier!r} cannot score {dist.source!r} answers "
-                              f"(it would score 0 forever); use verifier: {' or '.join(sorted(allowed))}")
-    for key, value, options in [("trainer.scale_rewards", t.scale_rewards, REWARD_SCALES), ("trainer.ratio_level", t.ratio_level, RATIO_LEVELS),
-                                ("trainer.importance.mode", t.importance.mode, ("truncate", "mask")),
-                                ("trainer.importance.on", t.importance.on, ("stale", "all"))]:
-        if value not in options:
-            raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {list(options)}")
-    if t.scale_rewards != "group" and t.estimator != "grpo":
-        raise GradusError(f"trainer.scale_rewards={t.scale_rewards} applies to estimator grpo only (drgrpo is grpo with scale_rewards=none)")
-    if t.clip_ratio_c is not None and t.clip_ratio_c <= 1:
-        raise GradusError(f"trainer.clip_ratio_c: the dual-clip bound must be > 1 (verl uses 3.0), got {t.clip_ratio_c}")
-    if t.importance.cap <= 0:
-        raise GradusError(f"trainer.importance.cap: must be > 0, got {t.importance.cap}")
-    if t.importance.on == "all" and t.old_logprobs == "rollout":
-        raise GradusError("trainer.importance.on=all weights tokens by pi_trainer_old / pi_vLLM, which is 1 with "
-                          "trainer.old_logprobs=rollout; use old_logprobs=recompute or importance.on=stale")
-    if t.loss_norm_len is not None and t.loss_norm_len < 1:
-        raise GradusError(f"trainer.loss_norm_len: must be >= 1, got {t.loss_norm_len}")
-    if e.temperature <= 0 and e.samples > 1:
-        raise GradusError(f"eval.samples={e.samples} at eval.temperature=0: greedy samples are identical; set eval.temperature > 0 or eval.samples=1")
-    bad = [k for k in e.k if not 1 <= k <= e.samples]
-    if bad:
-        raise GradusError(f"eval.k: pass@k needs 1 <= k <= eval.samples={e.samples}, got {bad}")
-

@@ -52,10 +52,13 @@ def test_bad_values():
         (["trainer.scale_rewards=batchh"], "did you mean 'batch'"),
         (["trainer.estimator=rloo", "trainer.scale_rewards=batch"], "applies to estimator grpo only"),
         (["trainer.clip_ratio_c=0.5"], "dual-clip bound must be > 1"),
-        (["trainer.importance.on=all", "trainer.old_logprobs=rollout"], "which is 1 with trainer.old_logprobs=rollout"),
+        (["trainer.importance.on=all", "trainer.old_logprobs=rollout", "trainer.ppo_epochs=2"], "which is 1 with trainer.old_logprobs=rollout"),
         (["trainer.importance.mode=clip"], "trainer.importance.mode: unknown value 'clip'"),
         (["eval.samples=4"], "greedy samples are identical"),
         (["eval.samples=4", "eval.temperature=1.0", "eval.k=[1, 8]"], "pass@k needs 1 <= k <= eval.samples=4, got [8]"),
+        (["curriculum.prompts={kind: pass_rate, retire: 3}"], "curriculum.prompts: prompt sampler 'pass_rate': unknown parameter 'retire'"),
+        (["curriculum.params={c: 1.0, windw: 3}"], "curriculum.params: curriculum 'ucb': unknown parameter 'windw' (did you mean 'window'?)"),
+        (["eval.every=5", "data.eval_size=0"], "needs held-out rows"),
     ],
 )
 def test_settings_that_cannot_learn_are_refused(overrides, message):
@@ -67,6 +70,8 @@ def test_renamed_importance_cap_still_works(capsys):
     cfg = load_config(DEFAULT, ["trainer.importance_cap=3.5"])
     assert cfg.trainer.importance.cap == 3.5 and cfg.trainer.importance_cap is None
     assert "trainer.importance.cap" in capsys.readouterr().out
+    explicit = load_config(DEFAULT, ["trainer.importance_cap=3.5", "trainer.importance.cap=1.5"])  # the new name wins
+    assert explicit.trainer.importance.cap == 1.5
     gspo = load_config(DEFAULT, ["trainer.ratio_level=sequence", "eval.samples=4", "eval.temperature=1", "eval.k=[1,4]"])
     assert gspo.eval.k == [1, 4] and gspo.trainer.clip_low is None  # resolved by trainer.grpo.loss_options
 
