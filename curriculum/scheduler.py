@@ -118,8 +118,12 @@ class CurriculumScheduler:
         """Probabilities and bandit scores that step's batch is drawn with, and
         each distribution's prompt-level statistics (rows retired, seen, ...)."""
         self.curriculum.set_step(step)
-        return {"probabilities": self.curriculum.probabilities(), "scores": self.curriculum.scores(),
-                "rows": {name: {**d.sampler.stats(), "available": d.sampler.availability()} for name, d in self.distributions.items()}}
+        probs = self.curriculum.probabilities()
+        shares = {name: d.sampler.availability() for name, d in self.distributions.items()}
+        total = sum(probs[n] * shares[n] for n in probs) or 1.0
+        return {"probabilities": probs, "scores": self.curriculum.scores(),
+                "rows": {name: {**d.sampler.stats(), "available": shares[name], "draw_prob": probs[name] * shares[name] / total}
+                         for name, d in self.distributions.items()}}
 
     def pop_overhead(self) -> float:
         """The scheduler's own compute seconds since the last call."""

@@ -84,6 +84,7 @@ def test_all_retired_distribution_moves_probability_elsewhere():
     report = scheduler.report(0)
     assert report["rows"]["add1"]["rows_retired"] == len(add1.train_rows) and report["rows"]["add1"]["available"] == 0.1
     assert report["probabilities"]["add1"] == pytest.approx(0.5)  # the curriculum's own value is unchanged
+    assert report["rows"]["add1"]["draw_prob"] == pytest.approx(0.05 / 0.55)  # what the draws below use
     names = [item["distribution"] for item in scheduler.next_batch(0, 400)]
     assert 0.03 < names.count("add1") / 400 < 0.2  # 0.5 * 0.1 / (0.5 * 0.1 + 0.5) ~ 0.09: drawn only for rechecks
 
