@@ -1,0 +1,178 @@
+"""Chaos run: a seeded schedule of faults across a tiny-model run, repeated
+over several seeds, each compared with the same run left alone.
+
+    python benchmarks/chaos.py [--seeds 3] [--steps 8] [--checkpoint-every 3] [--async] [--out chaos.json]
+
+Fault kinds (each seed shuffles all five onto distinct steps; a fault fires
+once the run has logged that many steps and at least one step since the
+previous fault, after a seeded delay of 0-2 s; steps take ~2 s here):
+  rollout   SIGKILL a vLLM rollout worker (mid-generate: generation is most of a step)
+  trainer   SIGKILL a DeepSpeed trainer rank (the run restarts from its checkpoint)
+  scheduler SIGKILL the curriculum scheduler actor (restarted from the per-step snapshot)
+  sigkill   SIGKILL the driver's whole process tree, then `gradus train --resume auto`
+  sigterm   SIGTERM the driver (it checkpoints the step in flight, exits 75), then `--resume auto`
+Reported per seed: faults injected, whether the run completed, steps lost
+(steps finished but not in the checkpoint a restart or resume continued from),
+and whether every step's curriculum probabilities (exactly) and reward, loss,
+accuracy and grad norm (1e-6) equal the uninterrupted run's. Uses `ray stop
+--force` after a driver SIGKILL: run it alone on the machine. Not a test (minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ["rollout", "trainer", "scheduler", "sigkill", "sigterm"]
+ACTORS = {"rollout": "ray::RolloutActor", "trainer": "ray::TrainerWorker", "scheduler": "ray::CurriculumScheduler"}
+COMPARED = ("reward/mean", "accuracy", "train/loss", "train/grad_norm", "length/tokens_mean")
+
+
+def command(model: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    extra = ["rollout.async_generation=true", "rollout.max_staleness=1"] if args.async_ else []
+    return [
+        sys.executable, "-m", "launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
+        f"run.steps={args.steps}", f"run.checkpoint_every={args.checkpoint_every}", "run.max_restarts=3", "run.save_final=false",
+        "wandb.mode=disabled", "rollout.max_tokens=64", "reward.length=1.0", "curriculum.budget={kind: constant, budget: 64}",
+        "trainer.lr=1e-3", "eval.every=0", *extra, "--resume", "auto",
+    ]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def latest_checkpoint(run_dir: Path) -> int:
+    """The newest complete checkpoint's step, -1 if none."""
+    found = [int(p.name.removeprefix("step-")) for p in (run_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file()]
+    return max(found, default=-1)
+
+
+def schedule(seed: int, steps: int) -> list[tuple[int, str, float]]:
+    """(steps logged before the fault fires, kind, delay s): every kind once, on distinct steps."""
+    rng = random.Random(seed)
+    at = sorted(rng.sample(range(1, steps - 1), len(KINDS)))
+    kinds = rng.sample(KINDS, len(KINDS))
+    return [(a, k, round(rng.uniform(0, 2), 2)) for a, k in zip(at, kinds)]
+
+
+def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, log) -> dict:
+    """One run under its seed's faults; relaunches the driver with --resume auto after driver faults."""
+    faults = schedule(seed, args.steps)
+    injected: list[dict] = []
+    launches = 0
+    output = ""
+    last_fault = 0.0  # wall time of the previous fault: the next waits for a step logged after it
+    while True:
+        launches += 1
+        out_path = run_dir.parent / f"driver-{launches}.log"
+        with out_path.open("w") as out:
+            proc = subprocess.Popen(command(model, run_dir, args), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            while proc.poll() is None and faults:
+                done, kind, delay = faults[0]
+                logged = run_dir / "metrics.jsonl"
+                progressed = logged.exists() and logged.stat().st_mtime > last_fault
+                if len(metrics(run_dir)) < done or not progressed or (kind in ACTORS and not pids(ACTORS[kind])):
+                    time.sleep(0.2)
+                    continue
+                time.sleep(delay)
+                if proc.poll() is not None:
+                    break
+                faults.pop(0)
+                fault = {"kind": kind, "after_step": len(metrics(run_dir)), "delay_s": delay}
+                injected.append(fault)
+                log(f"seed {seed}: {kind} after {fault['after_step']} logged steps")
+                if kind in ACTORS:
+                    for pid in pids(ACTORS[kind])[:1]:
+                        os.kill(pid, signal.SIGKILL)
+                elif kind == "sigterm":
+                    proc.send_signal(signal.SIGTERM)
+                    fault["exit_code"] = proc.wait()
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+                # What a restart or resume continues from (a trainer rank's death restarts the run in-process).
+                fault["checkpoint"] = latest_checkpoint(run_dir)
+                fault["steps_lost"] = max(0, len(metrics(run_dir)) - (fault["checkpoint"] + 1)) if kind in ("trainer", "sigkill", "sigterm") else 0
+                last_fault = time.time()
+            proc.wait()
+        output += out_path.read_text()
+        if proc.returncode == 0 or launches > len(KINDS) + 1:
+            break
+    return {"seed": seed, "faults": injected, "launches": launches, "returncode": proc.returncode,
+            "scheduler_restarts": output.count("curriculum scheduler actor died"), "output_tail": output[-1500:]}
+
+
+def compare(reference: list[dict], run: list[dict]) -> dict:
+    same_probs = len(run) == len(reference) and all(
+        [a[k] for k in sorted(a) if k.endswith("/prob")] == [b[k] for k in sorted(a) if k.endswith("/prob")] for a, b in zip(reference, run)
+    )
+    worst = max((abs(a[k] - b[k]) for a, b in zip(reference, run) for k in COMPARED if k in a and k in b), default=float("nan"))
+    return {"probabilities_equal": same_probs, "metrics_max_abs_diff": worst, "metrics_equal": len(run) == len(reference) and worst <= 1e-6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--checkpoint-every", type=int, default=3)
+    parser.add_argument("--async", dest="async_", action="store_true", help="async rollout (max_staleness 1)")
+    parser.add_argument("--model", default=None, help="model directory (default: a tiny random model built here)")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    started = time.time()
+    log = lambda msg: print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        if args.model:
+            model = Path(args.model)
+        else:
+            sys.path.insert(0, str(ROOT))
+            from tests.tiny_model import build_tiny_model
+
+            model = build_tiny_model(tmp_path / "model")
+        plain = subprocess.run(command(model, tmp_path / "reference" / "run", args), cwd=ROOT, capture_output=True, text=True)
+        if plain.returncode != 0:
+            sys.exit(f"the uninterrupted run failed:\n{plain.stdout[-3000:]}{plain.stderr[-3000:]}")
+        reference = metrics(tmp_path / "reference" / "run")
+        log(f"uninterrupted run: {len(reference)} steps")
+        results = []
+        for seed in range(args.seeds):
+            seed_dir = tmp_path / f"seed-{seed}"
+            seed_dir.mkdir()
+            result = chaos_run(model, seed_dir / "run", args, seed, log)
+            result.update(compare(reference, metrics(seed_dir / "run")), completed=result["returncode"] == 0,
+                          steps_lost=sum(f.get("steps_lost", 0) for f in result["faults"]))
+            results.append(result)
+            log(f"seed {seed}: completed={result['completed']} steps_lost={result['steps_lost']} "
+                f"probabilities_equal={result['probabilities_equal']} metrics_equal={result['metrics_equal']}")
+    mode = "async (staleness 1)" if args.async_ else "sync"
+    print(f"\n{mode}, {args.steps} steps, checkpoint every {args.checkpoint_every}, {time.time() - started:.0f} s in all\n")
+    print("| seed | faults (after N logged steps) | launches | completed | steps lost | curriculum probs equal | metrics equal (max abs diff) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        faults = ", ".join(f"{f['kind']}@{f['after_step']}" + (" (after the last step: no effect)" if f["after_step"] >= args.steps else "")
+                           for f in r["faults"])
+        print(f"| {r['seed']} | {faults} | {r['launches']} | {r['completed']} | {r['steps_lost']} | {r['probabilities_equal']} | "
+              f"{r['metrics_equal']} ({r['metrics_max_abs_diff']:.1e}) |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
