@@ -56,6 +56,24 @@ def complete(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 
+def resolve_auto(run_dir: Path, overwrite: bool) -> tuple[str | None, bool]:
+    """`--resume auto` -> (resume, overwrite): the newest checkpoint if there is one,
+    else a fresh start that replaces a run which never reached a checkpoint."""
+    found = bool(complete(run_dir))
+    print(f"gradus: --resume auto: {'continuing from the newest checkpoint' if found else 'no checkpoint in run.run_dir, starting at step 1'}", flush=True)
+    return ("latest", overwrite) if found else (None, True)
+
+
+def layout_change(saved: dict[str, int], world_size: int, zero_stage: int) -> str:
+    """What a resume on another trainer layout carries over exactly, and what it cannot."""
+    return (
+        f"gradus: the checkpoint was saved with trainer.world_size={saved['world_size']} zero_stage={saved['zero_stage']}, resuming with "
+        f"world_size={world_size} zero_stage={zero_stage}: weights, optimizer state, LR schedule, curriculum, data cursors and step "
+        "carry over exactly; per-rank RNG and the order of gradient reductions cannot, so later steps match an uninterrupted run "
+        "up to float rounding"
+    )
+
+
 def resolve(run_dir: Path, resume: str) -> Path:
     """`latest` (or `auto`) -> the run dir's newest checkpoint; otherwise a checkpoint path."""
     if resume in ("latest", "auto"):

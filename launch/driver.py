@@ -141,7 +141,7 @@ class Run:
             wandb_id = self.restore(self.resume_from)
         self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps, wandb_id)
         start_eval = self.run_dir / START_EVAL
-        if cfg.eval.every and cfg.eval.at_start and not start_eval.exists():  # the initial policy, once per run
+        if cfg.eval.every and cfg.eval.at_start and self.resume_from is None and not start_eval.exists():  # the initial policy, once
             start_eval.write_text(json.dumps(self.evaluate(-1)))
 
     def restore(self, path: Path) -> str | None:
@@ -149,14 +149,8 @@ class Run:
         engines get the checkpoint's weights. Returns the wandb run id."""
         state = checkpoint.load_state(path)
         saved = self.trainers.load_checkpoint(str(path / "trainer"))
-        now = {"world_size": self.cfg.trainer.world_size, "zero_stage": self.cfg.trainer.zero_stage}
-        if saved != now:
-            print(
-                f"gradus: the checkpoint was saved with trainer.world_size={saved['world_size']} zero_stage={saved['zero_stage']}, resuming with "
-                f"world_size={now['world_size']} zero_stage={now['zero_stage']}: weights, optimizer state, LR schedule, curriculum, data cursors "
-                "and step carry over exactly; per-rank RNG and the order of gradient reductions cannot, so later steps match an "
-                "uninterrupted run up to float rounding", flush=True,
-            )
+        if saved != {"world_size": self.cfg.trainer.world_size, "zero_stage": self.cfg.trainer.zero_stage}:
+            print(checkpoint.layout_change(saved, self.cfg.trainer.world_size, self.cfg.trainer.zero_stage), flush=True)
         self.scheduler.load(state["scheduler"])
         self.pending = checkpoint.load_pending(path)
         self.version, self.start_step = state["version"], state["step"] + 1
@@ -199,10 +193,6 @@ class Run:
             )
             if cfg.trainer.kl_coef > 0 and cfg.trainer.kl_in == "reward":
                 self.penalise_kl(new)
-            rewards = torch.tensor([[s["reward"] for s in g["samples"]] for g in new])
-            for g, adv in zip(new, group_advantages(rewards, cfg.trainer.estimator, scale=cfg.trainer.scale_rewards).tolist()):
-                for s, a in zip(g["samples"], adv):
-                    s["advantage"] = a
             kept += self.scheduler.call("keep", [
                 {"correct": [s["correct"] for s in g["samples"]], "rewards": [s["reward"] for s in g["samples"]]} for g in new
             ], epoch=epoch)
@@ -212,6 +202,10 @@ class Run:
             groups += new
             stats["time/generate"] += seconds
             stats["groups/rounds"] += 1
+        rewards = torch.tensor([[s["reward"] for s in g["samples"]] for g in groups])  # every round at once: one batch for scale_rewards=batch
+        for g, adv in zip(groups, group_advantages(rewards, cfg.trainer.estimator, scale=cfg.trainer.scale_rewards).tolist()):
+            for s, a in zip(g["samples"], adv):
+                s["advantage"] = a
         signals: dict[str, list[float]] = defaultdict(list)
         for g in groups:
             signals[g["distribution"]] += [abs(s["advantage"]) for s in g["samples"]]
@@ -271,9 +265,10 @@ class Run:
         trained = [s for s in samples if s["weight"] > 0]
         skip = self.cfg.trainer.skip_uninformative
         computed = [s for s in samples if contributes(s, self.trainers.kl_in_loss)] if skip else samples
-        metrics["train/skipped"] = float(not trained or not computed)  # nothing kept, or nothing that moves the weights
-        metrics["train/skipped_samples_frac"] = 1.0 - len(computed) / len(samples) if samples and computed else 1.0
-        if trained and computed:
+        metrics["train/skipped"] = float(not trained)  # nothing kept: no update
+        metrics["train/uninformative"] = float(bool(trained) and not computed)  # kept, all advantage 0: one dummy pass per rank, then the step
+        metrics["train/skipped_samples_frac"] = 1.0 - len(computed) / len(samples) if samples else 1.0
+        if trained:
             lags = [s["lag"] for s in trained]
             metrics.update({
                 "async/trained_version": self.version,  # the policy version being updated; lag = it - the generating version
@@ -315,7 +310,7 @@ class Run:
         only hands out the rows; results never reach the curriculum."""
         cfg = self.cfg
         rows = self.scheduler.call("eval_rows")
-        items = [row for name in rows for row in rows[name]]
+        items = [{**row, "seed": sample_seed(cfg.run.seed, "eval", i)} for i, row in enumerate(r for name in rows for r in rows[name])]
         groups, seconds = self.rollout.generate(
             items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature,
             top_p=1.0, system_prompt=cfg.data.system_prompt,
@@ -367,9 +362,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
     (launch/preempt.py). resume="auto": resume if run.run_dir holds a checkpoint."""
     started = time.perf_counter()
     if resume == "auto":
-        resume = "latest" if checkpoint.complete(Path(cfg.run.run_dir)) else None
-        overwrite = overwrite or resume is None  # a run that never reached a checkpoint starts again
-        print(f"gradus: --resume auto: {'continuing from the newest checkpoint' if resume else 'no checkpoint in run.run_dir, starting at step 1'}", flush=True)
+        resume, overwrite = checkpoint.resolve_auto(Path(cfg.run.run_dir), overwrite)
     with StopSignals(cfg.run.preempt_signal) as stop:
         for attempt in range(cfg.run.max_restarts + 1):
             run = Run(cfg, overwrite if attempt == 0 else True, resume)
