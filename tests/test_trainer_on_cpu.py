@@ -29,14 +29,21 @@ def _batch(seed: int = 0, n: int = 12) -> list[dict]:
     return samples
 
 
-def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool = True, **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool = True, then: list[dict] | None = None,
+           **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """One update on `batch`: the weights after it and every rank's stats. `then`:
+    a batch with nothing informative, trained next, must complete (one dummy
+    pass per rank) without a forward over its samples."""
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, **overrides)
     group = TrainerGroup(world_size, threads=1)
     try:
-        group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
+        group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=2)
         before = ray.get(group.export_weights())
         stats = group.train(batch or _batch(), cfg.mini_batches, cfg.max_tokens_per_micro_batch, skip)
         after = ray.get(group.export_weights())
+        if then is not None:
+            idle = group.train(then, cfg.mini_batches, cfg.max_tokens_per_micro_batch, skip)
+            assert [s["tokens"] for s in idle] == [0.0] * world_size and [s["micro_batches"] for s in idle] == [1] * world_size
     finally:
         group.shutdown()
     assert max(np.abs(after[k] - before[k]).max() for k in after) > 5e-5, "the step changed nothing"
@@ -86,7 +93,7 @@ def test_skipping_and_shared_prompts_under_zero(local_ray, tiny_model, stage):
         s["advantage"] = 0.0  # an all-equal group
     batch[-1]["weight"] = 0.0  # padding
     plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage, share_prompts=False)
-    fast, stats = _train(tiny_model, 2, batch, zero_stage=stage)
+    fast, stats = _train(tiny_model, 2, batch, zero_stage=stage, then=[{**s, "advantage": 0.0} for s in batch])
     assert _max_diff(plain, fast) < 1e-5  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
     assert sum(s["tokens"] for s in stats) == sum(len(s["tokens"]) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
 
