@@ -48,6 +48,7 @@ class TrainerWorker(WeightSender):
         model; a collective, so call on all ranks at once with rank 0's address.
         Returns the number of model parameters (LoRA adapters included)."""
         import deepspeed
+        from transformers import AutoConfig
 
         os.environ.update(
             RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
@@ -58,6 +59,7 @@ class TrainerWorker(WeightSender):
         self.cfg = loss_options(cfg)
         self.lora = cfg["lora"] is not None
         torch_dtype = getattr(torch, dtype)
+        self.hidden = getattr(AutoConfig.from_pretrained(model_path), "hidden_size", 4096)
         ds_config = self._ds_config()
         model = load_model(model_path, torch_dtype, ds_config, cfg["zero_init"])
         self.cfg["share_prompts"] = prompt_sharing(model, cfg["share_prompts"], say=self.rank == 0)
@@ -92,6 +94,10 @@ class TrainerWorker(WeightSender):
         model and optimizer in CPU memory already."""
         offload = self.cfg["offload"] if torch.cuda.is_available() else {}
         zero: dict[str, Any] = {"stage": self.cfg["zero_stage"]}
+        if zero["stage"] == 3:  # DeepSpeed's defaults (1e9 live / reuse distance) keep a < 1B model whole on every rank
+            h2 = self.hidden**2  # live: under one transformer layer (~16 h^2) at a time; buckets as HF's "auto" values
+            zero.update(stage3_max_live_parameters=10 * h2, stage3_max_reuse_distance=10 * h2, stage3_prefetch_bucket_size=int(0.9 * h2),
+                        stage3_param_persistence_threshold=10 * self.hidden, reduce_bucket_size=h2)
         if offload.get("params") == "cpu":
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
         if offload.get("optimizer") == "cpu" and training:
