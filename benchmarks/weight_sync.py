@@ -11,7 +11,6 @@ real trainer and rollout groups.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
@@ -32,8 +31,7 @@ class Source(WeightSender):
         for f in sorted(resolve_model(model).glob("*.safetensors")):
             self.state.update(load_file(f))
 
-    @contextlib.contextmanager
-    def _full_state(self):
+    def _state_pieces(self):
         yield self.state
 
     def nbytes(self) -> int:

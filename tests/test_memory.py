@@ -8,7 +8,7 @@ from launch.config import load_config
 from launch.errors import GradusError
 from tests.test_trainer_on_cpu import _batch
 from trainer.loss import completion_logprobs
-from trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state
+from trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state, streamed_state
 
 LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 
@@ -82,3 +82,19 @@ def test_memory_config_errors(overrides, message):
     with pytest.raises(GradusError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config("configs/uniform.yaml", overrides)
     load_config("configs/uniform.yaml", ["trainer.lora={rank: 8}", "trainer.offload={optimizer: cpu, params: cpu}", "trainer.zero_stage=3"])
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_streamed_state_pieces_make_up_the_state_dict(tiny_model, lora):
+    """Syncs, exports and saves walk the state in pieces of about a bucket (under
+    ZeRO-3 each gathered only while in use): together they are the state dict
+    (with LoRA the merged one), in its order, each piece within the bound unless
+    one module alone exceeds it."""
+    model = add_lora(_model(tiny_model), LORA) if lora else _model(tiny_model)
+    whole = merged_state(model) if lora else model.state_dict()
+    bound = 100_000
+    pieces = list(streamed_state(model, lora, zero3=False, max_bytes=bound))
+    assert len(pieces) > 3
+    assert [k for p in pieces for k in p] == list(whole)
+    assert all(torch.equal(p[k], whole[k]) for p in pieces for k in p)
+    assert all(sum(t.numel() * t.element_size() for t in p.values()) <= bound or len({k.rsplit(".", 1)[0] for k in p}) == 1 for p in pieces)

@@ -1,6 +1,5 @@
 """Weight-sync buckets and the broadcast transport over a real gloo group
 (processes, no Ray or vLLM: the full path runs in the e2e and two-node tests)."""
-import contextlib
 import multiprocessing as mp
 
 import torch
@@ -42,12 +41,17 @@ def test_pack_unpack_round_trip_is_exact():
 
 
 class _Sender(WeightSender):
+    """Yields the state one tensor per piece, as fresh copies that are poisoned once
+    the next piece is asked for (like ZeRO-3's gathered parameters, freed)."""
+
     def __init__(self, state):
         self.rank, self.state = 0, state
 
-    @contextlib.contextmanager
-    def _full_state(self):
-        yield self.state
+    def _state_pieces(self):
+        for name, t in self.state.items():
+            piece = {name: t.clone()}
+            yield piece
+            piece[name].fill_(float("nan"))
 
 
 class _Receiver(WeightReceiver):

@@ -66,20 +66,75 @@ def add_lora(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
+def _state_units(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(name, module) for every module that owns state-dict entries, in state-dict
+    order; a LoRA layer is one unit with its base layer and adapters (its weight
+    is merged from all three). A tied LM head is its own unit, as the state dict
+    lists it."""
+    from peft.tuners.lora import LoraLayer
+
+    inside = None
+    for name, module in model.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue
+        if isinstance(module, LoraLayer):
+            inside = name + "."
+            yield name, module
+        elif module._parameters or module._buffers:
+            yield name, module
+
+
+def _unit_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    from peft.tuners.lora import LoraLayer
+
+    recurse = isinstance(module, LoraLayer)
+    return [p for p in (module.parameters() if recurse else module._parameters.values()) if p is not None]
+
+
+def _unit_state(name: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unit's state-dict entries under the base model's names (materialised
+    parameters), a LoRA layer's weight as W + scale * B @ A."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = f"{name}." if name else ""
+    if isinstance(module, LoraLayer):
+        out = {prefix + k: t for k, t in module.get_base_layer().state_dict().items()}
+        out[prefix + "weight"] = out[prefix + "weight"] + module.get_delta_weight(module.active_adapters[0])
+        return out
+    buffers = {k: t for k, t in module._buffers.items() if t is not None and k not in module._non_persistent_buffers_set}
+    return {prefix + k: t.data for k, t in {**module._parameters, **buffers}.items() if t is not None}
+
+
+def streamed_state(model: torch.nn.Module, lora: bool, zero3: bool, max_bytes: float = float("inf")) -> Iterator[dict[str, torch.Tensor]]:
+    """The policy's Hugging Face state dict (with LoRA: the base model's names,
+    adapters merged in) in pieces of about `max_bytes`; under ZeRO-3 each piece's
+    parameters are gathered only while it is the current one, so no rank holds
+    more of the model than one piece (a collective: every rank walks every piece).
+    A piece's tensors are valid until the next one is asked for."""
+    import deepspeed
+
+    base = model.get_base_model() if lora else model
+    piece: list[tuple[str, torch.nn.Module]] = []
+    size = 0
+
+    def gathered() -> Iterator[dict[str, torch.Tensor]]:
+        params = [p for _, m in piece for p in _unit_params(m)]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3), torch.no_grad():
+            yield {k: t for name, m in piece for k, t in _unit_state(name, m).items()}
+
+    for name, module in _state_units(base):
+        nbytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in _unit_params(module))
+        if piece and size + nbytes > max_bytes:
+            yield from gathered()
+            piece, size = [], 0
+        piece.append((name, module))
+        size += nbytes
+    if piece:
+        yield from gathered()
+
+
 def merged_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A peft model's weights as the base model's state dict, every adapter
     folded in: the names and shapes vLLM and save_pretrained expect (a tied
-    lm_head included, as the base state dict lists it). Parameters must be
-    materialised (under ZeRO-3: gathered)."""
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    with torch.no_grad():
-        deltas = {
-            f"{name}.base_layer.weight": layer.get_delta_weight(layer.active_adapters[0])
-            for name, layer in base.named_modules() if isinstance(layer, LoraLayer)
-        }
-        return {
-            key.replace(".base_layer.", "."): t + deltas[key] if key in deltas else t
-            for key, t in base.state_dict().items() if ".lora_" not in key
-        }
+    lm_head included, as the base state dict lists it)."""
+    return next(streamed_state(model, lora=True, zero3=False))

@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -88,38 +88,53 @@ def broadcast(group: Any, tensor: torch.Tensor) -> None:
 
 
 class WeightSender:
-    """Trainer side. Every rank calls each method (ZeRO-3 gathers the full
-    parameters collectively); rank 0 sends. Needs `rank` and `_full_state()`."""
+    """Trainer side. Every rank calls each method (under ZeRO-3 the pieces of the
+    state are gathered collectively); rank 0 sends. Needs `rank` and
+    `_state_pieces()`: the HF-named state in pieces, each valid until the next."""
 
     rank: int
     _weight_group: Any = None
     _layout: list[Bucket] | None = None
+    _bucket_bytes: int = 512 * 2**20
+
+    def _state_pieces(self) -> Iterator[dict[str, torch.Tensor]]:
+        raise NotImplementedError
 
     def weight_layout(self, bucket_mb: float) -> list[Bucket]:
-        with self._full_state() as state:
-            self._layout = bucket_layout(state, int(bucket_mb * 2**20))
+        self._bucket_bytes = int(bucket_mb * 2**20)
+        specs = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for piece in self._state_pieces() for name, t in piece.items()}
+        self._layout = bucket_layout(specs, self._bucket_bytes)
         return self._layout
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         self._weight_group = None  # leave a previous group (a rollout worker was replaced)
         self._weight_group = new_group(host, port, world_size, 0, backend)
 
+    def _send_buckets(self, send: Callable[[torch.Tensor], Any]) -> list[Any]:
+        """Pack and send each bucket (rank 0) as soon as the pieces walked so far hold
+        all of it: at most a piece and a bucket's worth of tensors are held at once."""
+        todo, held, sent = list(self._layout), {}, []
+        for piece in self._state_pieces():
+            if self.rank != 0:
+                continue
+            present = {**held, **piece}
+            while todo and all(name in present for name, _, _ in todo[0].entries):
+                sent.append(send(pack(present, todo.pop(0))))
+            waiting = {name for bucket in todo for name, _, _ in bucket.entries}
+            held = {name: t if name in held else t.clone() for name, t in present.items() if name in waiting}
+        return sent
+
     def publish_weights(self) -> list[Any] | None:
         """Object-store references to the buckets (rank 0; None elsewhere)."""
         import ray
 
-        with self._full_state() as state:
-            if self.rank != 0:
-                return None
-            return [ray.put(pack(state, b).cpu().numpy()) for b in self._layout]
+        refs = self._send_buckets(lambda flat: ray.put(flat.cpu().numpy()))
+        return refs if self.rank == 0 else None
 
     def broadcast_weights(self) -> float:
         """Send every bucket to the weight group; seconds spent (rank 0)."""
         start = time.perf_counter()
-        with self._full_state() as state:
-            if self.rank == 0:
-                for bucket in self._layout:
-                    broadcast(self._weight_group, pack(state, bucket))
+        self._send_buckets(lambda flat: broadcast(self._weight_group, flat))
         return time.perf_counter() - start
 
 

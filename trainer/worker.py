@@ -18,7 +18,7 @@ import torch
 
 from trainer.grpo import kl_penalty, loss_options
 from trainer.loss import completion_logprobs, micro_batch_loss, per_token, prompt_sharing, rollout_gap
-from trainer.models import add_lora, load_model, merged_state
+from trainer.models import add_lora, load_model, streamed_state
 from trainer import checkpoint
 from trainer.schedules import lr_multiplier
 from trainer.sync import WeightSender
@@ -256,40 +256,36 @@ class TrainerWorker(WeightSender):
         """Full fp32 weights and optimizer state as a checkpoint holds them (for tests)."""
         return checkpoint.state(self.engine)
 
-    @contextlib.contextmanager
-    def _full_state(self) -> Iterator[dict[str, torch.Tensor]]:
-        """HF-named full tensors, with LoRA the base names with adapters merged in;
-        under ZeRO-3 gathered from all ranks (a collective)."""
-        import deepspeed
-
-        module = self.engine.module
-        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None) if self.cfg["zero_stage"] == 3 else contextlib.nullcontext()
-        with gathered:
-            yield merged_state(module) if self.lora else module.state_dict()
+    def _state_pieces(self) -> Iterator[dict[str, torch.Tensor]]:
+        """HF-named tensors (with LoRA: base names, adapters merged in), in pieces; under
+        ZeRO-3 each piece of about a sync bucket is gathered only while in use, so no
+        rank holds the full model (a collective). Below ZeRO-3, one piece."""
+        zero3 = self.cfg["zero_stage"] == 3
+        return streamed_state(self.engine.module, self.lora, zero3, self._bucket_bytes if zero3 else float("inf"))
 
     def export_weights(self) -> dict[str, np.ndarray] | None:
         """Full HF-named float32 weights on rank 0, None on other ranks; call on all
         ranks. A tied lm_head is sent too: vLLM unties it when weights are reloaded."""
-        with self._full_state() as state:
-            if self.rank != 0:
-                return None
-            gathered = self.cfg["zero_stage"] == 3  # gathered tensors are freed when the context ends
-            return {name: t.detach().float().cpu().numpy().copy() if gathered else t.detach().float().cpu().numpy() for name, t in state.items()}
+        out = {name: t.detach().float().cpu().numpy().copy() for piece in self._state_pieces() for name, t in piece.items() if self.rank == 0}
+        return out if self.rank == 0 else None
 
     def save_model(self, directory: str, tokenizer_from: str) -> None:
         """The policy as a Hugging Face directory (weights, config, tokenizer; with
-        LoRA the merged weights, and the adapters in adapter/), written by rank 0;
-        call on all ranks (ZeRO-3 gathers)."""
+        LoRA the merged weights, and the adapters in adapter/), written by rank 0
+        from a CPU copy it assembles piece by piece; call on all ranks."""
         from transformers import AutoTokenizer
 
-        with self._full_state() as state:
-            if self.rank == 0:
-                module = self.engine.module
-                (module.get_base_model() if self.lora else module).save_pretrained(directory, state_dict=state)
-                AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(directory)
-                if self.lora:  # the adapters alone too, loadable with peft on top of the base model
-                    module.save_pretrained(os.path.join(directory, "adapter"))
+        state = {name: t.detach().to("cpu", copy=True) for piece in self._state_pieces() for name, t in piece.items() if self.rank == 0}
+        if self.rank == 0:
+            module = self.engine.module
+            base = module.get_base_model() if self.lora else module
+            if getattr(base.config, "tie_word_embeddings", False):  # the copies no longer share storage: drop the tied head as HF does
+                head = base.get_output_embeddings()
+                state.pop(next(f"{name}.weight" for name, m in base.named_modules() if m is head), None)
+            base.save_pretrained(directory, state_dict=state)
+            AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(directory)
+            if self.lora:  # the adapters alone too, loadable with peft on top of the base model
+                module.save_pretrained(os.path.join(directory, "adapter"))
 
     def param_sums(self) -> dict[str, float]:
-        with self._full_state() as state:
-            return {name: float(t.detach().double().sum()) for name, t in state.items()}
+        return {name: float(t.detach().double().sum()) for piece in self._state_pieces() for name, t in piece.items()}
