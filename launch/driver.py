@@ -149,8 +149,8 @@ class Run:
         engines get the checkpoint's weights. Returns the wandb run id."""
         state = checkpoint.load_state(path)
         saved = self.trainers.load_checkpoint(str(path / "trainer"))
-        if saved != {"world_size": self.cfg.trainer.world_size, "zero_stage": self.cfg.trainer.zero_stage}:
-            print(checkpoint.layout_change(saved, self.cfg.trainer.world_size, self.cfg.trainer.zero_stage), flush=True)
+        if saved != {"world_size": self.cfg.trainer.world_size, "zero_stage": self.trainers.zero_stage}:
+            print(checkpoint.layout_change(saved, self.cfg.trainer.world_size, self.trainers.zero_stage), flush=True)
         self.scheduler.load(state["scheduler"])
         self.pending = checkpoint.load_pending(path)
         self.version, self.start_step = state["version"], state["step"] + 1

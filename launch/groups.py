@@ -68,6 +68,7 @@ class TrainerGroup:
         self.kl_in_loss = cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss"
         params = ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
         self.share_prompts = ray.get(self.ranks[0].shares_prompts.remote())  # as the ranks resolved it for this model
+        self.zero_stage = ray.get(self.ranks[0].zero_stage.remote())  # ZeRO-1/2 on one rank run as stage 0
         return params
 
     def address(self) -> tuple[str, int]:

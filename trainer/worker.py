@@ -60,6 +60,7 @@ class TrainerWorker(WeightSender):
         self.lora = cfg["lora"] is not None
         torch_dtype = getattr(torch, dtype)
         self.hidden = getattr(AutoConfig.from_pretrained(model_path), "hidden_size", 4096)
+        self.cfg["zero_stage"] = self._engine_stage(say=self.rank == 0)
         ds_config = self._ds_config()
         model = load_model(model_path, torch_dtype, ds_config, cfg["zero_init"])
         self.cfg["share_prompts"] = prompt_sharing(model, cfg["share_prompts"], say=self.rank == 0)
@@ -73,11 +74,17 @@ class TrainerWorker(WeightSender):
 
             optimizer = DeepSpeedCPUAdam(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], adamw_mode=True)
         else:
-            optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+            # fused: one pass over the flat partition with no temporaries (CPU and CUDA kernels); the
+            # default multi-op AdamW took ~20x longer on CPU and a partition-sized temporary per op
+            optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
         updates = total_steps * cfg["ppo_epochs"] * cfg["mini_batches"]
         multiplier = lr_multiplier(cfg["lr_schedule"], updates, cfg["warmup_steps"], cfg["min_lr_ratio"], cfg["decay_fraction"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        if self.cfg["zero_stage"] == 0:
+            self.engine.clip_fp32_gradients = self._clip_keeping_norm
+            if self.world_size == 1:  # averaging over one rank is the identity, minus a flatten and copy
+                self.engine.enable_backward_allreduce = False
         self.ref = None
         self._ref_cache: dict[int, torch.Tensor] = {}
         if cfg["kl_coef"] > 0 and not self.lora:  # LoRA's reference is the policy with its adapters disabled
@@ -88,11 +95,40 @@ class TrainerWorker(WeightSender):
         """Whether this rank encodes each group's prompt once (resolved at setup)."""
         return self.cfg["share_prompts"]
 
+    def zero_stage(self) -> int:
+        """The ZeRO stage the engine runs (resolved at setup)."""
+        return self.cfg["zero_stage"]
+
+    def _engine_stage(self, say: bool) -> int:
+        """trainer.zero_stage, except that ZeRO-1/2 on a single rank (without optimizer
+        offload) run as stage 0: they partition nothing there, and each step would
+        flatten and copy every gradient and keep a second fp32 copy of the weights.
+        The update is the same."""
+        stage = self.cfg["zero_stage"]
+        if self.world_size > 1 or stage not in (1, 2) or self._offload().get("optimizer") == "cpu":
+            return stage
+        if say:
+            print(f"gradus: trainer.zero_stage={stage} on one rank partitions nothing: running ZeRO stage 0 (the same update, "
+                  "without flat gradient copies or a second fp32 copy of the weights)", flush=True)
+        return 0
+
+    def _clip_keeping_norm(self) -> None:
+        """ZeRO-0's gradient clipping (the engine calls it after reducing), keeping the
+        pre-clip norm for train/grad_norm as ZeRO 1-3 do; DeepSpeed's drops it."""
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        engine = self.engine
+        engine._global_grad_norm = float(clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+
+    def _offload(self) -> dict[str, str]:
+        """trainer.offload where it applies: on CUDA (a CPU-only run keeps model and
+        optimizer in CPU memory already)."""
+        return self.cfg["offload"] if torch.cuda.is_available() else {}
+
     def _ds_config(self, training: bool = True) -> dict[str, Any]:
         """The policy engine's DeepSpeed config, or (training=False) the optimizer-free
-        reference engine's. ZeRO offload applies on CUDA only: a CPU-only run keeps
-        model and optimizer in CPU memory already."""
-        offload = self.cfg["offload"] if torch.cuda.is_available() else {}
+        reference engine's."""
+        offload = self._offload()
         zero: dict[str, Any] = {"stage": self.cfg["zero_stage"]}
         if zero["stage"] == 3:  # DeepSpeed's defaults (1e9 live / reuse distance) keep a < 1B model whole on every rank
             h2 = self.hidden**2  # live: under one transformer layer (~16 h^2) at a time; buckets as HF's "auto" values
