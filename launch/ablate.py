@@ -9,6 +9,7 @@ cells (done.json) and resumes interrupted ones from their latest checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from curriculum.registry import nearest
 from launch.config import Config, build, load_config
 from launch.errors import GradusError
 from launch.plots import plot_all
-from launch.results import aggregate, read_metrics, run_summary, write_results
+from launch.results import START_EVAL, aggregate, read_metrics, run_summary, write_results
 
 
 @dataclass
@@ -124,19 +125,39 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
     return todo
 
 
-def summarize(spec: AblationConfig, jobs: list[Job]) -> dict[str, Path]:
-    """results.csv, results.md and the plots from the jobs' run directories."""
-    out_dir = Path(spec.out_dir)
-    cells: dict[str, list[Job]] = {}
+PUBLISHED = ("metrics.jsonl", START_EVAL, "done.json", "config.yaml")  # per run: enough to recompute every number and plot
+
+
+def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -> dict[str, Path]:
+    """results.csv, results.md and the plots from the runs under `root`
+    (<root>/<cell>/seed-<n>; default the jobs' run directories), written there."""
+    out_dir = Path(root or spec.out_dir)
+    cells: dict[str, list[Path]] = {}
     for job in jobs:
-        cells.setdefault(job.cell, []).append(job)
+        cells.setdefault(job.cell, []).append(out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir)
     reference = None
     if spec.reference_cell:  # the reference cell's mean final held-out accuracy becomes a second target
-        reference = aggregate([run_summary(j.run_dir, spec.target_accuracy) for j in cells[spec.reference_cell]])["final_accuracy_mean"]
-    table = {cell: aggregate([run_summary(j.run_dir, spec.target_accuracy, reference) for j in cell_jobs]) for cell, cell_jobs in cells.items()}
+        reference = aggregate([run_summary(d, spec.target_accuracy) for d in cells[spec.reference_cell]])["final_accuracy_mean"]
+    table = {cell: aggregate([run_summary(d, spec.target_accuracy, reference) for d in dirs]) for cell, dirs in cells.items()}
     csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, (spec.reference_cell, reference) if spec.reference_cell else None)
-    plot_all({cell: [read_metrics(j.run_dir, with_start=True) for j in cell_jobs] for cell, cell_jobs in cells.items()}, out_dir / "plots")
+    plot_all({cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}, out_dir / "plots")
     return {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
+
+
+def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path]:
+    """Copy every finished run's small files (PUBLISHED) to <dest>/<cell>/seed-<n>/
+    and summarize from those copies, so the committed table and plots can be
+    recomputed from the repository alone (`gradus ablate FILE --publish DEST`)."""
+    unfinished = [f"{j.cell} seed {j.seed}" for j in jobs if not (j.run_dir / "done.json").exists()]
+    if unfinished:
+        raise GradusError(f"--publish needs every run finished; not yet: {', '.join(unfinished)} (run `gradus ablate` again first)")
+    for job in jobs:
+        target = Path(dest) / job.cell / f"seed-{job.seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED:
+            if (job.run_dir / name).exists():
+                shutil.copyfile(job.run_dir / name, target / name)
+    return summarize(spec, jobs, Path(dest))
 
 
 def ablate(path: str | Path, parallel: int | None = None) -> dict[str, Path]:

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     ablate.add_argument("ablation", help="ablation YAML, e.g. configs/ablation.yaml")
     ablate.add_argument("--parallel", type=int, default=None, help="cells at once as Ray tasks (default: the file's `parallel`)")
     ablate.add_argument("--summarize-only", action="store_true", help="only rebuild results and plots from finished cells")
+    ablate.add_argument("--publish", default=None, metavar="DIR",
+                        help="after the runs, copy each run's metrics and summarize into DIR (e.g. docs/results), recomputable from there")
     plot = sub.add_parser("plot", help="draw a run's plots into RUN_DIR/plots")
     plot.add_argument("run_dir")
     evaluate = sub.add_parser("eval", help="held-out accuracy per distribution with vLLM, for a run dir or a model dir")
@@ -87,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 return subprocess.run(command, check=False).returncode
         elif args.command == "ablate":
-            from launch.ablate import ablate, load_ablation, summarize
+            from launch.ablate import ablate, load_ablation, publish, summarize
 
             paths = summarize(*load_ablation(args.ablation)) if args.summarize_only else ablate(args.ablation, args.parallel)
+            if args.publish:
+                paths = publish(*load_ablation(args.ablation), Path(args.publish))
             print(paths["markdown"].read_text())
             print(f"gradus: results in {paths['csv']} and {paths['markdown']}, plots in {paths['plots']}")
         elif args.command == "plot":

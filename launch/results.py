@@ -47,7 +47,8 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
     """One finished run: final held-out accuracy (avg@n, overall and per distribution) and pass@k,
     the steps and generated tokens until held-out accuracy reached the target
     (and, with `reference`, that accuracy: a reference cell's final one), mean
-    response length, tokens generated, wall seconds."""
+    response length, tokens generated (and per informative group: groups whose
+    rewards were not all equal, over all generated groups), wall seconds."""
     metrics = read_metrics(run_dir)
     evals = [m for m in metrics if m.get("eval/accuracy") is not None]
     final = evals[-1] if evals else {}
@@ -63,6 +64,8 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
         out["reached_reference"] = float(hit)
     out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
     out["tokens_generated"] = float(sum(m["tokens/generated"] for m in metrics))
+    informative = sum(m["groups/informative_frac"] * m["groups/generated"] for m in metrics if "groups/informative_frac" in m)
+    out["tokens_per_informative_group"] = out["tokens_generated"] / informative if informative else math.nan  # the compute a curriculum saves
     done = Path(run_dir) / "done.json"
     out["wall_seconds"] = json.loads(done.read_text())["wall_seconds"] if done.exists() else math.nan
     return out
@@ -132,7 +135,7 @@ def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float, r
     names = sorted(k[len("final_accuracy/"):-len("_mean")] for k in first if k.startswith("final_accuracy/") and k.endswith("_mean"))
     passes = sorted((k[len("final_"):-len("_mean")] for k in first if k.startswith("final_pass@") and k.endswith("_mean")), key=lambda k: int(k[5:]))
     header = (["cell", "seeds", "held-out acc"] + [f"acc {n}" for n in names] + [f"held-out {k}" for k in passes]
-              + [f"steps to acc {target_accuracy:g} (reached)", "mean length", "tokens generated", "wall s"])
+              + [f"steps to acc {target_accuracy:g} (reached)", "mean length", "tokens generated", "tokens per informative group", "wall s"])
     if reference:
         header += [f"steps to {reference[0]}'s final acc {reference[1]:.3f} [95% CI] (reached)", "tokens to it [95% CI]"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -140,7 +143,8 @@ def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float, r
         reach = f"{_pm(row, 'steps_to_target', '.1f')} ({row['reached_target']}/{row['seeds']})"
         values = ([cell, str(row["seeds"]), _pm(row, "final_accuracy", ".3f")] + [_pm(row, f"final_accuracy/{n}", ".3f") for n in names]
                   + [_pm(row, f"final_{k}", ".3f") for k in passes]
-                  + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "wall_seconds", ".0f")])
+                  + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "tokens_per_informative_group", ".0f"),
+                     _pm(row, "wall_seconds", ".0f")])
         if reference:
             censored = row["reached_reference"] < row["seeds"]
             values += [f"{_ci(row, 'steps_to_reference', '.1f', censored)} ({row['reached_reference']}/{row['seeds']})",

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from launch.ablate import ablate, load_ablation, run_jobs
+from launch.ablate import PUBLISHED, ablate, load_ablation, publish, run_jobs
 from launch.plots import plot_all
 from launch.results import read_metrics
 from tests.conftest import ROOT
@@ -41,10 +41,11 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     runs = {(j.cell, j.seed): j.run_dir for j in jobs}
     assert sorted(runs) == [("dump", 0), ("dump", 1), ("uniform", 0), ("uniform", 1)]
     rows = {r["cell"]: r for r in csv.DictReader(paths["csv"].open())}
+    tokens_by_cell = {}
     assert sorted(rows) == ["dump", "uniform"]
     for cell, row in rows.items():
         finals = [_final_eval(runs[cell, s]) for s in (0, 1)]
-        tokens = [sum(m["tokens/generated"] for m in read_metrics(runs[cell, s])) for s in (0, 1)]
+        tokens = tokens_by_cell[cell] = [sum(m["tokens/generated"] for m in read_metrics(runs[cell, s])) for s in (0, 1)]
         assert int(row["seeds"]) == 2 and int(row["reached_target"]) == 2
         assert float(row["final_accuracy_mean"]) == pytest.approx(np.mean(finals), abs=1e-5)
         assert float(row["final_accuracy_std"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-5)
@@ -74,6 +75,14 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
 
     # Re-running skips every finished cell.
     assert run_jobs(jobs, parallel=1) == []
+    # Published: each run's small files, from which the same table is recomputed (docs/results works so).
+    published = publish(*load_ablation(path), tmp_path / "published")
+    assert published["markdown"].read_text() == paths["markdown"].read_text()
+    assert sorted(p.name for p in (tmp_path / "published" / "dump" / "seed-1").iterdir()) == sorted(PUBLISHED)
+    for cell, row in rows.items():
+        informative = [sum(m["groups/informative_frac"] * m["groups/generated"] for m in read_metrics(runs[cell, s])) for s in (0, 1)]
+        per_group = [t / i for t, i in zip(tokens_by_cell[cell], informative) if i]
+        assert float(row["tokens_per_informative_group_mean"] or "nan") == pytest.approx(np.mean(per_group) if per_group else float("nan"), rel=1e-5, nan_ok=True)
 
     run_dir = runs["dump", 0]
     out = subprocess.run([sys.executable, "-m", "launch.cli", "plot", str(run_dir)], capture_output=True, text=True, check=False)
