@@ -11,7 +11,9 @@ DeepSpeed, as in a run) and trains --steps updates on one fixed batch: each rank
 gets --batch sequences of --seq tokens (a 16-token prompt, the rest completion;
 so a 2-rank run trains twice the sequences). Peak RSS is the rank process's
 ru_maxrss, over its whole life (loading, engine set-up and the updates); "after
-set-up" is the same reading before the first update. Configurations run one
+set-up" is the same reading before the first update; the phase columns are
+the largest resident memory (sampled every 5 ms) during the engine's forward,
+backward and optimizer step and during a weight sync. Configurations run one
 after another (each rank set is killed before the next starts). Keys a
 configuration sets that this checkout's TrainerConfig lacks skip it (so the same
 script measures an older checkout: PYTHONPATH=<old tree>).
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+PHASES = ("forward", "backward", "step", "sync")
 LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.0}
 CONFIGS: dict[str, tuple[int, dict]] = {  # name -> (ranks, trainer overrides)
     "full": (1, {}),
@@ -67,6 +70,46 @@ def batch(n: int, seq: int, vocab: int, prompt: int = 16) -> list[dict]:
     ]
 
 
+def install_probe(worker) -> None:
+    """Runs inside a trainer rank: a thread samples resident memory every 5 ms and
+    keeps each phase's peak, the phases being the engine's forward, backward and
+    optimizer step, weight sync, and everything else ("other")."""
+    import os
+    import threading
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    worker._phase, worker._phase_peaks = "other", {}
+
+    def sample() -> None:
+        with open("/proc/self/statm") as statm:
+            while True:
+                statm.seek(0)
+                rss = int(statm.read().split()[1]) * page
+                worker._phase_peaks[worker._phase] = max(worker._phase_peaks.get(worker._phase, 0), rss)
+                time.sleep(0.005)
+
+    def phase(name: str, fn):
+        def wrapped(*args, **kwargs):
+            worker._phase = name
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                worker._phase = "other"
+        return wrapped
+
+    engine = worker.engine
+    engine.forward, engine.backward, engine.step = phase("forward", engine.forward), phase("backward", engine.backward), phase("step", engine.step)
+    worker._send_buckets = phase("sync", worker._send_buckets)
+    threading.Thread(target=sample, daemon=True).start()
+
+
+def phase_peaks(group) -> list[dict[str, float]]:
+    """Each rank's peak resident GiB per phase since install_probe."""
+    import ray
+
+    return [{k: v / 2**30 for k, v in p.items()} for p in ray.get([r.__ray_call__.remote(lambda w: dict(w._phase_peaks)) for r in group.ranks])]
+
+
 def peak_gib(group) -> list[float]:
     """Each rank's peak resident memory so far (ru_maxrss is in KiB on Linux)."""
     import ray
@@ -94,7 +137,11 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
     try:
         group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=args.steps)
         after_setup = peak_gib(group)
+        ray.get([r.__ray_call__.remote(install_probe) for r in group.ranks])
         seconds = [max(s["seconds"] for s in group.train(samples, 1, cfg.max_tokens_per_micro_batch)) for _ in range(args.steps)]
+        group.weight_layout(args.bucket_mb)
+        group.publish_weights()  # a weight sync's gather (ZeRO-3: piece by piece)
+        phases = phase_peaks(group)
         peak = peak_gib(group)
     finally:
         group.shutdown()
@@ -105,7 +152,8 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
                     time.sleep(1)
                 except Exception:  # noqa: BLE001 - dead actor: exactly what we wait for
                     break
-    return {"after_setup": max(after_setup), "peak": max(peak), "peaks": peak, "seconds": seconds[-1]}
+    return {"after_setup": max(after_setup), "peak": max(peak), "peaks": peak, "seconds": seconds[-1],
+            "phases": {k: max(p.get(k, 0.0) for p in phases) for k in PHASES}}
 
 
 def main() -> None:
@@ -119,6 +167,7 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all (split over the ranks)")
+    parser.add_argument("--bucket-mb", type=float, default=512.0, help="weight-sync bucket (and ZeRO-3 gather piece) size")
     parser.add_argument("--model-dir", default="/tmp/gradus-bench-memory-model")
     args = parser.parse_args()
 
@@ -129,18 +178,20 @@ def main() -> None:
     model = build_model(Path(args.model_dir), args.hidden, args.layers, args.intermediate, args.vocab)
     params = sum(np.prod(shape) for shape in _shapes(model))
     print(f"model: {params / 1e9:.2f}B parameters, float32; batch per rank {args.batch} x {args.seq} tokens; {args.steps} step(s)", flush=True)
-    print("| configuration | ranks | peak RSS per rank (GiB) | after set-up (GiB) | step seconds |\n|---|---|---|---|---|", flush=True)
+    print("| configuration | ranks | peak RSS per rank (GiB) | after set-up (GiB) | " + " | ".join(f"{p} peak" for p in PHASES)
+          + " | step seconds |\n|---|---|---|---|" + "---|" * len(PHASES) + "---|", flush=True)
     known = {f.name for f in dataclasses.fields(TrainerConfig)}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         for name in args.only.split(","):
             ranks, overrides = CONFIGS[name]
             if not set(overrides) <= known:
-                print(f"| {name} | {ranks} | n/a: this checkout has no {sorted(set(overrides) - known)} | | |", flush=True)
+                print(f"| {name} | {ranks} | n/a: this checkout has no {sorted(set(overrides) - known)} |", flush=True)
                 continue
             m = measure(model, ranks, overrides, args)
             per_rank = " / ".join(f"{p:.2f}" for p in m["peaks"])
-            print(f"| {name} | {ranks} | {per_rank} | {m['after_setup']:.2f} | {m['seconds']:.1f} |", flush=True)
+            phases = " | ".join(f"{m['phases'][p]:.2f}" for p in PHASES)
+            print(f"| {name} | {ranks} | {per_rank} | {m['after_setup']:.2f} | {phases} | {m['seconds']:.1f} |", flush=True)
     finally:
         ray.shutdown()
 
