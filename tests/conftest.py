@@ -1,5 +1,8 @@
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,3 +22,25 @@ def tiny_model(tmp_path_factory) -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def own_ray_dir():
+    """Ray clusters started by this module's subprocesses keep their files (and so
+    their daemons' command lines) under a directory of their own: cleaning up after
+    a killed run then stops only those daemons, never another Ray on the machine
+    (as `ray stop --force` would, e.g. an ablation running beside the tests)."""
+    path = tempfile.mkdtemp(prefix="gr", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = path
+    try:
+        yield path
+    finally:
+        stop_own_ray(path)
+        os.environ.pop("RAY_TMPDIR") if before is None else os.environ.update(RAY_TMPDIR=before)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_own_ray(path: str) -> None:
+    """SIGKILL the Ray daemons whose files live under `path` (own_ray_dir)."""
+    subprocess.run(["pkill", "-9", "-f", path], capture_output=True)

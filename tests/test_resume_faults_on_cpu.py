@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_own_ray
+
 pytestmark = pytest.mark.e2e
 TIMEOUT = 600
 
@@ -36,10 +38,15 @@ def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_ray(own_ray_dir):
+    return own_ray_dir
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # Ray's own daemons, if any outlived the driver
+    stop_own_ray(os.environ["RAY_TMPDIR"])  # Ray's own daemons, if any outlived the driver (only this module's)
 
 
 ASYNC = ("rollout.async_generation=true", "rollout.max_staleness=1", "run.checkpoint_every=2")

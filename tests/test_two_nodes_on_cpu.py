@@ -5,6 +5,7 @@ several buckets, and 2 steps run. Slow (~2 minutes)."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import ray
 
 from launch.config import load_config
 from launch.driver import Run
+from tests.conftest import stop_own_ray
 from trainer.worker import free_port
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +37,7 @@ def agent_ports() -> list[str]:
 
 
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(own_ray_dir):
     port = free_port()  # RAY_AUTH_MODE=disabled for every test cluster: tests/conftest.py
     common = ["--num-cpus=2", "--object-store-memory=500000000", "--disable-usage-stats"]
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", '--resources={"rollout_node": 4}',
@@ -45,7 +47,7 @@ def two_node_cluster():
                        check=True, capture_output=True)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
+        stop_own_ray(own_ray_dir)
 
 
 def test_rollout_and_trainer_on_separate_nodes(two_node_cluster, tiny_model, tmp_path):
@@ -91,13 +93,17 @@ SHIMS = {
 }
 
 
-def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path):
+def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path, own_ray_dir):
     """launch/cluster/gradus.sbatch under stand-in srun/scontrol: head + worker Ray
     nodes come up, the script waits for both, and `gradus train` runs on them
-    (colocated: the rollout worker sits in the trainer rank's placement bundle)."""
+    (colocated: the rollout worker sits in the trainer rank's placement bundle).
+    Its clean-up's `ray stop` stops only this test's daemons here (a job owns its
+    nodes; this machine may run another Ray)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in SHIMS.items():
+    ray_cli = shutil.which("ray")
+    shims = {**SHIMS, "ray": f'#!/usr/bin/env bash\nif [[ "$1" == stop ]]; then exec pkill -9 -f "{own_ray_dir}"; fi\nexec {ray_cli} "$@"\n'}
+    for name, text in shims.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = {
@@ -113,7 +119,7 @@ def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path)
             env=env, capture_output=True, text=True, timeout=600, check=False,
         )
     finally:
-        subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
+        stop_own_ray(own_ray_dir)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0]
     placement = json.loads((run_dir / "placement.json").read_text())
