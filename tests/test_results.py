@@ -16,7 +16,8 @@ def _write_run(path, evals, wall=12.0):
     path.mkdir(parents=True)
     lines = []
     for step, acc in enumerate(evals):
-        m = {"step": step, "dist/a/prob": 0.5, "dist/b/prob": 0.5, "length/tokens_mean": 10.0 + step, "tokens/generated": 100}
+        m = {"step": step, "dist/a/prob": 0.5, "dist/b/prob": 0.5, "length/tokens_mean": 10.0 + step, "tokens/generated": 100,
+             "groups/generated": 8, "groups/informative_frac": 0.25 if step % 2 else 0.0}  # 2 informative groups on odd steps
         if acc is not None:
             m.update({"eval/accuracy": acc, "eval/a/accuracy": acc, "eval/b/accuracy": acc / 2, "eval/pass@4": min(1.0, 2 * acc)})
         lines.append(json.dumps(m))
@@ -30,6 +31,7 @@ def test_run_summary_reads_final_eval_steps_to_target_length_tokens_wall(tmp_pat
     assert s["final_accuracy"] == 0.5 and s["final_accuracy/a"] == 0.5 and s["final_accuracy/b"] == 0.25
     assert s["steps_to_target"] == 4.0  # step index 3 is the 4th step
     assert s["mean_length"] == 12.0 and s["tokens_generated"] == 500 and s["wall_seconds"] == 12.0
+    assert s["tokens_per_informative_group"] == 500 / 4  # every generated token over the 2 + 2 informative groups
     assert math.isnan(run_summary(tmp_path / "r", target_accuracy=0.9)["steps_to_target"])
     assert s["final_pass@4"] == 1.0
     row = aggregate([s, run_summary(tmp_path / "r", 0.5)])
@@ -42,10 +44,11 @@ def test_aggregate_mean_std_over_seeds_and_table():
     assert row["final_accuracy_mean"] == pytest.approx(0.3) and row["final_accuracy_std"] == pytest.approx(0.1414213, abs=1e-6)
     assert row["steps_to_target_mean"] == 4.0 and row["steps_to_target_std"] == 0.0 and row["reached_target"] == 1
     full = {**row, "mean_length_mean": 10.0, "mean_length_std": 1.0, "tokens_generated_mean": 500.0, "tokens_generated_std": 0.0,
-            "wall_seconds_mean": 60.0, "wall_seconds_std": 2.0}
+            "tokens_per_informative_group_mean": 125.0, "tokens_per_informative_group_std": 5.0, "wall_seconds_mean": 60.0, "wall_seconds_std": 2.0}
     table = markdown_table({"dump": full}, 0.5).splitlines()
-    assert table[0] == "| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated | wall s |"
-    assert table[2] == "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 60 ± 2 |"
+    assert table[0] == ("| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated | tokens per informative group"
+                        " | wall s |")
+    assert table[2] == "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 125 ± 5 | 60 ± 2 |"
 
 
 @pytest.mark.parametrize("spec, message", [
