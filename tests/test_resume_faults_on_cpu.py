@@ -149,8 +149,10 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
 
 
 def _pids(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    """This module's Ray workers matching `pattern`: children of its own raylets
+    (own_ray_dir), never the workers of another Ray on the machine."""
+    pgrep = lambda *args: [int(p) for p in subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()]  # noqa: E731
+    return [pid for raylet in pgrep("-f", f"raylet --raylet_socket_name={os.environ['RAY_TMPDIR']}") for pid in pgrep("-P", str(raylet), "-f", pattern)]
 
 
 @pytest.mark.parametrize("victim", ["ray::RolloutActor", "ray::TrainerWorker"])
