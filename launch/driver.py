@@ -96,6 +96,7 @@ class Run:
 
     def __init__(self, cfg: Config, overwrite: bool = False, resume: str | None = None) -> None:
         self.cfg = cfg
+        self.wall_start, self.wall_before = time.perf_counter(), 0.0  # wall time: this process's, plus earlier segments' (resume)
         self.scheduler_args = scheduler_args(cfg)
         local_scheduler(cfg)  # data files and curriculum parameters are checked before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
@@ -154,6 +155,7 @@ class Run:
         self.scheduler.load(state["scheduler"])
         self.pending = checkpoint.load_pending(path)
         self.version, self.start_step = state["version"], state["step"] + 1
+        self.wall_before = state.get("wall_seconds", 0.0)
         self.rollout.update_weights(self.version)
         truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
         print(f"gradus: resumed from {path} at step {self.start_step + 1}", flush=True)
@@ -170,6 +172,7 @@ class Run:
             "version": self.version,
             "scheduler": pending[max(pending)]["scheduler"] if pending else self.trained_scheduler,
             "wandb_id": self.logger.run_id,
+            "wall_seconds": self.wall_seconds(),
         }
         return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints, pending)
 
@@ -317,7 +320,11 @@ class Run:
         )
         return {"time/eval": seconds, **held_out_metrics(groups, list(rows), cfg.eval.k)}
 
-    def finish(self, wall_seconds: float) -> None:
+    def wall_seconds(self) -> float:
+        """Wall time of the run so far, over every resumed segment."""
+        return self.wall_before + time.perf_counter() - self.wall_start
+
+    def finish(self) -> None:
         """The trained policy as a Hugging Face directory (<run_dir>/final, for
         `gradus eval` and downstream use) and done.json, which marks the run complete."""
         if self.cfg.run.save_final:
@@ -327,7 +334,7 @@ class Run:
             before = json.loads(start_eval.read_text())
             change = " ".join(f"{k[5:-9] or 'all'} {before[k]:.2f}->{last[k]:.2f}" for k in sorted(last) if k.endswith("accuracy") and k in before)
             print(f"gradus: held-out accuracy before -> after training: {change}", flush=True)
-        done = {"steps": self.cfg.run.steps, "policy_version": self.version, "wall_seconds": wall_seconds}
+        done = {"steps": self.cfg.run.steps, "policy_version": self.version, "wall_seconds": self.wall_seconds()}
         (self.run_dir / "done.json").write_text(json.dumps(done))
 
     def write_placement(self) -> None:
@@ -360,7 +367,6 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
     checkpoint (from scratch if there is none), up to run.max_restarts times. On
     a stop signal, checkpoint the step in flight and raise Preempted
     (launch/preempt.py). resume="auto": resume if run.run_dir holds a checkpoint."""
-    started = time.perf_counter()
     if resume == "auto":
         resume, overwrite = checkpoint.resolve_auto(Path(cfg.run.run_dir), overwrite)
     with StopSignals(cfg.run.preempt_signal) as stop:
@@ -380,7 +386,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                         raise Preempted(f"stopped on {stop.requested} after step {step + 1}; checkpoint {path}; continue with --resume auto")
                     if prefetch:
                         prefetch.finish(step)
-                run.finish(time.perf_counter() - started)
+                run.finish()
                 return run.run_dir
             except Preempted:
                 raise

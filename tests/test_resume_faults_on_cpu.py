@@ -146,6 +146,8 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
     assert ("saved with trainer.world_size=2 zero_stage=2" in resumed.stdout) == bool(last)
     _assert_same_run(uninterrupted(mode), _metrics(killed), mode, rounding_from=2 if first else 4)
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    wall = json.loads((killed / "done.json").read_text())["wall_seconds"]  # every segment's wall time, not the last one's
+    assert wall >= sum(m["time/step"] for m in _metrics(killed))
 
 
 def _pids(pattern: str) -> list[int]:
