@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import stop_own_ray
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("own_ray_dir")]  # kill only this module's Ray
 TIMEOUT = 600
 
 
@@ -36,11 +36,6 @@ def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
         assert proc.poll() is None, f"run exited ({proc.returncode}) before {what}"
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _own_ray(own_ray_dir):
-    return own_ray_dir
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
