@@ -9,11 +9,14 @@ intermediate 4096, vocab 32000: 0.44B parameters, float32; saved once to
 --model-dir). Each configuration starts fresh trainer ranks (Ray actors with
 DeepSpeed, as in a run) and trains --steps updates on one fixed batch: each rank
 gets --batch sequences of --seq tokens (a 16-token prompt, the rest completion;
-so a 2-rank run trains twice the sequences). Peak RSS is the rank process's
-ru_maxrss, over its whole life (loading, engine set-up and the updates); "after
-set-up" is the same reading before the first update; the phase columns are
-the largest resident memory (sampled every 5 ms) during the engine's forward,
-backward and optimizer step and during a weight sync. Configurations run one
+so a 2-rank run trains twice the sequences). "After set-up" is the rank
+process's ru_maxrss before the first update (loading and engine set-up); the
+phase columns are its largest private resident memory (anonymous + file pages,
+sampled every 5 ms) during the engine's forward, backward and optimizer step
+and during a weight sync; the peak per rank is the largest of these. Shared
+memory is left out: a sync's buckets wait in the node's object store (one copy
+per node, bounded by its own limit) for the rollout workers, and the pages a
+rank wrote there would otherwise count as the rank's. Configurations run one
 after another (each rank set is killed before the next starts). Keys a
 configuration sets that this checkout's TrainerConfig lacks skip it (so the same
 script measures an older checkout: PYTHONPATH=<old tree>).
@@ -71,21 +74,19 @@ def batch(n: int, seq: int, vocab: int, prompt: int = 16) -> list[dict]:
 
 
 def install_probe(worker) -> None:
-    """Runs inside a trainer rank: a thread samples resident memory every 5 ms and
-    keeps each phase's peak, the phases being the engine's forward, backward and
+    """Runs inside a trainer rank: a thread samples private resident memory every
+    5 ms and keeps each phase's peak, the phases being the engine's forward, backward and
     optimizer step, weight sync, and everything else ("other")."""
-    import os
     import threading
 
-    page = os.sysconf("SC_PAGE_SIZE")
     worker._phase, worker._phase_peaks = "other", {}
 
     def sample() -> None:
-        with open("/proc/self/statm") as statm:
+        with open("/proc/self/status") as status:
             while True:
-                statm.seek(0)
-                rss = int(statm.read().split()[1]) * page
-                worker._phase_peaks[worker._phase] = max(worker._phase_peaks.get(worker._phase, 0), rss)
+                status.seek(0)
+                kib = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status) if k in ("RssAnon", "RssFile")}
+                worker._phase_peaks[worker._phase] = max(worker._phase_peaks.get(worker._phase, 0), 1024 * sum(kib.values()))
                 time.sleep(0.005)
 
     def phase(name: str, fn):
@@ -142,7 +143,6 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
         group.weight_layout(args.bucket_mb)
         group.publish_weights()  # a weight sync's gather (ZeRO-3: piece by piece)
         phases = phase_peaks(group)
-        peak = peak_gib(group)
     finally:
         group.shutdown()
         for rank in group.ranks:  # wait until the rank processes are gone before the next configuration
@@ -152,6 +152,7 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
                     time.sleep(1)
                 except Exception:  # noqa: BLE001 - dead actor: exactly what we wait for
                     break
+    peak = [max(setup, *p.values()) for setup, p in zip(after_setup, phases)]
     return {"after_setup": max(after_setup), "peak": max(peak), "peaks": peak, "seconds": seconds[-1],
             "phases": {k: max(p.get(k, 0.0) for p in phases) for k in PHASES}}
 
@@ -167,7 +168,7 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all (split over the ranks)")
-    parser.add_argument("--bucket-mb", type=float, default=512.0, help="weight-sync bucket (and ZeRO-3 gather piece) size")
+    parser.add_argument("--bucket-mb", type=float, default=512.0, help="weight-sync bucket size")
     parser.add_argument("--model-dir", default="/tmp/gradus-bench-memory-model")
     args = parser.parse_args()
 

@@ -40,6 +40,13 @@ def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
     return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
 
 
+# glibc's malloc raises its mmap threshold each time a large block is freed, after
+# which ZeRO-3's per-layer gathers, activations and sync pieces come from the heap
+# and stay resident once freed (a 0.17B ZeRO-3 rank: 3.8 GiB peak, 2.5 with a fixed
+# threshold). A fixed threshold returns every block >= 1 MiB to the OS on free.
+TRAINER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
 class TrainerGroup:
     """DeepSpeed data-parallel ranks forming one process group, one placement
     bundle per rank, packed onto as few nodes as possible. With `share` the
@@ -54,7 +61,7 @@ class TrainerGroup:
         extra_cpus, gpu_share = self.share
         self.placement = placement_group([bundle(cpus_per_rank + extra_cpus, gpu, resources or {})] * world_size, strategy="PACK")
         ray.get(self.placement.ready())
-        env = {"OMP_NUM_THREADS": str(threads), **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {})}
+        env = {"OMP_NUM_THREADS": str(threads), **TRAINER_MALLOC, **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {})}
         self.ranks = [
             ray.remote(TrainerWorker)
             .options(num_cpus=cpus_per_rank, num_gpus=gpu - gpu_share, runtime_env={"env_vars": env}, scheduling_strategy=_on(self.placement, r))

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import torch
 
 from trainer.worker import free_port
-from trainer.sync import WeightReceiver, WeightSender, bucket_layout, pack, unpack
+from trainer.sync import WeightReceiver, WeightSender, bucket_layout, unpack
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -31,15 +31,6 @@ def test_layout_respects_bucket_size_and_dtype():
     assert len(bucket_layout(state, bucket_bytes=2**30)) == 3  # only dtype changes split
 
 
-def test_pack_unpack_round_trip_is_exact():
-    state = _state()
-    for bucket in bucket_layout(state, bucket_bytes=3000):
-        flat = pack(state, bucket)
-        assert flat.dtype == torch.uint8 and flat.numel() == bucket.nbytes
-        for name, tensor in unpack(flat.clone(), bucket):
-            assert tensor.dtype == state[name].dtype and torch.equal(tensor, state[name])
-
-
 class _Sender(WeightSender):
     """Yields the state one tensor per piece, as fresh copies that are poisoned once
     the next piece is asked for (like ZeRO-3's gathered parameters, freed)."""
@@ -52,6 +43,20 @@ class _Sender(WeightSender):
             piece = {name: t.clone()}
             yield piece
             piece[name].fill_(float("nan"))
+
+
+def test_buckets_filled_from_pieces_unpack_exactly():
+    """Each bucket is filled as the pieces arrive (each freed when the next is asked
+    for) and unpacks to the exact tensors, dtypes included."""
+    state = _state()
+    sender = _Sender(state)
+    layout = sender.weight_layout(bucket_mb=3000 / 2**20)
+    flats = sender._send_buckets(lambda flat: flat.clone())
+    assert len(flats) == len(layout) == 4
+    for flat, bucket in zip(flats, layout):
+        assert flat.dtype == torch.uint8 and flat.numel() == bucket.nbytes
+        for name, tensor in unpack(flat, bucket):
+            assert tensor.dtype == state[name].dtype and torch.equal(tensor, state[name])
 
 
 class _Receiver(WeightReceiver):

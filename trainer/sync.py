@@ -59,12 +59,6 @@ def bucket_layout(state: Mapping[str, torch.Tensor], bucket_bytes: int) -> list[
     return buckets
 
 
-def pack(state: Mapping[str, torch.Tensor], bucket: Bucket) -> torch.Tensor:
-    """The bucket's tensors as one flat byte tensor (on the tensors' device)."""
-    flat = torch.cat([state[name].detach().reshape(-1) for name, _, _ in bucket.entries])
-    return flat.view(torch.uint8)
-
-
 def unpack(flat: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
     """Named views into a received byte tensor (no copy)."""
     typed = flat.view(getattr(torch, bucket.dtype))
@@ -95,15 +89,13 @@ class WeightSender:
     rank: int
     _weight_group: Any = None
     _layout: list[Bucket] | None = None
-    _bucket_bytes: int = 512 * 2**20
 
     def _state_pieces(self) -> Iterator[dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def weight_layout(self, bucket_mb: float) -> list[Bucket]:
-        self._bucket_bytes = int(bucket_mb * 2**20)
         specs = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for piece in self._state_pieces() for name, t in piece.items()}
-        self._layout = bucket_layout(specs, self._bucket_bytes)
+        self._layout = bucket_layout(specs, int(bucket_mb * 2**20))
         return self._layout
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
@@ -111,17 +103,26 @@ class WeightSender:
         self._weight_group = new_group(host, port, world_size, 0, backend)
 
     def _send_buckets(self, send: Callable[[torch.Tensor], Any]) -> list[Any]:
-        """Pack and send each bucket (rank 0) as soon as the pieces walked so far hold
-        all of it: at most a piece and a bucket's worth of tensors are held at once."""
-        todo, held, sent = list(self._layout), {}, []
+        """Copy each tensor into its bucket's flat buffer as the pieces arrive and send
+        each bucket (rank 0, as flat bytes) once full. Buckets fill in layout order
+        (the layout was made from the same walk), so at most a piece and the buckets
+        it spans are held, never a copy of a tensor waiting for a later piece."""
+        where = {name: (i, offset) for i, bucket in enumerate(self._layout) for name, _, offset in bucket.entries}
+        left = [len(bucket.entries) for bucket in self._layout]
+        filling: dict[int, torch.Tensor] = {}
+        sent = []
         for piece in self._state_pieces():
             if self.rank != 0:
                 continue
-            present = {**held, **piece}
-            while todo and all(name in present for name, _, _ in todo[0].entries):
-                sent.append(send(pack(present, todo.pop(0))))
-            waiting = {name for bucket in todo for name, _, _ in bucket.entries}
-            held = {name: t if name in held else t.clone() for name, t in present.items() if name in waiting}
+            for name, tensor in piece.items():
+                i, offset = where[name]
+                bucket = self._layout[i]
+                if i not in filling:
+                    filling[i] = torch.empty(bucket.numel, dtype=getattr(torch, bucket.dtype), device=tensor.device)
+                filling[i][offset : offset + tensor.numel()].copy_(tensor.detach().reshape(-1))
+                left[i] -= 1
+                if not left[i]:
+                    sent.append(send(filling.pop(i).view(torch.uint8)))
         return sent
 
     def publish_weights(self) -> list[Any] | None:
