@@ -14,12 +14,12 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayActorError
 
 from curriculum.scheduler import CurriculumScheduler
 from launch import checkpoint
 from launch.config import Config, to_dict
 from launch.errors import GradusError
+from launch.faults import WORKER_DIED
 from launch.groups import RolloutGroup, TrainerGroup, node_of
 from launch.metrics import (
     MetricsLogger,
@@ -394,7 +394,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                 if stop.requested:  # SIGTERM reached the workers first
                     raise Preempted(f"stopped on {stop.requested}; the workers were gone ({type(err).__name__}) before the step finished; "
                                     f"{checkpoint.describe_latest(run.run_dir)}") from None
-                if not isinstance(err, RayActorError):
+                if not isinstance(err, WORKER_DIED):
                     raise
                 if attempt == cfg.run.max_restarts:
                     raise GradusError(f"a worker died and run.max_restarts={cfg.run.max_restarts} restarts are used up: {err}".splitlines()[0]) from None

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayTaskError
 from ray.util.placement_group import (
     PlacementGroup,
     placement_group,
@@ -15,6 +15,7 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from launch.faults import WORKER_DIED
 from rollout.worker import RolloutWorker, engine_env
 from trainer.batching import PAD, assign, dummy, plan
 from trainer.sync import WeightReceiver
@@ -237,7 +238,7 @@ class RolloutGroup:
                 try:
                     results[i] = ray.get(future)
                     break
-                except RayActorError:
+                except WORKER_DIED:
                     if attempt == self.max_restarts:
                         raise
                     self._replace(i)
@@ -259,7 +260,7 @@ class RolloutGroup:
         for i, future in enumerate(receivers):
             try:
                 seconds.append(ray.get(future))
-            except RayActorError:
+            except WORKER_DIED:
                 dead.append(i)
         try:
             ray.get(senders)

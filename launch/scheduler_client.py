@@ -13,9 +13,9 @@ import threading
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
 from curriculum.scheduler import remote_scheduler
+from launch.faults import WORKER_DIED
 
 
 class SchedulerLost(Exception):
@@ -42,7 +42,7 @@ class SchedulerClient:
                 raise SchedulerLost
             try:
                 return ray.get(getattr(actor, method).remote(*args))
-            except RayActorError:
+            except WORKER_DIED:
                 if not self._restart(current):
                     raise
                 if epoch is not None:

@@ -171,3 +171,28 @@ def test_dead_worker_is_recovered(tiny_model, tmp_path, victim):
         assert _metrics(run_dir)[-1]["faults/rollout_restarts"] >= 1
     else:
         assert "restarting from latest" in output
+
+
+MEMORY_KILL = """
+import time, ray
+from launch.faults import WORKER_DIED
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+@ray.remote
+class Hog:
+    def hold(self):
+        time.sleep(60)
+
+try:
+    ray.get(Hog.remote().hold.remote(), timeout=50)
+except WORKER_DIED as err:
+    print("died:", type(err).__name__)
+"""
+
+
+def test_a_call_killed_by_rays_memory_monitor_counts_as_a_dead_worker():
+    """Ray's memory monitor (here set to fire at once) raises OutOfMemoryError,
+    not RayActorError, to the caller; the driver must restart on it like on a crash."""
+    env = {**os.environ, "RAY_memory_usage_threshold": "0.01", "RAY_memory_monitor_refresh_ms": "100"}
+    out = subprocess.run([sys.executable, "-c", MEMORY_KILL], env=env, capture_output=True, text=True, timeout=120)
+    assert "died: OutOfMemoryError" in out.stdout, out.stdout + out.stderr[-2000:]
