@@ -29,6 +29,11 @@ def _batch(seed: int = 0, n: int = 12) -> list[dict]:
     return samples
 
 
+def _master_is_partition(worker) -> bool:
+    opt = worker.engine.optimizer
+    return all(m.data_ptr() == p.data_ptr() for m, p in zip(opt.fp32_partitioned_groups_flat, opt.fp16_partitioned_groups_flat))
+
+
 def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool = True, then: list[dict] | None = None,
            **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
     """One update on `batch`: the weights after it and every rank's stats. `then`:
@@ -39,6 +44,8 @@ def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool =
     try:
         group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=2)
         group.weight_layout(0.05)  # under ZeRO-3 exports then gather ~50 KB pieces, never the whole model
+        if overrides.get("zero_stage") == 3:  # the fp32 master is the partition itself, no second copy
+            assert all(ray.get([r.__ray_call__.remote(_master_is_partition) for r in group.ranks]))
         before = ray.get(group.export_weights())
         stats = group.train(batch or _batch(), cfg.mini_batches, cfg.max_tokens_per_micro_batch, skip)
         after = ray.get(group.export_weights())

@@ -30,6 +30,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def share_fp32_master(optimizer: Any) -> None:
+    """ZeRO-3 keeps an fp32 master copy of each rank's partition, and means to reuse
+    the partition itself when it is already fp32 on the optimizer's device; but
+    DeepSpeed (0.19) compares the partition's torch.device with a device *name*,
+    which is never equal, so an fp32 run holds both (4 more bytes per parameter and
+    rank). Point the master at the partition before the first step, as DeepSpeed's
+    own branch does: the same values, updated in place."""
+    if optimizer.offload_optimizer or optimizer.swap_optimizer:
+        return
+    for i, (part, master) in enumerate(zip(optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat)):
+        if part is None or part.dtype != master.dtype or part.device != master.device or part.data_ptr() == master.data_ptr():
+            continue
+        part.requires_grad = True
+        part.ds_id, part.grad = master.ds_id, master.grad
+        optimizer.fp32_partitioned_groups_flat[i] = part
+
+
 class TrainerWorker(WeightSender):
     def __init__(self, rank: int, world_size: int, threads: int = 2) -> None:
         torch.set_num_threads(threads)
@@ -85,6 +102,8 @@ class TrainerWorker(WeightSender):
             self.engine.clip_fp32_gradients = self._clip_keeping_norm
             if self.world_size == 1:  # averaging over one rank is the identity, minus a flatten and copy
                 self.engine.enable_backward_allreduce = False
+        if self.cfg["zero_stage"] == 3:
+            share_fp32_master(self.engine.optimizer)
         self.ref = None
         self._ref_cache: dict[int, torch.Tensor] = {}
         if cfg["kl_coef"] > 0 and not self.lora:  # LoRA's reference is the policy with its adapters disabled
