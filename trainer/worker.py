@@ -144,9 +144,9 @@ class TrainerWorker(WeightSender):
         optimizer in CPU memory already)."""
         return self.cfg["offload"] if torch.cuda.is_available() else {}
 
-    def _zero3_live_params(self) -> int:
-        """Parameters ZeRO-3 holds gathered at once: under one transformer layer
-        (~16 h^2); also the size of a weight sync's gathered pieces."""
+    def _piece_params(self) -> int:
+        """Parameters held gathered or merged at once: under one transformer layer
+        (~16 h^2). ZeRO-3's live-parameter limit and a weight sync's piece size."""
         return 10 * self.hidden**2
 
     def _ds_config(self, training: bool = True) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class TrainerWorker(WeightSender):
         offload = self._offload()
         zero: dict[str, Any] = {"stage": self.cfg["zero_stage"]}
         if zero["stage"] == 3:  # DeepSpeed's defaults (1e9 live / reuse distance) keep a < 1B model whole on every rank
-            h2, live = self.hidden**2, self._zero3_live_params()  # buckets as HF's "auto" values
+            h2, live = self.hidden**2, self._piece_params()  # buckets as HF's "auto" values
             zero.update(stage3_max_live_parameters=live, stage3_max_reuse_distance=live, stage3_prefetch_bucket_size=int(0.9 * h2),
                         stage3_param_persistence_threshold=10 * self.hidden, reduce_bucket_size=h2)
         if offload.get("params") == "cpu":
@@ -317,14 +317,13 @@ class TrainerWorker(WeightSender):
         return checkpoint.state(self.engine)
 
     def _state_pieces(self) -> Iterator[dict[str, torch.Tensor]]:
-        """HF-named tensors (with LoRA: base names, adapters merged in), in pieces; under
-        ZeRO-3 each piece (as many parameters as the forward holds gathered) is gathered
-        only while in use, so no rank holds the full model (a collective). Below
-        ZeRO-3, one piece."""
-        if self.cfg["zero_stage"] != 3:
-            return streamed_state(self.engine.module, self.lora, False, float("inf"))
-        element = next(self.engine.module.parameters()).element_size()
-        return streamed_state(self.engine.module, self.lora, True, self._zero3_live_params() * element)
+        """HF-named tensors (with LoRA: base names, adapters merged in), in pieces. Under
+        ZeRO-3 each piece is gathered only while in use, so no rank holds the full
+        model (a collective); with LoRA each piece's merged weights are new tensors,
+        so they never all exist at once. Otherwise one piece of the parameters as they are."""
+        zero3 = self.cfg["zero_stage"] == 3
+        piece_bytes = self._piece_params() * next(self.engine.module.parameters()).element_size() if zero3 or self.lora else float("inf")
+        return streamed_state(self.engine.module, self.lora, zero3, piece_bytes)
 
     def export_weights(self) -> dict[str, np.ndarray] | None:
         """Full HF-named float32 weights on rank 0, None on other ranks; call on all
