@@ -12,7 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -21,6 +21,7 @@ from curriculum.registry import nearest
 from launch.config import Config, build, load_config
 from launch.errors import GradusError
 from launch.plots import plot_all
+from launch.preempt import Preempted
 from launch.results import START_EVAL, aggregate, read_metrics, run_summary, write_results
 
 
@@ -98,31 +99,64 @@ def _resume_point(job: Job) -> str | None:
 
 
 def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
-    """Run unfinished jobs; returns the ones that were run."""
+    """Run unfinished jobs; returns the ones that were run. A run that fails (its
+    restarts used up, say) does not stop the others: the failures are raised
+    together at the end, and re-running resumes them. A stop signal does stop all."""
     todo = [j for j in jobs if not (j.run_dir / "done.json").exists()]
     for j in jobs:
         if j not in todo:
             print(f"gradus ablate: {j.cell} seed {j.seed} finished earlier, skipped", flush=True)
+    failed: list[str] = []
+
+    def failure(job: Job, err: Exception) -> None:
+        line = f"{job.cell} seed {job.seed} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        print(f"gradus ablate: {line} failed; going on with the other runs", flush=True)
+        failed.append(line)
+
     if parallel <= 1:
         for i, job in enumerate(todo):
             print(f"gradus ablate: {job.cell} seed {job.seed} ({i + 1}/{len(todo)})", flush=True)
-            _train(job.cfg, _resume_point(job))
-        return todo
+            try:
+                _train(job.cfg, _resume_point(job))
+            except Preempted:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported with the others below
+                failure(job, err)
+    else:
+        _run_parallel(todo, parallel, failure)
+    if failed:
+        raise GradusError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The finished runs are kept; "
+                          "run `gradus ablate` again to resume the failed ones from their newest checkpoints")
+    return todo
+
+
+def _run_parallel(todo: list[Job], parallel: int, failure: Callable[[Job, Exception], None]) -> None:
+    """`parallel` runs at a time as Ray tasks (each places its own actors)."""
     import ray
 
     from launch.driver import init_ray
 
+    if not todo:
+        return
     if not ray.is_initialized():
-        init_ray(todo[0].cfg if todo else jobs[0].cfg)
+        init_ray(todo[0].cfg)
     remote = ray.remote(num_cpus=0, max_retries=0)(_train)
-    pending: list[Any] = []
+    pending: dict[Any, Job] = {}
+
+    def collect(refs: list[Any]) -> None:
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - reported with the others
+                failure(pending[ref], getattr(err, "cause", None) or err)  # a RayTaskError carries the run's own error
+            del pending[ref]
+
     for job in todo:
         if len(pending) >= parallel:
-            _, pending = ray.wait(pending, num_returns=1)
+            collect(ray.wait(list(pending), num_returns=1)[0])
         print(f"gradus ablate: {job.cell} seed {job.seed} submitted", flush=True)
-        pending.append(remote.remote(job.cfg, _resume_point(job)))
-    ray.get(pending)
-    return todo
+        pending[remote.remote(job.cfg, _resume_point(job))] = job
+    collect(list(pending))
 
 
 PUBLISHED = ("metrics.jsonl", START_EVAL, "done.json", "config.yaml")  # per run: enough to recompute every number and plot

@@ -6,8 +6,10 @@ import math
 import pytest
 import yaml
 
-from launch.ablate import load_ablation
+from launch import ablate
+from launch.ablate import load_ablation, run_jobs
 from launch.errors import GradusError
+from launch.preempt import Preempted
 from launch.results import aggregate, bootstrap_interval, markdown_table, run_summary
 from tests.conftest import ROOT
 
@@ -74,6 +76,44 @@ def test_shipped_ablation_expands_to_its_cells_and_seeds():
     assert dump_filter.cfg.run.seed == 1 and str(dump_filter.run_dir) == "runs/ablation/dump+filter/seed-1"
     pass_rate = next(j for j in jobs if j.cell == "dump+pass_rate")
     assert pass_rate.cfg.curriculum.prompts["kind"] == "pass_rate" and pass_rate.cfg.eval.samples == 4
+
+
+def _fail_uniform_seed_1(cfg, resume):
+    if cfg.run.run_dir.endswith("uniform/seed-1"):
+        raise GradusError("a worker died and run.max_restarts=2 restarts are used up")
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
+    """Sequentially and as Ray tasks: every run is tried, the failures are raised together."""
+    _, jobs = load_ablation("configs/ablation.yaml")
+    jobs = [j for j in jobs if j.cell in ("uniform", "dump")]
+    for job in jobs:
+        job.cfg.run.run_dir = f"/nonexistent/{job.cell}/seed-{job.seed}"  # none finished
+    ran = []
+    monkeypatch.setattr(ablate, "_train", lambda cfg, resume: ran.append(cfg.run.run_dir) or _fail_uniform_seed_1(cfg, resume))
+    if parallel > 1:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(GradusError, match=r"^1 of 6 runs failed: uniform seed 1 \(GradusError: a worker died.*run `gradus ablate` again"):
+            run_jobs(jobs, parallel)
+    finally:
+        if parallel > 1:
+            ray.shutdown()
+    assert len(ran) == (6 if parallel == 1 else 0)  # Ray tasks append in their own processes
+
+    def stopped(cfg, resume):
+        ran.append(cfg.run.run_dir)
+        raise Preempted("stopped on SIGTERM")
+
+    if parallel == 1:  # a stop signal ends the ablation at once
+        ran.clear()
+        monkeypatch.setattr(ablate, "_train", stopped)
+        with pytest.raises(Preempted):
+            run_jobs(jobs, parallel)
+        assert len(ran) == 1
 
 
 def test_reach_reference_and_bootstrap_interval(tmp_path):
