@@ -3,6 +3,7 @@ placement group and called all at once; the rollout group also owns the
 weight sync from trainer rank 0 (trainer/sync.py transports)."""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,8 +45,9 @@ def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
 # glibc's malloc raises its mmap threshold each time a large block is freed, after
 # which ZeRO-3's per-layer gathers, activations and sync pieces come from the heap
 # and stay resident once freed (a 0.17B ZeRO-3 rank: 3.8 GiB peak, 2.5 with a fixed
-# threshold). A fixed threshold returns every block >= 1 MiB to the OS on free.
-TRAINER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+# threshold). A fixed threshold returns every block >= 1 MiB to the OS on free
+# (a value set in the driver's environment is passed on instead).
+TRAINER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(1 << 20))}
 
 
 class TrainerGroup:
