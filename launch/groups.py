@@ -42,12 +42,9 @@ def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
     return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
 
 
-# glibc's malloc raises its mmap threshold each time a large block is freed, after
-# which ZeRO-3's per-layer gathers, activations and sync pieces come from the heap
-# and stay resident once freed (a 0.17B ZeRO-3 rank: 3.8 GiB peak, 2.5 with a fixed
-# threshold). A fixed threshold returns every block >= 1 MiB to the OS on free
-# (a value set in the driver's environment is passed on instead).
-TRAINER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(1 << 20))}
+# A malloc mmap threshold set in the driver's environment reaches every rank
+# (the ranks otherwise choose one by their settings: TrainerWorker._allocator).
+TRAINER_MALLOC = {k: os.environ[k] for k in ("MALLOC_MMAP_THRESHOLD_",) if k in os.environ}
 
 
 class TrainerGroup:
