@@ -98,7 +98,11 @@ def test_shared_prompt_forward_matches_per_sample_logprobs(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
     samples = _batch(10, group_size=4)
     plain = completion_logprobs(model, samples, with_entropy=True)
+    projected = []  # the LM head runs over the completion tokens' predicting positions only, no prompts or padding
+    handle = model.get_output_embeddings().register_forward_hook(lambda _m, _a, out: projected.append(out.shape[:2]))
     shared = completion_logprobs(model, samples, with_entropy=True, share_prompts=True)
+    handle.remove()
+    assert projected == [(1, sum(len(s["tokens"]) for s in samples))]
     assert torch.equal(plain["predicts"], shared["predicts"])
     assert (plain["logp"] - shared["logp"]).abs().max() < 1e-5 and (plain["entropy"] - shared["entropy"]).abs().max() < 1e-5
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
