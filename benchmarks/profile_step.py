@@ -2,13 +2,16 @@
 one batch shaped like the demo's (prompts x group samples through the chat
 template, completions of up to --max-tokens tokens), timed piece by piece.
 
-    python benchmarks/profile_step.py [--model smollm2-135m-instruct] [--prompts 8] [--group 4] [--max-tokens 64] [--informative 0.5]
+    python benchmarks/profile_step.py [--model smollm2-135m-instruct] [--prompts 8] [--group 4] [--max-tokens 64] [--informative 0.5] [--rank]
 
 Rows: the forward alone (per-sample rows vs shared prompts), the entropy's
 softmax, forward + loss + backward for the plain path, with uninformative
 samples skipped, with shared prompts, and both; an AdamW step; and the
 reference model's no-grad forward (what kl_coef > 0 adds). `--informative` is
 the fraction of groups whose rewards differ (the rest get advantage 0).
+`--rank` adds the default update of the same batch inside a real trainer rank
+(a Ray actor with a DeepSpeed engine and the default trainer settings), which
+shows what the process around the model costs (allocator, engine, actor).
 Median of --repeat runs after a warm-up.
 """
 from __future__ import annotations
@@ -51,6 +54,20 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(seconds)
 
 
+def in_rank(path: str, samples: list[dict], args: argparse.Namespace) -> Callable[[], None]:
+    """One update of `samples` per call, in a one-rank TrainerGroup on a local Ray."""
+    import ray
+
+    from launch.config import Config
+    from launch.driver import trainer_args
+    from launch.groups import TrainerGroup
+
+    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    group = TrainerGroup(1, args.threads)
+    group.setup(path, "float32", {**trainer_args(Config()), "max_tokens_per_micro_batch": args.micro_tokens}, seed=0, total_steps=100)
+    return lambda: group.train(samples, 1, args.micro_tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -61,6 +78,7 @@ def main() -> None:
     parser.add_argument("--micro-tokens", type=int, default=1024, help="trainer.max_tokens_per_micro_batch")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rank", action="store_true", help="also time the update inside a trainer rank (local Ray, DeepSpeed)")
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,6 +124,8 @@ def main() -> None:
         ("update: skip + shared prompts (default)", update(True, True)),
         ("AdamW step (135M params)", optimizer.step),
     ]
+    if args.rank:
+        rows.append(("update in a trainer rank (Ray actor, DeepSpeed, optimiser step)", in_rank(path, samples, args)))
     print(f"{args.prompts} prompts x {args.group} samples, {tokens} completion tokens, prompt {len(samples[0]['prompt_ids'])} tokens, "
           f"{args.informative:.0%} informative groups, {args.threads} threads; median of {args.repeat}")
     plain = None
