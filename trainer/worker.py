@@ -163,7 +163,10 @@ class TrainerWorker(WeightSender):
         returned to the OS (`return_freed_blocks`), and the others keep the faster
         default."""
         if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-            return int(os.environ["MALLOC_MMAP_THRESHOLD_"])
+            value = os.environ["MALLOC_MMAP_THRESHOLD_"]
+            if not value.isdigit():
+                raise ValueError(f"MALLOC_MMAP_THRESHOLD_={value!r} in the driver's environment: give bytes as an integer, e.g. 1048576")
+            return int(value)
         saving = self.cfg["zero_stage"] == 3 or self.cfg["gradient_checkpointing"] or "cpu" in self._offload().values()
         return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
 
