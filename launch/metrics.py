@@ -132,6 +132,11 @@ class MetricsLogger:
         if wandb_cfg.mode != "disabled":
             import wandb
 
+            if wandb_cfg.mode == "offline":
+                # Offline means no network. A run's mode alone leaves wandb's process-wide
+                # settings online, and its usage telemetry then resolves and probes
+                # api.wandb.ai from background threads, at the latest at exit.
+                wandb.setup(settings=wandb.Settings(mode="offline"))
             self.wandb = wandb.init(
                 project=wandb_cfg.project, mode=wandb_cfg.mode, dir=str(run_dir), config=config, name=run_dir.name,
                 id=wandb_id, resume="allow" if wandb_id else None,
@@ -164,4 +169,7 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.wandb is not None:
+            import wandb
+
             self.wandb.finish()
+            wandb.teardown()  # stops wandb's service process and threads: nothing of it outlives the run

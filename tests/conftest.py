@@ -1,3 +1,4 @@
+import faulthandler
 import os
 import shutil
 import subprocess
@@ -15,6 +16,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # cluster this process joins (ray.init here, `ray start` in the two-node tests)
 # must agree; token auth is left to real clusters.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# On from here to the interpreter's very end (pytest's own faulthandler stops at
+# unconfigure): a crash while Ray, torch or vLLM tear down after the last test
+# prints every thread's stack instead of a bare exit status 139.
+faulthandler.enable()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 in-place weight sync, on a tiny random Llama. Slow (~2 minutes)."""
 import json
 import math
+import threading
 
 import pytest
 import ray
@@ -59,6 +60,9 @@ def test_two_steps_two_ranks_zero3_weights_synced(tiny_model, tmp_path):
         assert m["dist/add1/budget"] == 4
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    # Offline wandb contacts nothing and leaves nothing running (its usage telemetry
+    # would probe api.wandb.ai from threads that outlive the run).
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("wandb", "Otel"))]
 
 
 def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
