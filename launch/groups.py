@@ -20,7 +20,7 @@ from launch.faults import WORKER_DIED
 from rollout.worker import RolloutWorker, engine_env
 from trainer.batching import PAD, assign, dummy, plan
 from trainer.sync import WeightReceiver
-from trainer.worker import TrainerWorker
+from trainer.worker import MMAP_THRESHOLD_ENV, TrainerWorker
 
 
 class RolloutActor(WeightReceiver, RolloutWorker):
@@ -44,7 +44,7 @@ def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
 
 # A malloc mmap threshold set in the driver's environment reaches every rank
 # (the ranks otherwise choose one by their settings: TrainerWorker._allocator).
-TRAINER_MALLOC = {k: os.environ[k] for k in ("MALLOC_MMAP_THRESHOLD_",) if k in os.environ}
+TRAINER_MALLOC = {MMAP_THRESHOLD_ENV: os.environ[MMAP_THRESHOLD_ENV]} if MMAP_THRESHOLD_ENV in os.environ else {}
 
 
 class TrainerGroup:

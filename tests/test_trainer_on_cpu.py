@@ -8,7 +8,7 @@ import ray
 
 from launch.config import TrainerConfig
 from launch.groups import TRAINER_MALLOC, TrainerGroup
-from trainer.worker import FIXED_MMAP_THRESHOLD
+from trainer.worker import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool =
         group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=2)
         group.weight_layout(0.05)  # under ZeRO-3 exports then gather ~50 KB pieces, never the whole model
         saving = overrides.get("zero_stage") == 3 or overrides.get("gradient_checkpointing")  # memory over speed: freed blocks go back
-        expected = int(TRAINER_MALLOC["MALLOC_MMAP_THRESHOLD_"]) if TRAINER_MALLOC else FIXED_MMAP_THRESHOLD if saving else None
+        expected = int(TRAINER_MALLOC[MMAP_THRESHOLD_ENV]) if TRAINER_MALLOC else FIXED_MMAP_THRESHOLD if saving else None
         assert ray.get(group.ranks[0].__ray_call__.remote(lambda w: w.mmap_threshold)) == expected
         if overrides.get("zero_stage") == 3:  # the fp32 master is the partition itself, no second copy
             assert all(ray.get([r.__ray_call__.remote(_master_is_partition) for r in group.ranks]))

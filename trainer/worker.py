@@ -33,6 +33,7 @@ def free_port() -> int:
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 FIXED_MMAP_THRESHOLD = 1 << 20
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc's variable; set in the driver's environment, it decides for every rank
 
 
 def return_freed_blocks(threshold: int = FIXED_MMAP_THRESHOLD) -> bool:
@@ -162,10 +163,10 @@ class TrainerWorker(WeightSender):
         over speed (ZeRO-3, offload, gradient checkpointing) also get freed blocks
         returned to the OS (`return_freed_blocks`), and the others keep the faster
         default."""
-        if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-            value = os.environ["MALLOC_MMAP_THRESHOLD_"]
+        if MMAP_THRESHOLD_ENV in os.environ:
+            value = os.environ[MMAP_THRESHOLD_ENV]
             if not value.isdigit():
-                raise ValueError(f"MALLOC_MMAP_THRESHOLD_={value!r} in the driver's environment: give bytes as an integer, e.g. 1048576")
+                raise ValueError(f"{MMAP_THRESHOLD_ENV}={value!r} in the driver's environment: give bytes as an integer, e.g. 1048576")
             return int(value)
         saving = self.cfg["zero_stage"] == 3 or self.cfg["gradient_checkpointing"] or "cpu" in self._offload().values()
         return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
