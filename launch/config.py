@@ -67,7 +67,7 @@ class RolloutConfig:
     kv_cache_gib: float = 1.0  # vLLM-CPU KV cache size
     max_model_len: int = 512
     threads: int = 2
-    enforce_eager: bool = True  # CPU: torch.compile warm-up costs ~2 min for ~5% more tokens/s
+    enforce_eager: bool = True  # false: vLLM compiles the model (README: "Notes on the CPU stack")
     cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
     tensor_parallel_size: int = 1  # CUDA: GPUs per worker (vLLM tensor parallel)
     gpu_memory_utilization: float = 0.5  # CUDA: vLLM's share of each GPU (weights + KV cache)
