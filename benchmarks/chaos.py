@@ -39,7 +39,7 @@ COMPARED = ("reward/mean", "accuracy", "train/loss", "train/grad_norm", "length/
 def command(model: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
     extra = ["rollout.async_generation=true", "rollout.max_staleness=1"] if args.async_ else []
     return [
-        sys.executable, "-m", "launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
+        sys.executable, "-m", "gradus.launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
         f"run.steps={args.steps}", f"run.checkpoint_every={args.checkpoint_every}", "run.max_restarts=3", "run.save_final=false",
         "wandb.mode=disabled", "rollout.max_tokens=64", "reward.length=1.0", "curriculum.budget={kind: constant, budget: 64}",
         "trainer.lr=1e-3", "eval.every=0", *extra, "--resume", "auto",

@@ -122,12 +122,12 @@ def peak_gib(group) -> list[float]:
 def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) -> dict:
     import ray
 
-    from launch.config import TrainerConfig
-    from launch.groups import TrainerGroup
+    from gradus.launch.config import TrainerConfig
+    from gradus.launch.groups import TrainerGroup
 
     fields = {}
     if "lora" in overrides:
-        from launch.config import LoraConfig
+        from gradus.launch.config import LoraConfig
 
         fields["lora"] = LoraConfig(**overrides["lora"])
     cfg = dataclasses.replace(
@@ -174,7 +174,7 @@ def main() -> None:
 
     import ray
 
-    from launch.config import TrainerConfig
+    from gradus.launch.config import TrainerConfig
 
     model = build_model(Path(args.model_dir), args.hidden, args.layers, args.intermediate, args.vocab)
     params = sum(np.prod(shape) for shape in _shapes(model))

@@ -28,7 +28,7 @@ import torch
 
 
 def batch(tokenizer, prompts: int, group: int, max_tokens: int, informative: float, seed: int = 0) -> list[dict]:
-    from curriculum.sources import SOURCES
+    from gradus.curriculum.sources import SOURCES
 
     rng = np.random.default_rng(seed)
     rows = SOURCES.get("arithmetic")(prompts, rng, digits=2)
@@ -58,9 +58,9 @@ def in_rank(path: str, samples: list[dict], args: argparse.Namespace) -> Callabl
     """One update of `samples` per call, in a one-rank TrainerGroup on a local Ray."""
     import ray
 
-    from launch.config import Config
-    from launch.driver import trainer_args
-    from launch.groups import TrainerGroup
+    from gradus.launch.config import Config
+    from gradus.launch.driver import trainer_args
+    from gradus.launch.groups import TrainerGroup
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     group = TrainerGroup(1, args.threads)
@@ -82,11 +82,11 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launch.config import TrainerConfig
-    from launch.models import resolve_model
-    from trainer.batching import assign
-    from trainer.grpo import loss_options
-    from trainer.loss import completion_logprobs, micro_batch_loss
+    from gradus.launch.config import TrainerConfig
+    from gradus.launch.models import resolve_model
+    from gradus.trainer.batching import assign
+    from gradus.trainer.grpo import loss_options
+    from gradus.trainer.loss import completion_logprobs, micro_batch_loss
 
     torch.set_num_threads(args.threads)
     path = str(resolve_model(args.model))

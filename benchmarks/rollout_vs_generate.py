@@ -27,16 +27,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from curriculum.sources import SOURCES
-    from launch.models import resolve_model
-    from rollout.worker import engine_env
+    from gradus.curriculum.sources import SOURCES
+    from gradus.launch.models import resolve_model
+    from gradus.rollout.worker import engine_env
 
     model = str(resolve_model(args.model))
     rows = SOURCES.get("arithmetic")(args.prompts, np.random.default_rng(0), digits=2)
     items = [{**r, "verifier": "numeric", "seed": i} for i, r in enumerate(rows)]
 
     os.environ.update(engine_env(args.threads, 1.0))
-    from rollout.worker import RolloutWorker
+    from gradus.rollout.worker import RolloutWorker
 
     worker = RolloutWorker(model, dtype="float32", max_model_len=512, enforce_eager=True)
     vllm_best = (0.0, float("inf"))

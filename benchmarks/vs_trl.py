@@ -31,7 +31,7 @@ WORKLOADS = {"add1": [1], "mix3": [1, 2, 3]}  # operand digits of each distribut
 
 def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
     """n rows drawn uniformly over the workload's distributions, as gradus's uniform curriculum does."""
-    from curriculum.sources import SOURCES
+    from gradus.curriculum.sources import SOURCES
 
     rng = np.random.default_rng(seed)
     pools = [SOURCES.get("arithmetic")(n, np.random.default_rng(seed + d), digits=d) for d in digits]
@@ -39,8 +39,8 @@ def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
 
 
 def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> dict[str, float]:
-    from launch.config import load_config
-    from launch.driver import train
+    from gradus.launch.config import load_config
+    from gradus.launch.driver import train
 
     dists = ", ".join(f"{{name: add{d}, source: arithmetic, params: {{digits: {d}}}, verifier: numeric}}" for d in WORKLOADS[args.workload])
     cfg = load_config("configs/default.yaml", [
@@ -65,7 +65,7 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rollout.rewards import RewardWeights, score
+    from gradus.rollout.rewards import RewardWeights, score
 
     rows = prompts(args.prompts * args.steps, WORKLOADS[args.workload])
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows])
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
     parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
     args = parser.parse_args()
-    from launch.models import resolve_model
+    from gradus.launch.models import resolve_model
 
     model = str(resolve_model(args.model))
     results = {}

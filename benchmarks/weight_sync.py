@@ -17,9 +17,9 @@ import time
 import ray
 import torch
 
-from launch.models import resolve_model
-from trainer.sync import WeightReceiver, WeightSender
-from trainer.worker import free_port
+from gradus.launch.models import resolve_model
+from gradus.trainer.sync import WeightReceiver, WeightSender
+from gradus.trainer.worker import free_port
 
 
 class Source(WeightSender):
@@ -72,8 +72,8 @@ def transport_seconds(source, sink, transport: str, bucket_mb: float, repeat: in
 
 
 def engine_seconds(model: str, bucket_mb: float, repeat: int) -> dict[str, float]:
-    from launch.config import load_config
-    from launch.driver import Run
+    from gradus.launch.config import load_config
+    from gradus.launch.driver import Run
 
     cfg = load_config("configs/default.yaml", [f"model.path={model}", "run.run_dir=/tmp/gradus-bench-sync", "wandb.mode=disabled"])
     run = Run(cfg, overwrite=True)

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from curriculum.registry import Registry, nearest
+from gradus.curriculum.registry import Registry, nearest
 
 CURRICULUM_METHODS = ("probabilities", "scores", "set_step", "update", "sample", "state_dict", "load_state_dict")
 

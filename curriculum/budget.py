@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from curriculum.registry import Registry
+from gradus.curriculum.registry import Registry
 
 BudgetSchedule = Callable[[int], int]
 BUDGETS: Registry[Callable[..., BudgetSchedule]] = Registry("budget schedule")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from curriculum.registry import Registry
+from gradus.curriculum.registry import Registry
 
 FILTERS: Registry[type] = Registry("filter")
 

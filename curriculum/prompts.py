@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from curriculum.registry import Registry
+from gradus.curriculum.registry import Registry
 
 SAMPLER_METHODS = ("take", "observe", "availability", "stats", "state_dict", "load_state_dict")
 

@@ -11,10 +11,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from curriculum.bandits import make_curriculum
-from curriculum.budget import make_budget_schedule
-from curriculum.filters import make_filter
-from curriculum.sources import Distribution, make_distributions
+from gradus.curriculum.bandits import make_curriculum
+from gradus.curriculum.budget import make_budget_schedule
+from gradus.curriculum.filters import make_filter
+from gradus.curriculum.sources import Distribution, make_distributions
 
 
 def with_budget(prompt: str | list[dict], template: str, budget: int) -> str | list[dict]:

@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from curriculum.prompts import derive_seed, make_prompt_sampler
-from curriculum.registry import Registry, nearest
+from gradus.curriculum.prompts import derive_seed, make_prompt_sampler
+from gradus.curriculum.registry import Registry, nearest
 
 Row = dict[str, Any]
 SOURCES: Registry[Callable[..., list[Row]]] = Registry(

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from launch.errors import GradusError
+from gradus.launch.errors import GradusError
 
 PREFIX = "step-"
 PENDING = "pending.pkl"

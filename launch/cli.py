@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curriculum.registry import nearest
-from launch.errors import GradusError
-from launch.preempt import EXIT_PREEMPTED, Preempted
+from gradus.curriculum.registry import nearest
+from gradus.launch.errors import GradusError
+from gradus.launch.preempt import EXIT_PREEMPTED, Preempted
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
@@ -72,16 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "prepare-model":
-            from launch.models import prepare_model
+            from gradus.launch.models import prepare_model
 
             print(prepare_model(args.name, args.out, args.force))
         elif args.command == "data":
-            from launch.data import write_kk
+            from gradus.launch.data import write_kk
 
             path, counts = write_kk(args.out, args.people, args.rows, args.seed)
             print(f"gradus: wrote {sum(counts.values())} rows to {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         elif args.command == "submit":
-            from launch.submit import job_command
+            from gradus.launch.submit import job_command
 
             command = job_command(args.config, args.overrides, args.address, not args.no_wait, args.resume, args.overwrite)
             if args.dry_run:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 return subprocess.run(command, check=False).returncode
         elif args.command == "ablate":
-            from launch.ablate import ablate, load_ablation, publish, summarize
+            from gradus.launch.ablate import ablate, load_ablation, publish, summarize
 
             paths = summarize(*load_ablation(args.ablation)) if args.summarize_only else ablate(args.ablation, args.parallel)
             if args.publish:
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(paths["markdown"].read_text())
             print(f"gradus: results in {paths['csv']} and {paths['markdown']}, plots in {paths['plots']}")
         elif args.command == "plot":
-            from launch.plots import plot_all
-            from launch.results import read_metrics
+            from gradus.launch.plots import plot_all
+            from gradus.launch.results import read_metrics
 
             run_dir = Path(args.run_dir)
             if not (run_dir / "metrics.jsonl").is_file():
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_all({run_dir.name: [read_metrics(run_dir, with_start=True)]}, run_dir / "plots")
             print(f"gradus: plots in {run_dir / 'plots'}")
         elif args.command == "eval":
-            from launch.evaluate import run_eval
+            from gradus.launch.evaluate import run_eval
 
             result = run_eval(args.target, args.config, args.overrides, args.samples, args.temperature, args.out)
             for name, accuracy in result["accuracy"].items():
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise GradusError(f"no benchmark {args.name!r}{nearest(args.name, names)}; choose one of {names}")
             return subprocess.run([sys.executable, str(script), *args.args], check=False).returncode
         elif args.command == "train":
-            from launch.config import load_config
-            from launch.driver import train
+            from gradus.launch.config import load_config
+            from gradus.launch.driver import train
 
             cfg = load_config(args.config, args.overrides)
             print(f"gradus: run finished, metrics in {train(cfg, overwrite=args.overwrite, resume=args.resume) / 'metrics.jsonl'}")

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import yaml
 
-from curriculum.registry import is_plugin, nearest, resolve_plugin
-from launch.errors import GradusError
-from rollout.rewards import RewardWeights
+from gradus.curriculum.registry import is_plugin, nearest, resolve_plugin
+from gradus.launch.errors import GradusError
+from gradus.rollout.rewards import RewardWeights
 
 # Signals a run may take as its preemption warning (catchable, not already used by Ray or the terminal).
 STOP_SIGNALS = {"SIGUSR1", "SIGUSR2", "SIGTERM", "SIGHUP", "SIGXCPU", "SIGALRM"}
@@ -308,7 +308,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = build(Config, raw, "")
     _migrate(cfg)
     _resolve_paths(cfg)
-    from launch.validate import validate  # it reads these dataclasses; the registries it checks import much more
+    from gradus.launch.validate import validate  # it reads these dataclasses; the registries it checks import much more
 
     validate(cfg)
     return cfg

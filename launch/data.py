@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from curriculum.sources import NAMES, knights_knaves
-from launch.errors import GradusError
+from gradus.curriculum.sources import NAMES, knights_knaves
+from gradus.launch.errors import GradusError
 
 
 def kk_rows(people: Sequence[int], rows: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -15,28 +15,28 @@ from typing import Any
 import ray
 import torch
 
-from curriculum.scheduler import CurriculumScheduler
-from launch import checkpoint
-from launch.config import Config, to_dict
-from launch.errors import GradusError
-from launch.faults import WORKER_DIED
-from launch.groups import RolloutGroup, TrainerGroup, node_of
-from launch.metrics import (
+from gradus.curriculum.scheduler import CurriculumScheduler
+from gradus.launch import checkpoint
+from gradus.launch.config import Config, to_dict
+from gradus.launch.errors import GradusError
+from gradus.launch.faults import WORKER_DIED
+from gradus.launch.groups import RolloutGroup, TrainerGroup, node_of
+from gradus.launch.metrics import (
     MetricsLogger,
     batch_metrics,
     distribution_metrics,
     held_out_metrics,
     train_metrics,
 )
-from launch.models import resolve_model
-from launch.results import START_EVAL
-from launch.prefetch import Prefetcher, checkpoint_due
-from launch.preempt import Preempted, StopSignals
-from launch.rundir import check_disk, prepare_run_dir, truncate_metrics
-from launch.scheduler_client import SchedulerClient, SchedulerLost
-from trainer.batching import contributes
-from trainer.grpo import group_advantages
-from trainer.models import check_lora_targets
+from gradus.launch.models import resolve_model
+from gradus.launch.results import START_EVAL
+from gradus.launch.prefetch import Prefetcher, checkpoint_due
+from gradus.launch.preempt import Preempted, StopSignals
+from gradus.launch.rundir import check_disk, prepare_run_dir, truncate_metrics
+from gradus.launch.scheduler_client import SchedulerClient, SchedulerLost
+from gradus.trainer.batching import contributes
+from gradus.trainer.grpo import group_advantages
+from gradus.trainer.models import check_lora_targets
 
 COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
 

@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from launch.config import Config, load_config
-from launch.driver import local_scheduler, sample_seed
-from launch.errors import GradusError
-from launch.metrics import held_out_metrics
-from launch.models import resolve_model
-from rollout.worker import engine_env
+from gradus.launch.config import Config, load_config
+from gradus.launch.driver import local_scheduler, sample_seed
+from gradus.launch.errors import GradusError
+from gradus.launch.metrics import held_out_metrics
+from gradus.launch.models import resolve_model
+from gradus.rollout.worker import engine_env
 
 
 def target_of(target: str, config: str | None, overrides: list[str]) -> tuple[Config, Path, Path | None]:
@@ -38,7 +38,7 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
     eval.samples samples at eval.temperature) and pass@k for each of eval.k."""
     rows = local_scheduler(cfg).eval_rows()
     os.environ.update(engine_env(cfg.rollout.threads, cfg.rollout.kv_cache_gib))
-    from rollout.worker import RolloutWorker
+    from gradus.rollout.worker import RolloutWorker
 
     worker = RolloutWorker(
         str(model), cfg.run.seed, dataclasses.asdict(cfg.reward),

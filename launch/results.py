@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from launch.metrics import distribution_names
+from gradus.launch.metrics import distribution_names
 
 
 START_EVAL = "eval_start.json"  # held-out metrics of the initial policy (eval.at_start), outside metrics.jsonl

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from launch.config import Config, to_dict
-from launch.errors import GradusError
-from launch.results import START_EVAL
+from gradus.launch.config import Config, to_dict
+from gradus.launch.errors import GradusError
+from gradus.launch.results import START_EVAL
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:

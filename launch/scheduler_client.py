@@ -14,8 +14,8 @@ from typing import Any
 
 import ray
 
-from curriculum.scheduler import remote_scheduler
-from launch.faults import WORKER_DIED
+from gradus.curriculum.scheduler import remote_scheduler
+from gradus.launch.faults import WORKER_DIED
 
 
 class SchedulerLost(Exception):

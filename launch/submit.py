@@ -7,8 +7,8 @@ import json
 import shlex
 from pathlib import Path
 
-from launch.config import load_config
-from launch.errors import GradusError
+from gradus.launch.config import load_config
+from gradus.launch.errors import GradusError
 
 # Never uploaded with the working directory: run outputs, VCS, caches.
 EXCLUDES = ["runs/", ".git/", "wandb/", "**/__pycache__/", "*.gguf", "*.safetensors"]
@@ -23,7 +23,7 @@ def job_command(
     if not path.is_relative_to(Path.cwd()):
         raise GradusError(f"config file {config} is outside the working directory {Path.cwd()}, which is what the job uploads; "
                           "run gradus submit from the directory that holds it")
-    train = ["python", "-m", "launch.cli", "train", str(path.relative_to(Path.cwd())), *overrides]
+    train = ["python", "-m", "gradus.launch.cli", "train", str(path.relative_to(Path.cwd())), *overrides]
     if resume is not None:
         train += ["--resume"] + ([] if resume == "latest" else [resume])
     if overwrite:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from curriculum.registry import Registry, is_plugin, nearest
-from launch.errors import GradusError
+from gradus.curriculum.registry import Registry, is_plugin, nearest
+from gradus.launch.errors import GradusError
 
 if TYPE_CHECKING:
-    from launch.config import Config, TrainerConfig
+    from gradus.launch.config import Config, TrainerConfig
 
 # Built-in sources whose answers only some verifiers can score (file sources and plugins are exempt).
 SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "kk": {"kk"}}
@@ -17,16 +17,16 @@ SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "k
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
-    from curriculum.bandits import CURRICULA
-    from curriculum.budget import BUDGETS
-    from curriculum.filters import FILTERS
-    from curriculum.prompts import PROMPT_SAMPLERS
-    from curriculum.sources import SOURCES
-    from launch.config import STOP_SIGNALS
-    from rollout.rewards import VERIFIERS
-    from trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_PENALTIES
-    from trainer.schedules import LR_SCHEDULES
-    from trainer.sync import TRANSPORTS
+    from gradus.curriculum.bandits import CURRICULA
+    from gradus.curriculum.budget import BUDGETS
+    from gradus.curriculum.filters import FILTERS
+    from gradus.curriculum.prompts import PROMPT_SAMPLERS
+    from gradus.curriculum.sources import SOURCES
+    from gradus.launch.config import STOP_SIGNALS
+    from gradus.rollout.rewards import VERIFIERS
+    from gradus.trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_PENALTIES
+    from gradus.trainer.schedules import LR_SCHEDULES
+    from gradus.trainer.sync import TRANSPORTS
 
     def params(key: str, registry: Registry, kind: str, positional: int, given: dict) -> None:
         try:
@@ -118,7 +118,7 @@ def _validate_memory(t: TrainerConfig) -> None:
 
 def _validate_learning(cfg: Config) -> None:
     """Settings that start a run which cannot learn, or loss options that contradict each other."""
-    from trainer.grpo import RATIO_LEVELS, REWARD_SCALES
+    from gradus.trainer.grpo import RATIO_LEVELS, REWARD_SCALES
 
     t, r, e = cfg.trainer, cfg.rollout, cfg.eval
     if r.group_size < 2:

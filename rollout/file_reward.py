@@ -78,7 +78,7 @@ class RewardHost:
     def _start(self) -> None:
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "rollout.file_reward"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "gradus.rollout.file_reward"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
         self.loaded = set()
 
     def _kill(self) -> None:
@@ -141,7 +141,7 @@ def file_score(spec: str, completion: str, answer: Any, row: dict | None, timeou
 def serve() -> None:
     """The child: length-prefixed pickles in on stdin, out on the original stdout
     (the user's prints go to stderr)."""
-    from curriculum.registry import load_plugin
+    from gradus.curriculum.registry import load_plugin
 
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)

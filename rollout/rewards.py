@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from curriculum.registry import Registry, is_plugin
-from rollout.file_reward import FILE_TIMEOUT_S, file_score
-from rollout.safe_arith import ParseError, evaluate
+from gradus.curriculum.registry import Registry, is_plugin
+from gradus.rollout.file_reward import FILE_TIMEOUT_S, file_score
+from gradus.rollout.safe_arith import ParseError, evaluate
 
 Verifier = Callable[[str, Any, bool], float]
 VERL_SIGNATURE = "compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)"

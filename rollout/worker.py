@@ -6,7 +6,7 @@ import math
 import time
 from typing import Any, Sequence
 
-from rollout.rewards import RewardWeights, score
+from gradus.rollout.rewards import RewardWeights, score
 
 Prompt = str | list[dict]
 

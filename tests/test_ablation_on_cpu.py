@@ -11,9 +11,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from launch.ablate import PUBLISHED, ablate, load_ablation, publish, run_jobs
-from launch.plots import plot_all
-from launch.results import read_metrics
+from gradus.launch.ablate import PUBLISHED, ablate, load_ablation, publish, run_jobs
+from gradus.launch.plots import plot_all
+from gradus.launch.results import read_metrics
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -85,11 +85,11 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
         assert float(row["tokens_per_informative_group_mean"] or "nan") == pytest.approx(np.mean(per_group) if per_group else float("nan"), rel=1e-5, nan_ok=True)
 
     run_dir = runs["dump", 0]
-    out = subprocess.run([sys.executable, "-m", "launch.cli", "plot", str(run_dir)], capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-m", "gradus.launch.cli", "plot", str(run_dir)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["lengths.png", "probabilities.png", "rewards.png"]
 
-    out = subprocess.run([sys.executable, "-m", "launch.cli", "eval", str(run_dir)], capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-m", "gradus.launch.cli", "eval", str(run_dir)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((run_dir / "eval.json").read_text())
     assert set(result["accuracy"]) == {"add1", "add2", "add3", "all"} and result["rows"] == {"add1": 32, "add2": 32, "add3": 32}

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from launch.config import load_config
-from launch.driver import train
+from gradus.launch.config import load_config
+from gradus.launch.driver import train
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from curriculum.bandits import make_curriculum
+from gradus.curriculum.bandits import make_curriculum
 
 
 def softmax(xs, t):

@@ -1,4 +1,4 @@
-from trainer.batching import PAD, micro_batches, plan, shard_by_tokens
+from gradus.trainer.batching import PAD, micro_batches, plan, shard_by_tokens
 
 
 def test_shards_balance_tokens():

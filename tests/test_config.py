@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from launch.config import load_config
-from launch.errors import GradusError
+from gradus.launch.config import load_config
+from gradus.launch.errors import GradusError
 
 DEFAULT = "configs/default.yaml"
 
@@ -77,7 +77,7 @@ def test_renamed_importance_cap_still_works(capsys):
 
 
 def _cli(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "gradus.launch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
     return proc.returncode, proc.stderr.strip().splitlines()
 
 
@@ -124,7 +124,7 @@ def test_params_replace_rather_than_merge():
 def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    from launch.driver import check_disk
+    from gradus.launch.driver import check_disk
 
     model = tmp_path / "m"
     model.mkdir()
@@ -140,13 +140,13 @@ def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch)
 
 
 def test_submit_builds_a_ray_job_command_after_checking_the_config():
-    from launch.submit import job_command
+    from gradus.launch.submit import job_command
 
     command = job_command("configs/default.yaml", ["run.steps=3", "rollout.resources={rollout_node: 1}"], "http://head:8265", wait=False)
     assert command[:5] == ["ray", "job", "submit", "--address=http://head:8265", "--working-dir=."]
     assert "--no-wait" in command
     entry = command[command.index("--") + 1:]
-    assert entry[:5] == ["python", "-m", "launch.cli", "train", "configs/default.yaml"]
+    assert entry[:5] == ["python", "-m", "gradus.launch.cli", "train", "configs/default.yaml"]
     assert entry[-1] == "'rollout.resources={rollout_node: 1}'"  # quoted: ray joins the words into a shell line
     with pytest.raises(GradusError, match="did you mean 'steps'"):
         job_command("configs/default.yaml", ["run.stepz=3"], "http://head:8265")

@@ -8,8 +8,8 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from launch.config import load_config
-from launch.driver import Run
+from gradus.launch.config import load_config
+from gradus.launch.driver import Run
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
     policy is LoRA with gradient checkpointing: after every sync the engine holds
     the merged weights (base names, no LoRA in vLLM); the final directory holds
     them too, and the adapters."""
-    from curriculum.bandits import make_curriculum
+    from gradus.curriculum.bandits import make_curriculum
 
     names = ["add1", "add2", "add3"]
     add3 = _verl_file_with_reward(tmp_path)  # add3 from a verl-format parquet (chat prompts), scored by a reward file

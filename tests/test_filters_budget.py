@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from curriculum.budget import make_budget_schedule
-from curriculum.filters import AccuracyBand, NonZeroStd
+from gradus.curriculum.budget import make_budget_schedule
+from gradus.curriculum.filters import AccuracyBand, NonZeroStd
 
 
 def test_accuracy_band_inclusive_edges():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from trainer.grpo import group_advantages, kl_penalty, policy_loss
+from gradus.trainer.grpo import group_advantages, kl_penalty, policy_loss
 
 
 def test_grpo_advantage_unbiased_std():
@@ -159,7 +159,7 @@ def test_seq_mean_token_sum_and_constant_drgrpo_divisor():
 
 
 def test_loss_options_defaults():
-    from trainer.grpo import loss_options
+    from gradus.trainer.grpo import loss_options
 
     token = loss_options({"ratio_level": "token", "clip_low": None, "clip_high": None, "loss_agg": None})
     assert (token["clip_low"], token["clip_high"], token["loss_agg"]) == (0.2, 0.2, "token-mean")

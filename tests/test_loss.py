@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from launch.config import TrainerConfig
-from launch.metrics import held_out_metrics, pass_at_k
-from trainer.batching import assign, contributes
-from trainer.grpo import AGGREGATIONS, loss_options
-from trainer.loss import completion_logprobs, micro_batch_loss
+from gradus.launch.config import TrainerConfig
+from gradus.launch.metrics import held_out_metrics, pass_at_k
+from gradus.trainer.batching import assign, contributes
+from gradus.trainer.grpo import AGGREGATIONS, loss_options
+from gradus.trainer.loss import completion_logprobs, micro_batch_loss
 
 
 def _batch(n: int = 12, group_size: int = 1) -> list[dict]:

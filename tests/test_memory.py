@@ -4,11 +4,11 @@ and the config errors (trainer ranks: test_trainer_on_cpu.py)."""
 import pytest
 import torch
 
-from launch.config import load_config
-from launch.errors import GradusError
+from gradus.launch.config import load_config
+from gradus.launch.errors import GradusError
 from tests.test_trainer_on_cpu import _batch
-from trainer.loss import completion_logprobs
-from trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state, streamed_state
+from gradus.trainer.loss import completion_logprobs
+from gradus.trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state, streamed_state
 
 LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 
@@ -60,7 +60,7 @@ def test_lora_merged_weights_and_disabled_adapters(tiny_model):
 
 
 def test_lora_target_modules_are_checked_against_the_model(tiny_model, tmp_path):
-    from launch.driver import Run
+    from gradus.launch.driver import Run
 
     names = linear_module_names(str(tiny_model))
     assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]  # lm_head left out

@@ -10,16 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curriculum.bandits import make_curriculum
-from curriculum.budget import make_budget_schedule
-from curriculum.filters import make_filter
-from curriculum.scheduler import CurriculumScheduler
-from curriculum.sources import SOURCES, plain
-from launch.cli import main as cli
-from launch.metrics import MetricsLogger, batch_metrics
-from launch.results import distributions
-from rollout.rewards import RewardWeights, judge, score, verify
-from rollout.worker import RolloutWorker, chat_messages
+from gradus.curriculum.bandits import make_curriculum
+from gradus.curriculum.budget import make_budget_schedule
+from gradus.curriculum.filters import make_filter
+from gradus.curriculum.scheduler import CurriculumScheduler
+from gradus.curriculum.sources import SOURCES, plain
+from gradus.launch.cli import main as cli
+from gradus.launch.metrics import MetricsLogger, batch_metrics
+from gradus.launch.results import distributions
+from gradus.rollout.rewards import RewardWeights, judge, score, verify
+from gradus.rollout.worker import RolloutWorker, chat_messages
 
 SOURCES_ = {"openai/gsm8k": 7, "lighteval/MATH": 5}  # rows per data_source
 
@@ -176,7 +176,7 @@ def test_raising_and_hanging_file_verifiers_are_counted(data):
 
 
 CURRICULUM = '''
-from curriculum.bandits import Curriculum
+from gradus.curriculum.bandits import Curriculum
 
 class Hardest(Curriculum):
     def probabilities(self):
@@ -250,7 +250,7 @@ def test_bad_inputs_one_line_exit_2(data, monkeypatch, capsys, dist, extra, args
 
 
 def test_relative_paths_resolved_against_launch_dir(data, monkeypatch):
-    from launch.config import load_config
+    from gradus.launch.config import load_config
 
     tmp_path, _ = data
     monkeypatch.chdir(tmp_path)

@@ -5,8 +5,8 @@ its contract (`row_id` on items, `observe_rows`)."""
 import numpy as np
 import pytest
 
-from curriculum.prompts import PassRate, Shuffle
-from curriculum.scheduler import CurriculumScheduler
+from gradus.curriculum.prompts import PassRate, Shuffle
+from gradus.curriculum.scheduler import CurriculumScheduler
 
 ADD1 = {"name": "add1", "source": "arithmetic", "params": {"digits": 1}, "verifier": "numeric"}
 ADD2 = {"name": "add2", "source": "arithmetic", "params": {"digits": 2}, "verifier": "numeric"}

@@ -19,7 +19,7 @@ TIMEOUT = 600
 
 def _args(model: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
+        sys.executable, "-m", "gradus.launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
         "run.steps=4", "run.checkpoint_every=1", "wandb.mode=disabled", "rollout.max_tokens=16", "reward.length=1.0",
         "curriculum.budget={kind: constant, budget: 4}", "trainer.lr=1e-3", "eval.every=0", *extra,
     ]
@@ -175,7 +175,7 @@ def test_dead_worker_is_recovered(tiny_model, tmp_path, victim):
 
 MEMORY_KILL = """
 import time, ray
-from launch.faults import WORKER_DIED
+from gradus.launch.faults import WORKER_DIED
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 
 @ray.remote

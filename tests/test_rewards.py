@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from rollout.rewards import RewardWeights, extract_answer, score, verify
+from gradus.rollout.rewards import RewardWeights, extract_answer, score, verify
 
 
 def test_extract_last_tag():
@@ -99,7 +99,7 @@ def test_score_terms():
 
 
 def test_timeout_and_errors_are_counted(monkeypatch):
-    from rollout import rewards
+    from gradus.rollout import rewards
 
     def slow(text, answer, tagged):
         while True:
@@ -119,7 +119,7 @@ def test_timeout_and_errors_are_counted(monkeypatch):
 
 
 def test_seeded_generate_calls_stay_under_the_prefill_budget():
-    from rollout.worker import SEEDED_PROMPT_TOKENS, seeded_chunks
+    from gradus.rollout.worker import SEEDED_PROMPT_TOKENS, seeded_chunks
 
     prompts = [[1] * 1000] * 5
     assert seeded_chunks(prompts, False, 4) == [[0, 1, 2, 3, 4]]  # unseeded: one call

@@ -1,7 +1,7 @@
 import pytest
 
-from curriculum.scheduler import CurriculumScheduler
-from curriculum.sources import Distribution
+from gradus.curriculum.scheduler import CurriculumScheduler
+from gradus.curriculum.sources import Distribution
 
 DISTS = [
     {"name": "add1", "source": "arithmetic", "params": {"digits": 1}, "verifier": "numeric"},

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from trainer.schedules import lr_multiplier
+from gradus.trainer.schedules import lr_multiplier
 
 
 def test_warmup_then_constant():

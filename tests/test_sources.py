@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from curriculum.sources import SOURCES, Distribution
-from rollout.rewards import verify
+from gradus.curriculum.sources import SOURCES, Distribution
+from gradus.rollout.rewards import verify
 
 
 def test_countdown_rows_are_solvable_and_scale():

@@ -4,8 +4,8 @@ import multiprocessing as mp
 
 import torch
 
-from trainer.worker import free_port
-from trainer.sync import WeightReceiver, WeightSender, bucket_layout, unpack
+from gradus.trainer.worker import free_port
+from gradus.trainer.sync import WeightReceiver, WeightSender, bucket_layout, unpack
 
 
 def _state() -> dict[str, torch.Tensor]:

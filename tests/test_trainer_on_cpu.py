@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import ray
 
-from launch.config import TrainerConfig
-from launch.groups import TRAINER_MALLOC, TrainerGroup
-from trainer.worker import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
+from gradus.launch.config import TrainerConfig
+from gradus.launch.groups import TRAINER_MALLOC, TrainerGroup
+from gradus.trainer.worker import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -136,8 +136,8 @@ def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model, e
     import torch
     from transformers import AutoModelForCausalLM
 
-    from launch.config import LoraConfig
-    from trainer.loss import completion_logprobs
+    from gradus.launch.config import LoraConfig
+    from gradus.trainer.loss import completion_logprobs
 
     lora = {"lora": LoraConfig(**extra["lora"])} if "lora" in extra else {}
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-2, threads=1, kl_coef=0.1, kl_in="reward", kl_kind="k1", max_tokens_per_micro_batch=20, **{**extra, **lora})

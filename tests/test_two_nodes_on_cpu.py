@@ -12,10 +12,10 @@ import sys
 import pytest
 import ray
 
-from launch.config import load_config
-from launch.driver import Run
+from gradus.launch.config import load_config
+from gradus.launch.driver import Run
 from tests.conftest import stop_own_ray
-from trainer.worker import free_port
+from gradus.trainer.worker import free_port
 
 pytestmark = pytest.mark.e2e
 

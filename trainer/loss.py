@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from trainer.grpo import LOG_RATIO_CLAMP, aggregate, kl_penalty, token_policy_loss
+from gradus.trainer.grpo import LOG_RATIO_CLAMP, aggregate, kl_penalty, token_policy_loss
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:

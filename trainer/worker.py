@@ -17,12 +17,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from trainer.grpo import kl_penalty, loss_options
-from trainer.loss import completion_logprobs, micro_batch_loss, per_token, prompt_sharing, rollout_gap
-from trainer.models import add_lora, load_model, streamed_state
-from trainer import checkpoint
-from trainer.schedules import lr_multiplier
-from trainer.sync import WeightSender
+from gradus.trainer.grpo import kl_penalty, loss_options
+from gradus.trainer.loss import completion_logprobs, micro_batch_loss, per_token, prompt_sharing, rollout_gap
+from gradus.trainer.models import add_lora, load_model, streamed_state
+from gradus.trainer import checkpoint
+from gradus.trainer.schedules import lr_multiplier
+from gradus.trainer.sync import WeightSender
 
 
 def free_port() -> int:
