@@ -14,8 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from gradus.launch.config import load_config
-from gradus.launch.driver import train
+from gradus.launch.config.load import load_config
+from gradus.launch.run.driver import train
 
 
 def measure(config: str, overrides: list[str], run_dir: Path) -> dict[str, float]:

@@ -64,11 +64,12 @@ def build_model(path: Path, hidden: int, layers: int, intermediate: int, vocab: 
     return path
 
 
-def batch(n: int, seq: int, vocab: int, prompt: int = 16) -> list[dict]:
+def batch(n: int, seq: int, vocab: int, prompt: int = 16) -> list:
+    from gradus.trainer.batching import TrainSample
+
     rng = np.random.default_rng(0)
     return [
-        {"prompt_ids": rng.integers(3, vocab, prompt).tolist(), "tokens": rng.integers(3, vocab, seq - prompt).tolist(),
-         "logprobs": [-2.0] * (seq - prompt), "advantage": float(a), "weight": 1.0}
+        TrainSample(rng.integers(3, vocab, prompt).tolist(), rng.integers(3, vocab, seq - prompt).tolist(), [-2.0] * (seq - prompt), float(a))
         for a in np.resize([1.0, -1.0], n)
     ]
 
@@ -122,12 +123,12 @@ def peak_gib(group) -> list[float]:
 def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) -> dict:
     import ray
 
-    from gradus.launch.config import TrainerConfig
-    from gradus.launch.groups import TrainerGroup
+    from gradus.trainer.config import TrainerConfig
+    from gradus.launch.run.groups import TrainerGroup
 
     fields = {}
     if "lora" in overrides:
-        from gradus.launch.config import LoraConfig
+        from gradus.trainer.config import LoraConfig
 
         fields["lora"] = LoraConfig(**overrides["lora"])
     cfg = dataclasses.replace(
@@ -136,7 +137,7 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
     samples = batch(args.batch * ranks, args.seq, args.vocab)
     group = TrainerGroup(ranks, threads=cfg.threads)
     try:
-        group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=args.steps)
+        group.setup(str(model), "float32", cfg, seed=0, total_steps=args.steps)
         after_setup = peak_gib(group)
         ray.get([r.__ray_call__.remote(install_probe) for r in group.ranks])
         seconds = [max(s["seconds"] for s in group.train(samples, 1, cfg.max_tokens_per_micro_batch)) for _ in range(args.steps)]
@@ -174,7 +175,7 @@ def main() -> None:
 
     import ray
 
-    from gradus.launch.config import TrainerConfig
+    from gradus.trainer.config import TrainerConfig
 
     model = build_model(Path(args.model_dir), args.hidden, args.layers, args.intermediate, args.vocab)
     params = sum(np.prod(shape) for shape in _shapes(model))

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 
-def batch(tokenizer, prompts: int, group: int, max_tokens: int, informative: float, seed: int = 0) -> list[dict]:
+def batch(tokenizer, prompts: int, group: int, max_tokens: int, informative: float, seed: int = 0) -> list:
     from gradus.curriculum.sources import SOURCES
+    from gradus.trainer.batching import TrainSample
 
     rng = np.random.default_rng(seed)
     rows = SOURCES.get("arithmetic")(prompts, rng, digits=2)
@@ -39,8 +40,7 @@ def batch(tokenizer, prompts: int, group: int, max_tokens: int, informative: flo
         useful = g < round(informative * prompts)
         for _ in range(group):
             n = int(rng.integers(max_tokens // 2, max_tokens + 1))
-            samples.append({"prompt_ids": ids, "tokens": rng.integers(100, 20000, size=n).tolist(), "logprobs": [-2.0] * n,
-                            "advantage": float(rng.normal()) if useful else 0.0, "weight": 1.0})
+            samples.append(TrainSample(ids, rng.integers(100, 20000, size=n).tolist(), [-2.0] * n, float(rng.normal()) if useful else 0.0))
     return samples
 
 
@@ -54,17 +54,17 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(seconds)
 
 
-def in_rank(path: str, samples: list[dict], args: argparse.Namespace) -> Callable[[], None]:
+def in_rank(path: str, samples: list, args: argparse.Namespace) -> Callable[[], None]:
     """One update of `samples` per call, in a one-rank TrainerGroup on a local Ray."""
     import ray
 
-    from gradus.launch.config import Config
-    from gradus.launch.driver import trainer_args
-    from gradus.launch.groups import TrainerGroup
+    from gradus.launch.run.groups import TrainerGroup
+    from gradus.trainer.config import TrainerConfig
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     group = TrainerGroup(1, args.threads)
-    group.setup(path, "float32", {**trainer_args(Config()), "max_tokens_per_micro_batch": args.micro_tokens}, seed=0, total_steps=100)
+    cfg = dataclasses.replace(TrainerConfig(), max_tokens_per_micro_batch=args.micro_tokens)
+    group.setup(path, "float32", cfg, seed=0, total_steps=100, norm_len=args.max_tokens)
     return lambda: group.train(samples, 1, args.micro_tokens)
 
 
@@ -82,8 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gradus.launch.config import TrainerConfig
-    from gradus.launch.models import resolve_model
+    from gradus.trainer.config import TrainerConfig
+    from gradus.launch.prepare.model_dirs import resolve_model
     from gradus.trainer.batching import assign
     from gradus.trainer.grpo import loss_options
     from gradus.trainer.loss import completion_logprobs, micro_batch_loss
@@ -92,23 +92,23 @@ def main() -> None:
     path = str(resolve_model(args.model))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     samples = batch(AutoTokenizer.from_pretrained(path), args.prompts, args.group, args.max_tokens, args.informative)
-    tokens = sum(len(s["tokens"]) for s in samples)
-    cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_norm_len": args.max_tokens})
+    tokens = sum(len(s.tokens) for s in samples)
+    opts = loss_options(TrainerConfig(), norm_len=args.max_tokens)
 
     def update(skip: bool, share: bool) -> Callable[[], None]:
         def run() -> None:
             model.zero_grad()
             stats: dict[str, float] = defaultdict(float)
             (part,) = assign(samples, 1, args.micro_tokens, skip, False, share)
-            for micro in part["micro_batches"]:
-                micro_batch_loss(model, micro, {**cfg, "share_prompts": share}, part["num_tokens"], part["num_seqs"], True, stats).backward()
+            for micro in part.micro_batches:
+                micro_batch_loss(model, micro, opts, share, part.num_tokens, part.num_seqs, True, stats).backward()
         return run
 
     def forward(share: bool, entropy: bool) -> Callable[[], None]:
         def run() -> None:
             (part,) = assign(samples, 1, args.micro_tokens, False, False, share)
             with torch.no_grad():
-                for micro in part["micro_batches"]:
+                for micro in part.micro_batches:
                     completion_logprobs(model, micro, with_entropy=entropy, share_prompts=share)
         return run
 
@@ -126,7 +126,7 @@ def main() -> None:
     ]
     if args.rank:
         rows.append(("update in a trainer rank (Ray actor, DeepSpeed, optimiser step)", in_rank(path, samples, args)))
-    print(f"{args.prompts} prompts x {args.group} samples, {tokens} completion tokens, prompt {len(samples[0]['prompt_ids'])} tokens, "
+    print(f"{args.prompts} prompts x {args.group} samples, {tokens} completion tokens, prompt {len(samples[0].prompt_ids)} tokens, "
           f"{args.informative:.0%} informative groups, {args.threads} threads; median of {args.repeat}")
     plain = None
     for name, fn in rows:

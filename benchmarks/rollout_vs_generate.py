@@ -27,13 +27,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
+    from gradus.curriculum.items import Item
     from gradus.curriculum.sources import SOURCES
-    from gradus.launch.models import resolve_model
+    from gradus.launch.prepare.model_dirs import resolve_model
     from gradus.rollout.worker import engine_env
 
     model = str(resolve_model(args.model))
     rows = SOURCES.get("arithmetic")(args.prompts, np.random.default_rng(0), digits=2)
-    items = [{**r, "verifier": "numeric", "seed": i} for i, r in enumerate(rows)]
+    items = [Item(distribution="add2", prompt=r["prompt"], answer=r["answer"], verifier="numeric", seed=i) for i, r in enumerate(rows)]
 
     os.environ.update(engine_env(args.threads, 1.0))
     from gradus.rollout.worker import RolloutWorker
@@ -41,11 +42,11 @@ def main() -> None:
     worker = RolloutWorker(model, dtype="float32", max_model_len=512, enforce_eager=True)
     vllm_best = (0.0, float("inf"))
     for i in range(args.repeat + 1):
-        out = worker.generate(items, n=args.group, max_tokens=args.max_tokens)
-        tokens = sum(len(s["tokens"]) for g in out["groups"] for s in g["samples"])
-        if i and out["seconds"] < vllm_best[1]:
-            vllm_best = (tokens, out["seconds"])
-    prompt_ids = [g["prompt_ids"] for g in out["groups"]]
+        groups, seconds = worker.generate(items, n=args.group, max_tokens=args.max_tokens)
+        tokens = sum(len(s.tokens) for g in groups for s in g.samples)
+        if i and seconds < vllm_best[1]:
+            vllm_best = (tokens, seconds)
+    prompt_ids = [g.prompt_ids for g in groups]
     del worker
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -39,8 +39,8 @@ def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
 
 
 def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> dict[str, float]:
-    from gradus.launch.config import load_config
-    from gradus.launch.driver import train
+    from gradus.launch.config.load import load_config
+    from gradus.launch.run.driver import train
 
     dists = ", ".join(f"{{name: add{d}, source: arithmetic, params: {{digits: {d}}}, verifier: numeric}}" for d in WORKLOADS[args.workload])
     cfg = load_config("configs/default.yaml", [
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
     parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
     args = parser.parse_args()
-    from gradus.launch.models import resolve_model
+    from gradus.launch.prepare.model_dirs import resolve_model
 
     model = str(resolve_model(args.model))
     results = {}

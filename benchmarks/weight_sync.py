@@ -17,7 +17,7 @@ import time
 import ray
 import torch
 
-from gradus.launch.models import resolve_model
+from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.trainer.sync import WeightReceiver, WeightSender
 from gradus.trainer.worker import free_port
 
@@ -72,8 +72,8 @@ def transport_seconds(source, sink, transport: str, bucket_mb: float, repeat: in
 
 
 def engine_seconds(model: str, bucket_mb: float, repeat: int) -> dict[str, float]:
-    from gradus.launch.config import load_config
-    from gradus.launch.driver import Run
+    from gradus.launch.config.load import load_config
+    from gradus.launch.run.driver import Run
 
     cfg = load_config("configs/default.yaml", [f"model.path={model}", "run.run_dir=/tmp/gradus-bench-sync", "wandb.mode=disabled"])
     run = Run(cfg, overwrite=True)

@@ -1,6 +1,7 @@
 """Curricula over data distributions: the probability each prompt slot draws from each.
 
-Formulas follow DESIGN.md's contract: DUMP's UCB over a sliding window of
+Formulas follow the contract in the design notes (shared/DESIGN.md beside the
+repository; the formulas are restated in each class's docstring): DUMP's UCB over a sliding window of
 |advantage| and SEC's TD(0) value with Boltzmann sampling, plus the uniform,
 fixed-mixture and staged baselines that ablations compare against.
 """
@@ -30,7 +31,17 @@ def curriculum_interface(obj: Any) -> list[str]:
     return [f"missing method {', '.join(missing)} (subclass curriculum.bandits.Curriculum and define probabilities())"] if missing else []
 
 
-CURRICULA: Registry[type["Curriculum"]] = Registry("curriculum", curriculum_interface)
+CURRICULA: Registry[type["Curriculum"]] = Registry("curriculum", curriculum_interface, positional=1)
+
+
+def advantage_signals(distributions: Sequence[str], advantages: Sequence[Sequence[float]]) -> dict[str, list[float]]:
+    """The curricula's update signal (`Curriculum.update`): per distribution, the
+    |advantage| of every sample of every group generated from it this step
+    (distributions[i] is group i's)."""
+    signals: dict[str, list[float]] = {}
+    for name, group in zip(distributions, advantages):
+        signals.setdefault(name, []).extend(abs(a) for a in group)
+    return signals
 
 
 def softmax(values: Sequence[float], temperature: float) -> np.ndarray:

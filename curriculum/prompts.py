@@ -33,16 +33,18 @@ from gradus.curriculum.registry import Registry
 SAMPLER_METHODS = ("take", "observe", "availability", "stats", "state_dict", "load_state_dict")
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 64-bit seed from any parts (run seed, names, counters)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+def derive_seed(*parts: Any, bits: int = 64) -> int:
+    """A seed of `bits` bits from any parts (run seed, names, counters): the one
+    seeding helper, so a resumed run draws exactly what the uninterrupted run
+    drew. bits=31 gives vLLM's per-request sampling seeds."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << bits) - 1)
 
 
 def _missing_methods(obj: Any) -> list[str]:
     return [f"no method {name}()" for name in SAMPLER_METHODS if not callable(getattr(obj, name, None))]
 
 
-PROMPT_SAMPLERS: Registry[type] = Registry("prompt sampler", interface=_missing_methods)
+PROMPT_SAMPLERS: Registry[type] = Registry("prompt sampler", interface=_missing_methods, positional=2)
 
 
 class PromptSampler:

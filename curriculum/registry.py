@@ -24,6 +24,14 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 _MODULES: dict[Path, Any] = {}
+ALL: dict[str, "Registry"] = {}  # every registry by what it names, in creation order (`gradus list`)
+
+
+class UnknownEntry(KeyError, ValueError):
+    """A name no registry entry has; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def nearest(name: str, choices: Iterable[str]) -> str:
@@ -90,13 +98,19 @@ def parameters(factory: Any, skip: int) -> tuple[list[str], list[str], bool]:
 
 
 class Registry(Generic[T]):
-    """A dict from config name to implementation, filled by a decorator.
-    `interface(obj)` lists what a plugin lacks (empty: it fits)."""
+    """A dict from config name to implementation, filled by a decorator (or
+    `add`, for choices whose entry is a one-line description). `interface(obj)`
+    lists what a plugin lacks (empty: it fits); `plugins=False` for choices that
+    take no plugin by path. Every registry is listed in ALL."""
 
-    def __init__(self, what: str, interface: Callable[[Any], list[str]] | None = None) -> None:
+    def __init__(self, what: str, interface: Callable[[Any], list[str]] | None = None, plugins: bool = True, positional: int = 0) -> None:
+        """`positional`: leading arguments gradus passes itself (not config parameters)."""
         self.what = what
+        self.positional = positional
         self.interface = interface
+        self.plugins = plugins
         self.entries: dict[str, T] = {}
+        ALL[what] = self
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -105,18 +119,35 @@ class Registry(Generic[T]):
 
         return add
 
+    def add(self, name: str, obj: T) -> T:
+        self.entries[name] = obj
+        return obj
+
+    def describe(self, name: str) -> str:
+        """One line: the entry's parameters with their defaults, or its description."""
+        obj: Any = self.entries[name]
+        if isinstance(obj, str):
+            return obj
+        try:
+            params = list(inspect.signature(obj).parameters.values())[self.positional:]
+        except (TypeError, ValueError):
+            return ""
+        shown = [p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        doc = (inspect.getdoc(obj) or "").split("\n")[0]
+        return f"({', '.join(shown)})" + (f"  {doc}" if doc else "")
+
     def get(self, name: str) -> T:
-        if is_plugin(name):
+        if is_plugin(name) and self.plugins:
             obj = load_plugin(name, self.what)
             missing = self.interface(obj) if self.interface else []
             if missing:
                 raise ValueError(f"{self.what} plugin {name!r} does not fit: {'; '.join(missing)}")
             return obj
         if name not in self.entries:
-            raise KeyError(
-                f"unknown {self.what} {name!r}{nearest(str(name), self.entries)}; "
-                f"choose one of {sorted(self.entries)} or a plugin path/to/file.py:Name"
-            )
+            if not self.plugins:  # a setting's value, e.g. trainer.kl_in
+                raise UnknownEntry(f"unknown value {name!r}{nearest(str(name), self.entries)}; choose one of {sorted(self.entries)}")
+            raise UnknownEntry(f"unknown {self.what} {name!r}{nearest(str(name), self.entries)}; "
+                               f"choose one of {sorted(self.entries)} or a plugin path/to/file.py:Name")
         return self.entries[name]
 
     def check_params(self, name: str, skip: int, params: dict) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from gradus.curriculum.bandits import make_curriculum
 from gradus.curriculum.budget import make_budget_schedule
 from gradus.curriculum.filters import make_filter
+from gradus.curriculum.items import Item
 from gradus.curriculum.sources import Distribution, make_distributions
 
 
@@ -57,7 +58,7 @@ class CurriculumScheduler:
         self.rng = np.random.default_rng(seed)
         self.overhead_s = 0.0
 
-    def next_batch(self, step: int, n: int) -> list[dict[str, Any]]:
+    def next_batch(self, step: int, n: int) -> list[Item]:
         """n prompts tagged with distribution, verifier and the step's budget."""
         start = time.perf_counter()
         self.curriculum.set_step(step)
@@ -68,7 +69,7 @@ class CurriculumScheduler:
             dist, row = self.distributions[name], next(rows[name])
             budget = self.budget_for(name, step)
             prompt = row["prompt"] if budget is None or not self.budget_prompt else with_budget(row["prompt"], self.budget_prompt, budget)
-            batch.append({**self._tags(dist), "budget": budget, **row, "prompt": prompt})
+            batch.append(self._item(dist, {**row, "prompt": prompt}, budget))
         self.overhead_s += time.perf_counter() - start
         return batch
 
@@ -130,13 +131,17 @@ class CurriculumScheduler:
         seconds, self.overhead_s = self.overhead_s, 0.0
         return seconds
 
-    def eval_rows(self) -> dict[str, list[dict[str, Any]]]:
-        """Each distribution's held-out rows (never drawn for training), tagged like batch items."""
-        return {name: [{**self._tags(d), **row} for row in d.eval_rows] for name, d in self.distributions.items()}
+    def eval_rows(self) -> dict[str, list[Item]]:
+        """Each distribution's held-out rows (never drawn for training) as items,
+        `row_id` their index among the held-out rows."""
+        return {name: [self._item(d, {**row, "row_id": i}) for i, row in enumerate(d.eval_rows)] for name, d in self.distributions.items()}
 
     @staticmethod
-    def _tags(dist: Distribution) -> dict[str, Any]:
-        return {"distribution": dist.name, "verifier": dist.verifier, "verifier_threshold": dist.verifier_threshold}
+    def _item(dist: Distribution, row: Mapping[str, Any], budget: int | None = None) -> Item:
+        known = ("prompt", "answer", "row_id")
+        return Item(distribution=dist.name, prompt=row["prompt"], answer=row["answer"], verifier=dist.verifier,
+                    verifier_threshold=dist.verifier_threshold, row_id=row.get("row_id"), budget=budget,
+                    extra={k: v for k, v in row.items() if k not in known})
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ from gradus.curriculum.registry import Registry, nearest
 
 Row = dict[str, Any]
 SOURCES: Registry[Callable[..., list[Row]]] = Registry(
-    "data source", lambda obj: [] if callable(obj) else [f"{obj!r} is not a function fn(wanted, rng, **params) -> list of rows"]
+    "data source", lambda obj: [] if callable(obj) else [f"{obj!r} is not a function fn(wanted, rng, **params) -> list of rows"], positional=2,
 )
 DEFAULT_SYNTHETIC_ROWS = 2000  # training rows a generator makes when data.train_size is null
 MISSING = object()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gradus.curriculum.registry import nearest
 from gradus.launch.errors import GradusError
-from gradus.launch.preempt import EXIT_PREEMPTED, Preempted
+from gradus.launch.run.preempt import EXIT_PREEMPTED, Preempted
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     kk.add_argument("--rows", type=int, default=1000, help="puzzles per number of people")
     kk.add_argument("--seed", type=int, default=0)
     kk.add_argument("--out", default="data/kk.parquet", help="parquet file to write")
+    sub.add_parser("list", help="every pick-by-name setting (curricula, samplers, losses, ...) with its entries and their parameters")
     prepare = sub.add_parser("prepare-model", help="convert the embedded default model to a local safetensors directory")
     prepare.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     prepare.add_argument("--out", default=None, help="target directory (default: $GRADUS_HOME/models/NAME)")
@@ -71,17 +72,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "prepare-model":
-            from gradus.launch.models import prepare_model
+        if args.command == "list":
+            from gradus.launch.config.registries import listing
+
+            print(listing())
+        elif args.command == "prepare-model":
+            from gradus.launch.prepare.model_dirs import prepare_model
 
             print(prepare_model(args.name, args.out, args.force))
         elif args.command == "data":
-            from gradus.launch.data import write_kk
+            from gradus.launch.prepare.datasets import write_kk
 
             path, counts = write_kk(args.out, args.people, args.rows, args.seed)
             print(f"gradus: wrote {sum(counts.values())} rows to {path}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         elif args.command == "submit":
-            from gradus.launch.submit import job_command
+            from gradus.launch.cluster.submit import job_command
 
             command = job_command(args.config, args.overrides, args.address, not args.no_wait, args.resume, args.overwrite)
             if args.dry_run:
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 return subprocess.run(command, check=False).returncode
         elif args.command == "ablate":
-            from gradus.launch.ablate import ablate, load_ablation, publish, summarize
+            from gradus.launch.experiments.ablate import ablate, load_ablation, publish, summarize
 
             paths = summarize(*load_ablation(args.ablation)) if args.summarize_only else ablate(args.ablation, args.parallel)
             if args.publish:
@@ -97,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             print(paths["markdown"].read_text())
             print(f"gradus: results in {paths['csv']} and {paths['markdown']}, plots in {paths['plots']}")
         elif args.command == "plot":
-            from gradus.launch.plots import plot_all
-            from gradus.launch.results import read_metrics
+            from gradus.launch.experiments.plots import plot_all
+            from gradus.launch.experiments.results import read_metrics
 
             run_dir = Path(args.run_dir)
             if not (run_dir / "metrics.jsonl").is_file():
@@ -106,20 +111,24 @@ def main(argv: list[str] | None = None) -> int:
             plot_all({run_dir.name: [read_metrics(run_dir, with_start=True)]}, run_dir / "plots")
             print(f"gradus: plots in {run_dir / 'plots'}")
         elif args.command == "eval":
-            from gradus.launch.evaluate import run_eval
+            from gradus.launch.experiments.evaluate import run_eval
 
             result = run_eval(args.target, args.config, args.overrides, args.samples, args.temperature, args.out)
             for name, accuracy in result["accuracy"].items():
                 print(f"{name:<16}{accuracy:.3f}" + (f"  ({result['rows'][name]} rows)" if name in result["rows"] else ""))
         elif args.command == "bench":
-            script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+            benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+            if not benchmarks.is_dir():
+                raise GradusError(f"gradus bench runs the scripts of a checkout's benchmarks/ folder, and {benchmarks} does not exist: "
+                                  "install gradus from a git checkout (pip install -e .) to run benchmarks")
+            script = benchmarks / f"{args.name}.py"
             if not script.is_file():
                 names = sorted(p.stem for p in script.parent.glob("*.py"))
                 raise GradusError(f"no benchmark {args.name!r}{nearest(args.name, names)}; choose one of {names}")
             return subprocess.run([sys.executable, str(script), *args.args], check=False).returncode
         elif args.command == "train":
-            from gradus.launch.config import load_config
-            from gradus.launch.driver import train
+            from gradus.launch.config.load import load_config
+            from gradus.launch.run.driver import train
 
             cfg = load_config(args.config, args.overrides)
             print(f"gradus: run finished, metrics in {train(cfg, overwrite=args.overwrite, resume=args.resume) / 'metrics.jsonl'}")

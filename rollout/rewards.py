@@ -42,7 +42,7 @@ def reward_interface(fn: Any) -> list[str]:
     return []
 
 
-VERIFIERS: Registry[Verifier] = Registry("verifier", reward_interface)
+VERIFIERS: Registry[Verifier] = Registry("verifier", reward_interface, positional=3)
 SETUP: dict[str, Callable[[], Any]] = {}  # one-off imports, run outside the verifier's deadline
 MAX_TAG_CHARS = 2000
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

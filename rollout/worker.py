@@ -6,9 +6,9 @@ import math
 import time
 from typing import Any, Sequence
 
+from gradus.curriculum.items import Item, Prompt
+from gradus.rollout.records import Group, Sample
 from gradus.rollout.rewards import RewardWeights, score
-
-Prompt = str | list[dict]
 
 # vLLM must read these before it is imported in the actor process.
 ENGINE_ENV = {
@@ -118,26 +118,27 @@ class RolloutWorker:
 
     def generate(
         self,
-        items: Sequence[dict[str, Any]],
+        items: Sequence[Item],
         n: int,
         max_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
         system_prompt: str = "",
         budget_slack: float = 0.0,
-    ) -> dict[str, Any]:
-        """One group per item: its samples' tokens, texts and reward terms. With
-        budget_slack > 0 an item's budget also caps its tokens (budget * slack)."""
+    ) -> tuple[list[Group], float]:
+        """One group per item (its samples' tokens, texts and reward terms) and the
+        seconds it took. With budget_slack > 0 an item's budget also caps its tokens
+        (budget * slack)."""
         from vllm import SamplingParams, TokensPrompt
 
         start = time.perf_counter()
-        prompt_ids = [self.encode(item["prompt"], system_prompt) for item in items]
+        prompt_ids = [self.encode(item.prompt, system_prompt) for item in items]
         caps = [
-            min(max_tokens, math.ceil(item["budget"] * budget_slack)) if budget_slack > 0 and item.get("budget") else max_tokens
+            min(max_tokens, math.ceil(item.budget * budget_slack)) if budget_slack > 0 and item.budget else max_tokens
             for item in items
         ]
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0, seed=item.get("seed") if temperature > 0 else None)
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0, seed=item.seed if temperature > 0 else None)
             for item, cap in zip(items, caps)
         ]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
@@ -149,12 +150,12 @@ class RolloutWorker:
             samples = []
             for completion in out.outputs:
                 tokens = list(completion.token_ids)
-                terms = score(item["verifier"], completion.text, item["answer"], len(tokens), item.get("budget"), self.weights,
-                              row=item, threshold=item.get("verifier_threshold", 1.0))
+                terms = score(item.verifier, completion.text, item.answer, len(tokens), item.budget, self.weights,
+                              row=item, threshold=item.verifier_threshold)
                 logprobs = [lp[t].logprob for lp, t in zip(completion.logprobs or [], tokens)]
-                samples.append({"tokens": tokens, "text": completion.text, "logprobs": logprobs, "finish": completion.finish_reason, **terms})
-            groups.append({**item, "prompt_ids": ids, "samples": samples, "version": self.version})
-        return {"groups": groups, "seconds": time.perf_counter() - start}
+                samples.append(Sample(tokens=tokens, text=completion.text, logprobs=logprobs, finish=completion.finish_reason, **terms))
+            groups.append(Group(item=item, prompt_ids=ids, samples=samples, version=self.version))
+        return groups, time.perf_counter() - start
 
     def load_weights(self, named: list[tuple[str, Any]], version: int) -> None:
         """HF-named tensors into the running engine, in place; cached prefixes

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from gradus.launch.ablate import PUBLISHED, ablate, load_ablation, publish, run_jobs
-from gradus.launch.plots import plot_all
-from gradus.launch.results import read_metrics
+from gradus.launch.experiments.ablate import PUBLISHED, ablate, load_ablation, publish, run_jobs
+from gradus.launch.experiments.plots import plot_all
+from gradus.launch.experiments.results import read_metrics
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e

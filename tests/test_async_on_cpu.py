@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from gradus.launch.config import load_config
-from gradus.launch.driver import train
+from gradus.launch.config.load import load_config
+from gradus.launch.run.driver import train
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gradus.launch.preempt import StopSignals
+from gradus.launch.run.preempt import StopSignals
 
 RAY_SHIM = '#!/usr/bin/env bash\necho "$*" >> "$RAY_CALLS"\n'
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from gradus.launch.config import load_config
+from gradus.launch.config.load import load_config
 from gradus.launch.errors import GradusError
 
 DEFAULT = "configs/default.yaml"
@@ -124,7 +124,7 @@ def test_params_replace_rather_than_merge():
 def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    from gradus.launch.driver import check_disk
+    from gradus.launch.run.driver import check_disk
 
     model = tmp_path / "m"
     model.mkdir()
@@ -140,7 +140,7 @@ def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch)
 
 
 def test_submit_builds_a_ray_job_command_after_checking_the_config():
-    from gradus.launch.submit import job_command
+    from gradus.launch.cluster.submit import job_command
 
     command = job_command("configs/default.yaml", ["run.steps=3", "rollout.resources={rollout_node: 1}"], "http://head:8265", wait=False)
     assert command[:5] == ["ray", "job", "submit", "--address=http://head:8265", "--working-dir=."]

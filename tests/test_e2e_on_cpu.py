@@ -8,8 +8,8 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from gradus.launch.config import load_config
-from gradus.launch.driver import Run
+from gradus.launch.config.load import load_config
+from gradus.launch.run.driver import Run
 
 pytestmark = pytest.mark.e2e
 
@@ -92,13 +92,13 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         run.start()
         initial = run.trainers.param_sums()
         for step in range(3):
-            reported = run.scheduler.call("report", step)
+            reported = run.scheduler.report(step)
             logged.append(run.step(step))
             assert [logged[-1][f"dist/{n}/prob"] for n in names] == pytest.approx([reported["probabilities"][n] for n in names])
             _assert_same_weights(run.trainers.param_sums(), run.rollout.param_sums()[0])
-        state = run.scheduler.call("state_dict")
+        state = run.scheduler.state_dict()
         run.evaluate(3)
-        assert run.scheduler.call("state_dict") == state
+        assert run.scheduler.state_dict() == state
         merged = run.trainers.param_sums()
         run.trainers.save_model(str(tmp_path / "final"), run.model_path)
     finally:

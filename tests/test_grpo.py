@@ -161,9 +161,11 @@ def test_seq_mean_token_sum_and_constant_drgrpo_divisor():
 def test_loss_options_defaults():
     from gradus.trainer.grpo import loss_options
 
-    token = loss_options({"ratio_level": "token", "clip_low": None, "clip_high": None, "loss_agg": None})
-    assert (token["clip_low"], token["clip_high"], token["loss_agg"]) == (0.2, 0.2, "token-mean")
-    seq = loss_options({"ratio_level": "sequence", "clip_low": None, "clip_high": 0.1, "loss_agg": None})
-    assert (seq["clip_low"], seq["clip_high"], seq["loss_agg"]) == (3e-4, 0.1, "seq-mean-token-mean")
+    from gradus.trainer.config import TrainerConfig
+
+    token = loss_options(TrainerConfig(ratio_level="token", clip_low=None, clip_high=None, loss_agg=None))
+    assert (token.clip_low, token.clip_high, token.agg) == (0.2, 0.2, "token-mean")
+    seq = loss_options(TrainerConfig(ratio_level="sequence", clip_low=None, clip_high=0.1, loss_agg=None))
+    assert (seq.clip_low, seq.clip_high, seq.agg) == (3e-4, 0.1, "seq-mean-token-mean")
     with pytest.raises(ValueError, match="loss_norm_len"):
-        loss_options({"loss_agg": "seq-mean-token-sum-norm", "loss_norm_len": None})
+        loss_options(TrainerConfig(loss_agg="seq-mean-token-sum-norm", loss_norm_len=None))

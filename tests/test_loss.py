@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from gradus.launch.config import TrainerConfig
-from gradus.launch.metrics import held_out_metrics, pass_at_k
-from gradus.trainer.batching import assign, contributes
+from gradus.trainer.config import TrainerConfig
+from gradus.curriculum.items import Item
+from gradus.launch.run.metrics import held_out_metrics, pass_at_k
+from gradus.rollout.records import Group, Sample
+from gradus.trainer.batching import TrainSample, assign, contributes
 from gradus.trainer.grpo import AGGREGATIONS, loss_options
 from gradus.trainer.loss import completion_logprobs, micro_batch_loss
 
 
-def _batch(n: int = 12, group_size: int = 1) -> list[dict]:
+def _batch(n: int = 12, group_size: int = 1) -> list[TrainSample]:
     """Samples of random token ids; consecutive `group_size` ones share a prompt (a group)."""
     rng = np.random.default_rng(1)
     samples = []
@@ -25,21 +27,20 @@ def _batch(n: int = 12, group_size: int = 1) -> list[dict]:
             prompt = rng.integers(3, 64, size=int(rng.integers(3, 12))).tolist()
         tokens = rng.integers(3, 64, size=int(rng.integers(2, 14))).tolist()
         advantage = 0.0 if i % 4 == 0 else float(rng.normal())
-        samples.append({"prompt_ids": prompt, "tokens": tokens, "logprobs": [-2.0] * len(tokens), "advantage": advantage,
-                        "weight": 0.0 if i == n - 1 else 1.0})  # the last one pads the batch (zero weight)
+        samples.append(TrainSample(prompt, tokens, [-2.0] * len(tokens), advantage,
+                                   weight=0.0 if i == n - 1 else 1.0))  # the last one pads the batch (zero weight)
     return samples
 
 
-def batch_gradient(model, samples: list[dict], cfg: dict, ranks: int, max_tokens: int, skip: bool = False, share: bool = False) -> dict[str, torch.Tensor]:
+def batch_gradient(model, samples: list[TrainSample], cfg, ranks: int, max_tokens: int, skip: bool = False, share: bool = False) -> dict[str, torch.Tensor]:
     """What the trainer ranks compute together on one mini-batch: every rank's
     micro-batch losses (global denominators) backpropagated and summed, as
     DeepSpeed's all-reduce does, with the split the ranks get (trainer.batching.assign)."""
     model.zero_grad()
     stats: dict[str, float] = defaultdict(float)
-    cfg = {**cfg, "share_prompts": share}
     for part in assign(samples, ranks, max_tokens, skip, kl_in_loss=False, share_prompts=share):
-        for micro in part["micro_batches"]:
-            micro_batch_loss(model, micro, cfg, part["num_tokens"], part["num_seqs"], True, stats).backward()
+        for micro in part.micro_batches:
+            micro_batch_loss(model, micro, cfg, share, part.num_tokens, part.num_seqs, True, stats).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
@@ -54,7 +55,7 @@ def test_gradient_independent_of_ranks_and_micro_batches(tiny_model, agg):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
-    cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_agg": agg, "loss_norm_len": 16})
+    cfg = loss_options(dataclasses.replace(TrainerConfig(), loss_agg=agg, loss_norm_len=16))
     samples = _batch()
     reference = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000)
     for ranks, max_tokens in [(2, 10_000), (3, 30)]:
@@ -70,25 +71,25 @@ def test_skipping_and_shared_prompts_keep_the_gradient(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
     samples = _batch(16, group_size=4)
     for s in samples[4:8]:  # an all-equal group (advantage exactly 0) besides the informative ones
-        s["advantage"] = 0.0
+        s.advantage = 0.0
     for s in samples[12:]:  # a padding group
-        s["weight"] = 0.0
+        s.weight = 0.0
     skipped = [s for s in samples if not contributes(s, kl_in_loss=False)]
     assert len(skipped) >= 8
     for agg, splits in [("token-mean", [(1, True, False), (3, True, False), (1, False, True), (2, True, True)]),
                         ("seq-mean-token-sum-norm", [(2, True, True)])]:
-        cfg = loss_options({**dataclasses.asdict(TrainerConfig()), "loss_agg": agg, "loss_norm_len": 16})
+        cfg = loss_options(dataclasses.replace(TrainerConfig(), loss_agg=agg, loss_norm_len=16))
         plain = batch_gradient(model, samples, cfg, ranks=2, max_tokens=40)
         for ranks, skip, share in splits:
             assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share)) <= 1e-5, (agg, ranks, skip, share)
-    shares = assign([{**s, "advantage": 0.0} for s in samples], 2, 40, skip=True)  # nothing informative: one dummy pass per rank
-    assert [[len(m) for m in part["micro_batches"]] for part in shares] == [[1], [1]]
-    assert all(m[0]["weight"] == 0.0 and len(m[0]["tokens"]) == 1 for part in shares for m in part["micro_batches"])
+    shares = assign([dataclasses.replace(s, advantage=0.0) for s in samples], 2, 40, skip=True)  # nothing informative: one dummy pass per rank
+    assert [[len(m) for m in part.micro_batches] for part in shares] == [[1], [1]]
+    assert all(m[0].weight == 0.0 and len(m[0].tokens) == 1 for part in shares for m in part.micro_batches)
     places: dict[tuple, set] = {}  # a group's trained samples stay in one micro-batch
     for rank, part in enumerate(assign(samples, 2, 60, skip=True, share_prompts=True)):
-        for j, micro in enumerate(part["micro_batches"]):
+        for j, micro in enumerate(part.micro_batches):
             for s in micro:
-                places.setdefault(tuple(s["prompt_ids"]), set()).add((rank, j))
+                places.setdefault(tuple(s.prompt_ids), set()).add((rank, j))
     assert all(len(where) == 1 for where in places.values())
 
 
@@ -102,7 +103,7 @@ def test_shared_prompt_forward_matches_per_sample_logprobs(tiny_model):
     handle = model.get_output_embeddings().register_forward_hook(lambda _m, _a, out: projected.append(out.shape[:2]))
     shared = completion_logprobs(model, samples, with_entropy=True, share_prompts=True)
     handle.remove()
-    assert projected == [(1, sum(len(s["tokens"]) for s in samples))]
+    assert projected == [(1, sum(len(s.tokens) for s in samples))]
     assert torch.equal(plain["predicts"], shared["predicts"])
     assert (plain["logp"] - shared["logp"]).abs().max() < 1e-5 and (plain["entropy"] - shared["entropy"]).abs().max() < 1e-5
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -120,7 +121,7 @@ def test_pass_at_k_unbiased_estimator():
 
 def test_held_out_metrics_avg_and_pass_at_k():
     def group(name, correct):
-        return {"distribution": name, "samples": [{"correct": float(c)} for c in correct]}
+        return Group(Item(name, "q", "1", "numeric"), [], [Sample(correct=float(c)) for c in correct], 0)
 
     groups = [group("a/x", [1, 0, 0, 0]), group("a/x", [0, 0, 0, 0]), group("b", [1, 1, 0, 1])]
     m = held_out_metrics(groups, ["a/x", "b"], ks=[1, 2])

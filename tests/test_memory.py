@@ -4,13 +4,14 @@ and the config errors (trainer ranks: test_trainer_on_cpu.py)."""
 import pytest
 import torch
 
-from gradus.launch.config import load_config
+from gradus.launch.config.load import load_config
 from gradus.launch.errors import GradusError
 from tests.test_trainer_on_cpu import _batch
+from gradus.trainer.config import LoraConfig
 from gradus.trainer.loss import completion_logprobs
 from gradus.trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state, streamed_state
 
-LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
 
 
 def _model(path):
@@ -48,7 +49,7 @@ def test_lora_merged_weights_and_disabled_adapters(tiny_model):
     expected = base.state_dict()
     assert {k: v.shape for k, v in merged.items()} == {k: v.shape for k, v in expected.items()}  # vLLM's names, tied lm_head too
     changed = {k for k in merged if not torch.equal(merged[k], expected[k])}
-    assert changed == {k for k in expected if any(f"{t}.weight" in k for t in LORA["target_modules"])}
+    assert changed == {k for k in expected if any(f"{t}.weight" in k for t in LORA.target_modules)}
     samples = _batch(n=3)
     with torch.no_grad():
         adapted = completion_logprobs(model, samples)["logp"]
@@ -60,7 +61,7 @@ def test_lora_merged_weights_and_disabled_adapters(tiny_model):
 
 
 def test_lora_target_modules_are_checked_against_the_model(tiny_model, tmp_path):
-    from gradus.launch.driver import Run
+    from gradus.launch.run.driver import Run
 
     names = linear_module_names(str(tiny_model))
     assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]  # lm_head left out

@@ -16,8 +16,10 @@ from gradus.curriculum.filters import make_filter
 from gradus.curriculum.scheduler import CurriculumScheduler
 from gradus.curriculum.sources import SOURCES, plain
 from gradus.launch.cli import main as cli
-from gradus.launch.metrics import MetricsLogger, batch_metrics
-from gradus.launch.results import distributions
+from gradus.launch.run.metrics import MetricsLogger, batch_metrics
+from gradus.launch.experiments.results import distributions
+from gradus.curriculum.items import Item
+from gradus.rollout.records import Group, Sample
 from gradus.rollout.rewards import RewardWeights, judge, score, verify
 from gradus.rollout.worker import RolloutWorker, chat_messages
 
@@ -157,8 +159,8 @@ def test_dict_verifier_extras_acc_and_threshold(data):
     assert terms["reward_extra"] == {"acc": 1.0, "index": 4.0, "from_gsm8k": 1.0}
     wrong = score(spec, "nope", "g-4", 10, None, RewardWeights(), row=row, threshold=-5.0)
     assert wrong["score"] == -1.0 and wrong["correct"] == 0.0  # acc decides, not the threshold
-    samples = [{"tokens": [1], **terms}, {"tokens": [1, 2], **wrong}]
-    metrics = batch_metrics([{"samples": samples}])
+    samples = [Sample(tokens=[1], **terms), Sample(tokens=[1, 2], **wrong)]
+    metrics = batch_metrics([Group(Item("openai/gsm8k", "q", "g-4", spec), [], samples, 0)])
     assert metrics["accuracy"] == 0.5 and metrics["score/mean"] == 1.0
     assert metrics["reward_extra/acc"] == 0.5 and metrics["reward_extra/from_gsm8k"] == 1.0 and "reward_extra/pred" not in metrics
     half = f"{tmp_path / 'reward.py'}:half"
@@ -250,7 +252,7 @@ def test_bad_inputs_one_line_exit_2(data, monkeypatch, capsys, dist, extra, args
 
 
 def test_relative_paths_resolved_against_launch_dir(data, monkeypatch):
-    from gradus.launch.config import load_config
+    from gradus.launch.config.load import load_config
 
     tmp_path, _ = data
     monkeypatch.chdir(tmp_path)

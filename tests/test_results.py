@@ -6,11 +6,11 @@ import math
 import pytest
 import yaml
 
-from gradus.launch import ablate
-from gradus.launch.ablate import load_ablation, run_jobs
+from gradus.launch.experiments import ablate
+from gradus.launch.experiments.ablate import load_ablation, run_jobs
 from gradus.launch.errors import GradusError
-from gradus.launch.preempt import Preempted
-from gradus.launch.results import aggregate, bootstrap_interval, markdown_table, run_summary
+from gradus.launch.run.preempt import Preempted
+from gradus.launch.experiments.results import aggregate, bootstrap_interval, markdown_table, run_summary
 from tests.conftest import ROOT
 
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from gradus.launch.ablate import PUBLISHED, load_ablation, summarize
+from gradus.launch.experiments.ablate import PUBLISHED, load_ablation, summarize
 from tests.conftest import ROOT
 
 RESULTS = ROOT / "docs" / "results"

@@ -175,7 +175,7 @@ def test_dead_worker_is_recovered(tiny_model, tmp_path, victim):
 
 MEMORY_KILL = """
 import time, ray
-from gradus.launch.faults import WORKER_DIED
+from gradus.launch.run.faults import WORKER_DIED
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 
 @ray.remote

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import ray
 
-from gradus.launch.config import TrainerConfig
-from gradus.launch.groups import TRAINER_MALLOC, TrainerGroup
+from gradus.trainer.batching import TrainSample
+from gradus.trainer.config import TrainerConfig
+from gradus.launch.run.groups import TRAINER_MALLOC, TrainerGroup
 from gradus.trainer.worker import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
 
 pytestmark = pytest.mark.e2e
@@ -20,13 +21,13 @@ def local_ray():
     ray.shutdown()
 
 
-def _batch(seed: int = 0, n: int = 12) -> list[dict]:
+def _batch(seed: int = 0, n: int = 12) -> list[TrainSample]:
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(n):
         prompt = rng.integers(3, 64, size=int(rng.integers(4, 9))).tolist()
         tokens = rng.integers(3, 64, size=int(rng.integers(2, 12))).tolist()
-        samples.append({"prompt_ids": prompt, "tokens": tokens, "logprobs": [-2.0] * len(tokens), "advantage": float(rng.normal()), "weight": 1.0})
+        samples.append(TrainSample(prompt, tokens, [-2.0] * len(tokens), float(rng.normal())))
     return samples
 
 
@@ -43,7 +44,7 @@ def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool =
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, **overrides)
     group = TrainerGroup(world_size, threads=1)
     try:
-        group.setup(str(model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=2)
+        group.setup(str(model), "float32", cfg, seed=0, total_steps=2)
         group.weight_layout(0.05)  # under ZeRO-3 exports then gather ~50 KB pieces, never the whole model
         saving = overrides.get("zero_stage") == 3 or overrides.get("gradient_checkpointing")  # memory over speed: freed blocks go back
         expected = int(TRAINER_MALLOC[MMAP_THRESHOLD_ENV]) if TRAINER_MALLOC else FIXED_MMAP_THRESHOLD if saving else None
@@ -83,12 +84,12 @@ def test_huge_log_ratio_no_longer_drops_the_update(local_ray, tiny_model):
     non-finite. With verl's clamp of the log-ratio to +-20 (dual-clip off) all 4
     apply; the forced tokens saturate the clamp and add no gradient."""
     batch = _batch()
-    forced = [i for i, s in enumerate(batch) if s["advantage"] < 0][:1] + [i for i, s in enumerate(batch) if s["advantage"] > 0][:1]
+    forced = [i for i, s in enumerate(batch) if s.advantage < 0][:1] + [i for i, s in enumerate(batch) if s.advantage > 0][:1]
     for i in forced:
-        batch[i]["logprobs"] = [-100.0 - 2.0] * len(batch[i]["tokens"])
+        batch[i].logprobs = [-100.0 - 2.0] * len(batch[i].tokens)
     _, stats = _train(tiny_model, 1, batch, ppo_epochs=4, old_logprobs="rollout")  # asserts the weights moved
     assert stats[0]["skipped_updates"] == 0.0
-    assert stats[0]["clip_tokens"] >= sum(len(batch[i]["tokens"]) for i in forced)
+    assert stats[0]["clip_tokens"] >= sum(len(batch[i].tokens) for i in forced)
 
 
 @pytest.mark.parametrize("stage", [1, 3])
@@ -100,14 +101,14 @@ def test_skipping_and_shared_prompts_under_zero(local_ray, tiny_model, stage):
     batch = _batch(n=12)
     for g in range(3):  # three groups of 4 samples sharing a prompt
         for s in batch[4 * g:4 * g + 4]:
-            s["prompt_ids"] = list(batch[4 * g]["prompt_ids"])
+            s.prompt_ids = list(batch[4 * g].prompt_ids)
     for s in batch[4:8]:
-        s["advantage"] = 0.0  # an all-equal group
-    batch[-1]["weight"] = 0.0  # padding
+        s.advantage = 0.0  # an all-equal group
+    batch[-1].weight = 0.0  # padding
     plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage, share_prompts=False)
-    fast, stats = _train(tiny_model, 2, batch, zero_stage=stage, then=[{**s, "advantage": 0.0} for s in batch])
+    fast, stats = _train(tiny_model, 2, batch, zero_stage=stage, then=[dataclasses.replace(s, advantage=0.0) for s in batch])
     assert _max_diff(plain, fast) < 1e-5  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
-    assert sum(s["tokens"] for s in stats) == sum(len(s["tokens"]) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
+    assert sum(s["tokens"] for s in stats) == sum(len(s.tokens) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
 
 
 def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):
@@ -136,7 +137,7 @@ def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model, e
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gradus.launch.config import LoraConfig
+    from gradus.trainer.config import LoraConfig
     from gradus.trainer.loss import completion_logprobs
 
     lora = {"lora": LoraConfig(**extra["lora"])} if "lora" in extra else {}
@@ -144,7 +145,7 @@ def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model, e
     group = TrainerGroup(2, threads=1)
     samples = _batch(n=5)
     try:
-        group.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=1)
+        group.setup(str(tiny_model), "float32", cfg, seed=0, total_steps=1)
         before = ray.get(group.export_weights())
         group.train(_batch(), 1, 48)
         after = ray.get(group.export_weights())
@@ -167,10 +168,10 @@ def test_nonfinite_loss_skips_the_update_on_every_rank(local_ray, tiny_model, st
     cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, zero_stage=stage)
     group = TrainerGroup(2, threads=1)
     try:
-        group.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=2)
+        group.setup(str(tiny_model), "float32", cfg, seed=0, total_steps=2)
         before = ray.get(group.export_weights())
         poisoned = _batch()
-        poisoned[3]["advantage"] = float("nan")
+        poisoned[3].advantage = float("nan")
         stats = group.train(poisoned, 1, cfg.max_tokens_per_micro_batch)
         assert [s["skipped_updates"] for s in stats] == [1.0, 1.0]
         assert _max_diff(before, ray.get(group.export_weights())) == 0.0
@@ -189,7 +190,7 @@ def test_checkpoint_resumes_on_another_world_size_and_zero_stage(local_ray, tiny
     def group(world_size: int, stage: int) -> TrainerGroup:
         cfg = dataclasses.replace(TrainerConfig(), lr=1e-3, threads=1, max_tokens_per_micro_batch=48, zero_stage=stage)
         trainers = TrainerGroup(world_size, threads=1)
-        trainers.setup(str(tiny_model), "float32", dataclasses.asdict(cfg), seed=0, total_steps=4)
+        trainers.setup(str(tiny_model), "float32", cfg, seed=0, total_steps=4)
         return trainers
 
     first = group(*saved)

@@ -12,8 +12,8 @@ import sys
 import pytest
 import ray
 
-from gradus.launch.config import load_config
-from gradus.launch.driver import Run
+from gradus.launch.config.load import load_config
+from gradus.launch.run.driver import Run
 from tests.conftest import stop_own_ray
 from gradus.trainer.worker import free_port
 

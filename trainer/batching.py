@@ -5,24 +5,50 @@ globally, so neither the skipping nor the split changes the gradient, only the
 speed."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 PAD = -1  # a padding micro-batch slot: the caller sends `dummy(...)`, a zero-weight sample
 
 
-def contributes(sample: Mapping[str, Any], kl_in_loss: bool) -> bool:
+@dataclass
+class TrainSample:
+    """One completion as the trainer sees it (the driver builds these from
+    rollout's groups)."""
+
+    prompt_ids: list[int]
+    tokens: list[int]  # completion token ids
+    logprobs: list[float]  # the generating engine's (behaviour) log-prob per token
+    advantage: float
+    weight: float = 1.0  # 0: padding that fills a rank's share, never trained on
+    lag: int = 0  # policy versions between the generating and the trained weights (async)
+    old_logp: list[float] = field(default_factory=list)  # set on the rank: the old policy's log-probs
+
+
+@dataclass
+class RankShare:
+    """A rank's part of one mini-batch (one optimiser step): its micro-batches and
+    the whole mini-batch's trained token and sequence counts (the loss
+    denominators, equal on every rank)."""
+
+    micro_batches: list[list[TrainSample]]
+    num_tokens: int
+    num_seqs: int
+
+
+def contributes(sample: TrainSample, kl_in_loss: bool) -> bool:
     """Whether a sample's loss term can be non-zero. A zero-weight (padding)
     sample never; with no KL term in the loss, advantage 0 makes every token's
     clipped surrogate -max(ratio * 0, clip(ratio) * 0) = 0 with zero gradient.
     Such samples still count in the loss denominators."""
-    return sample["weight"] > 0 and (kl_in_loss or sample["advantage"] != 0)
+    return sample.weight > 0 and (kl_in_loss or sample.advantage != 0)
 
 
-def dummy(sample: Mapping[str, Any]) -> dict[str, Any]:
+def dummy(sample: TrainSample) -> TrainSample:
     """The cheapest pass a rank can run to keep ZeRO's collectives in step: one
     prompt token and one completion token, zero weight."""
-    return {"prompt_ids": list(sample["prompt_ids"][:1]), "tokens": list(sample["tokens"][:1]),
-            "logprobs": list(sample["logprobs"][:1]), "advantage": 0.0, "weight": 0.0, "lag": 0}
+    return TrainSample(prompt_ids=list(sample.prompt_ids[:1]), tokens=list(sample.tokens[:1]), logprobs=list(sample.logprobs[:1]),
+                       advantage=0.0, weight=0.0)
 
 
 def shard_by_tokens(lengths: Sequence[int], ranks: int) -> list[list[int]]:
@@ -65,48 +91,46 @@ def plan(lengths: Sequence[int], ranks: int, max_tokens: int) -> list[list[list[
     return per_rank
 
 
-def units(samples: Sequence[dict], share_prompts: bool, max_tokens: int) -> list[list[dict]]:
+def units(samples: Sequence[TrainSample], share_prompts: bool, max_tokens: int) -> list[list[TrainSample]]:
     """What stays together in one micro-batch: single samples, or with
     `share_prompts` the samples of one prompt (a group), which become one row
     (prompt once, then every completion), cut into chunks whose row fits
     `max_tokens` (a chunk holds at least one sample)."""
     if not share_prompts:
         return [[s] for s in samples]
-    by_prompt: dict[tuple, list[dict]] = {}
+    by_prompt: dict[tuple, list[TrainSample]] = {}
     for s in samples:
-        by_prompt.setdefault(tuple(s["prompt_ids"]), []).append(s)
-    out: list[list[dict]] = []
+        by_prompt.setdefault(tuple(s.prompt_ids), []).append(s)
+    out: list[list[TrainSample]] = []
     for group in by_prompt.values():
-        chunk, width = [], len(group[0]["prompt_ids"])
+        chunk, width = [], len(group[0].prompt_ids)
         for s in group:
-            if chunk and width + len(s["tokens"]) > max_tokens:
+            if chunk and width + len(s.tokens) > max_tokens:
                 out.append(chunk)
-                chunk, width = [], len(group[0]["prompt_ids"])
+                chunk, width = [], len(group[0].prompt_ids)
             chunk.append(s)
-            width += len(s["tokens"])
+            width += len(s.tokens)
         out.append(chunk)
     return out
 
 
 def assign(
-    mini: Sequence[dict], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False, share_prompts: bool = False
-) -> list[dict[str, Any]]:
-    """Per rank, its share of one mini-batch (one optimiser step):
-    {"micro_batches": [[sample, ...], ...], "num_tokens", "num_seqs"}, the counts
+    mini: Sequence[TrainSample], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False, share_prompts: bool = False
+) -> list[RankShare]:
+    """Per rank, its share of one mini-batch (one optimiser step), the counts
     being the whole mini-batch's trained (weight > 0) samples, the loss
     denominators. With `skip`, samples that cannot contribute get no forward or
     backward (a mini-batch left with none runs one dummy pass per rank, then
     its optimiser step, as the unskipped path would); with `share_prompts` a
     group's samples share micro-batches (`units`). PAD slots become the cheapest
     dummy sample."""
-    trained = [s for s in mini if s["weight"] > 0]
+    trained = [s for s in mini if s.weight > 0]
     active = [s for s in mini if contributes(s, kl_in_loss)] if skip else list(mini)
     members = units(active, share_prompts, max_tokens)
-    lengths = [len(u[0]["prompt_ids"]) + sum(len(s["tokens"]) for s in u) for u in members]  # the row each unit becomes
+    lengths = [len(u[0].prompt_ids) + sum(len(s.tokens) for s in u) for u in members]  # the row each unit becomes
     padding = dummy(mini[0])
-    num_tokens, num_seqs = sum(len(s["tokens"]) for s in trained), len(trained)
+    num_tokens, num_seqs = sum(len(s.tokens) for s in trained), len(trained)
     return [
-        {"micro_batches": [[s for i in micro for s in (members[i] if i != PAD else [padding])] for micro in micros],
-         "num_tokens": num_tokens, "num_seqs": num_seqs}
+        RankShare([[s for i in micro for s in (members[i] if i != PAD else [padding])] for micro in micros], num_tokens, num_seqs)
         for micros in plan(lengths, ranks, max_tokens)
     ]

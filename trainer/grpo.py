@@ -6,36 +6,35 @@ their sources"); numeric guards are verl's (`core_algos.py`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
+from gradus.curriculum.registry import Registry
+from gradus.trainer.config import TrainerConfig
+
 Estimator = Callable[[torch.Tensor, float, str], torch.Tensor]
-ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
-KL_PENALTIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-REWARD_SCALES = ("group", "batch", "none")
-RATIO_LEVELS = ("token", "sequence")
+ADVANTAGE_ESTIMATORS: Registry[Estimator] = Registry("advantage estimator", plugins=False, positional=3)
+KL_PENALTIES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL penalty", plugins=False, positional=2)
+AGGREGATIONS: Registry[str] = Registry("loss aggregation", plugins=False)
+AGGREGATIONS.add("token-mean", "sum over masked tokens / their number (DAPO, verl's default)")
+AGGREGATIONS.add("seq-mean-token-mean", "mean over sequences of each sequence's token mean (GRPO paper)")
+AGGREGATIONS.add("seq-mean-token-sum", "mean over sequences of each sequence's token sum")
+AGGREGATIONS.add("seq-mean-token-sum-norm", "token sums / a constant of the run, mean over sequences (Dr.GRPO)")
+REWARD_SCALES: Registry[str] = Registry("reward scale", plugins=False)
+REWARD_SCALES.add("group", "divide centred rewards by the group's std (GRPO)")
+REWARD_SCALES.add("batch", "divide by the whole batch's std (TRL's scale_rewards=batch)")
+REWARD_SCALES.add("none", "no division (Dr.GRPO)")
+RATIO_LEVELS: Registry[str] = Registry("ratio level", plugins=False)
+RATIO_LEVELS.add("token", "one importance ratio per token (PPO, GRPO)")
+RATIO_LEVELS.add("sequence", "one length-normalised ratio per sequence (GSPO)")
 LOG_RATIO_CLAMP = 20.0  # verl: exp of at most +-20 keeps ratios finite in float32
 KL_CLAMP = 10.0  # verl's bound on the k3 estimate
 _TOKEN_DIFF_BOUND = 1e4  # per-token log-ratio bound inside GSPO's mean: finite sums for any finite input
 
 
-def _register(table: dict, name: str):
-    def add(fn):
-        table[name] = fn
-        return fn
-
-    return add
-
-
-def _pick(table: dict, name: str, what: str):
-    if name not in table:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(table)}")
-    return table[name]
-
-
-@_register(ADVANTAGE_ESTIMATORS, "grpo")
+@ADVANTAGE_ESTIMATORS.register("grpo")
 def _grpo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     """(r - group mean) / (std + eps): std of the group (GRPO), of the whole batch
     (TRL's scale_rewards="batch") or 1 ("none", which is Dr.GRPO)."""
@@ -49,12 +48,12 @@ def _grpo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     return centered / (rewards.std(dim=-1, keepdim=True) + eps)  # unbiased
 
 
-@_register(ADVANTAGE_ESTIMATORS, "drgrpo")
+@ADVANTAGE_ESTIMATORS.register("drgrpo")
 def _drgrpo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     return rewards - rewards.mean(dim=-1, keepdim=True)
 
 
-@_register(ADVANTAGE_ESTIMATORS, "rloo")
+@ADVANTAGE_ESTIMATORS.register("rloo")
 def _rloo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     g = rewards.shape[-1]
     others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / max(g - 1, 1)  # g = 1 is all-equal: zeroed by the caller
@@ -74,22 +73,28 @@ def group_advantages(rewards: torch.Tensor, estimator: str = "grpo", eps: float 
     if scale not in REWARD_SCALES:
         raise ValueError(f"unknown reward scale {scale!r}; choose one of {list(REWARD_SCALES)}")
     wide = rewards.to(torch.float64)
-    advantages = _pick(ADVANTAGE_ESTIMATORS, estimator, "advantage estimator")(wide, eps, scale)
+    advantages = ADVANTAGE_ESTIMATORS.get(estimator)(wide, eps, scale)
     uninformative = (wide == wide[:, :1]).all(dim=-1, keepdim=True)  # [groups, 1]
     return torch.where(uninformative, torch.zeros_like(advantages), advantages).to(torch.float32)
 
 
-@_register(KL_PENALTIES, "k1")
+def batch_advantages(rewards: Sequence[Sequence[float]], estimator: str = "grpo", scale: str = "group") -> list[list[float]]:
+    """Advantages of every group a step generated, computed together (one batch
+    for scale="batch"), as nested lists in the groups' order."""
+    return group_advantages(torch.tensor([list(r) for r in rewards], dtype=torch.float32), estimator, scale=scale).tolist()
+
+
+@KL_PENALTIES.register("k1")
 def _k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return logp - ref_logp
 
 
-@_register(KL_PENALTIES, "k2")
+@KL_PENALTIES.register("k2")
 def _k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logp - ref_logp) ** 2
 
 
-@_register(KL_PENALTIES, "k3")
+@KL_PENALTIES.register("k3")
 def _k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's unbiased low-variance estimate, with verl's clamps (at a gap of
     30 it would be 1e13 otherwise)."""
@@ -98,7 +103,7 @@ def _k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    return _pick(KL_PENALTIES, kind, "KL penalty")(logp, ref_logp)
+    return KL_PENALTIES.get(kind)(logp, ref_logp)
 
 
 def log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor | None = None, level: str = "token") -> torch.Tensor:
@@ -196,17 +201,37 @@ def policy_loss(
 GSPO_CLIP = (3e-4, 4e-4)  # GSPO paper / TRL defaults for the sequence-level ratio
 
 
-def loss_options(cfg: dict) -> dict:
-    """The trainer config with unset loss options filled in: sequence-level
-    ratios (GSPO) default to its clip range and seq-mean-token-mean, token-level
-    ones to PPO's 0.2 and token-mean."""
-    sequence = cfg.get("ratio_level", "token") == "sequence"
-    agg = cfg.get("loss_agg") or ("seq-mean-token-mean" if sequence else "token-mean")
-    if agg == "seq-mean-token-sum-norm" and not cfg.get("loss_norm_len"):
+@dataclass(frozen=True)
+class LossOptions:
+    """The loss settings of a run with every default resolved (loss_options)."""
+
+    clip_low: float
+    clip_high: float
+    clip_ratio_c: float | None
+    ratio_level: str
+    agg: str
+    norm_len: int | None  # Dr.GRPO's divisor, a constant of the run
+    kl_coef: float
+    kl_kind: str
+    importance_on: str  # stale | all
+    importance_mode: str  # truncate | mask
+    importance_cap: float
+
+
+def loss_options(cfg: TrainerConfig, norm_len: int | None = None) -> LossOptions:
+    """`cfg`'s loss options with unset ones filled in: sequence-level ratios (GSPO)
+    default to its clip range and seq-mean-token-mean, token-level ones to PPO's
+    0.2 and token-mean; Dr.GRPO's divisor is trainer.loss_norm_len, else `norm_len`
+    (the run's rollout.max_tokens)."""
+    sequence = cfg.ratio_level == "sequence"
+    agg = cfg.loss_agg or ("seq-mean-token-mean" if sequence else "token-mean")
+    divisor = cfg.loss_norm_len or norm_len
+    if agg == "seq-mean-token-sum-norm" and not divisor:
         raise ValueError("loss_agg seq-mean-token-sum-norm (Dr.GRPO) needs a constant loss_norm_len (e.g. rollout.max_tokens)")
-    return {
-        **cfg,
-        "clip_low": cfg.get("clip_low") if cfg.get("clip_low") is not None else (GSPO_CLIP[0] if sequence else 0.2),
-        "clip_high": cfg.get("clip_high") if cfg.get("clip_high") is not None else (GSPO_CLIP[1] if sequence else 0.2),
-        "loss_agg": agg,
-    }
+    return LossOptions(
+        clip_low=cfg.clip_low if cfg.clip_low is not None else (GSPO_CLIP[0] if sequence else 0.2),
+        clip_high=cfg.clip_high if cfg.clip_high is not None else (GSPO_CLIP[1] if sequence else 0.2),
+        clip_ratio_c=cfg.clip_ratio_c, ratio_level=cfg.ratio_level, agg=agg, norm_len=divisor,
+        kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
+        importance_on=cfg.importance.on, importance_mode=cfg.importance.mode, importance_cap=cfg.importance.cap,
+    )

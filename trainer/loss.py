@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from gradus.trainer.grpo import LOG_RATIO_CLAMP, aggregate, kl_penalty, token_policy_loss
+from gradus.trainer.batching import TrainSample
+from gradus.trainer.grpo import LOG_RATIO_CLAMP, LossOptions, aggregate, kl_penalty, token_policy_loss
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -18,10 +19,10 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def per_token(samples: Sequence[dict], key: str, predicts: torch.Tensor) -> torch.Tensor:
+def per_token(samples: Sequence[TrainSample], key: str, predicts: torch.Tensor) -> torch.Tensor:
     """Per-sample, per-completion-token values (e.g. vLLM log-probs) laid out
     like the log-probs [B, T]: masked_scatter fills row-major, in sample order."""
-    values = torch.tensor([v for s in samples for v in s[key]], dtype=torch.float32, device=predicts.device)
+    values = torch.tensor([v for s in samples for v in getattr(s, key)], dtype=torch.float32, device=predicts.device)
     return torch.zeros(predicts.shape, device=predicts.device).masked_scatter(predicts, values)
 
 
@@ -33,23 +34,23 @@ class _Row:
     segments: list[int] = field(default_factory=list)  # sample indices, in order
     starts: list[int] = field(default_factory=list)  # where each segment begins in the row
 
-    def length(self, samples: Sequence[dict]) -> int:
-        return len(self.prompt) + sum(len(samples[i]["tokens"]) for i in self.segments)
+    def length(self, samples: Sequence[TrainSample]) -> int:
+        return len(self.prompt) + sum(len(samples[i].tokens) for i in self.segments)
 
 
-def _rows(samples: Sequence[dict], share_prompts: bool) -> list[_Row]:
+def _rows(samples: Sequence[TrainSample], share_prompts: bool) -> list[_Row]:
     """One row per sample, or with share_prompts one per distinct prompt holding
     every completion of it (a group's samples: the prompt is encoded once)."""
     rows: dict[Any, _Row] = {}
     for i, s in enumerate(samples):
-        key = tuple(s["prompt_ids"]) if share_prompts else i
-        row = rows.setdefault(key, _Row(list(s["prompt_ids"])))
+        key = tuple(s.prompt_ids) if share_prompts else i
+        row = rows.setdefault(key, _Row(list(s.prompt_ids)))
         row.starts.append(row.length(samples))
         row.segments.append(i)
     return list(rows.values())
 
 
-def _shared_prompt_mask(rows: list[_Row], samples: Sequence[dict], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _shared_prompt_mask(rows: list[_Row], samples: Sequence[TrainSample], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive attention mask [R, 1, L, L] and position ids [R, L] for rows that
     hold several completions: each completion sees the prompt and, causally,
     itself (not the other completions), at the positions it has in its own
@@ -63,7 +64,7 @@ def _shared_prompt_mask(rows: list[_Row], samples: Sequence[dict], width: int, d
         positions[r, :p] = torch.arange(p)
         end = p
         for i, start in zip(row.segments, row.starts):
-            end = start + len(samples[i]["tokens"])
+            end = start + len(samples[i].tokens)
             allowed[r, start:end, :p] = True
             allowed[r, start:end, start:end] = causal[: end - start, : end - start]
             positions[r, start:end] = torch.arange(p, p + end - start)
@@ -92,7 +93,7 @@ def prompt_sharing(model: Any, wanted: bool, say: bool = True) -> bool:
     return wanted and not reason
 
 
-def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool = False, share_prompts: bool = False) -> dict[str, torch.Tensor]:
+def completion_logprobs(model: Any, samples: Sequence[TrainSample], with_entropy: bool = False, share_prompts: bool = False) -> dict[str, torch.Tensor]:
     """Log-probs [B, T] of each sample's completion tokens (T = the longest
     completion; "predicts" marks the real ones, bool [B, T]) and optionally
     per-token entropy.
@@ -108,7 +109,7 @@ def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool 
     needs."""
     device = model.device
     rows = _rows(samples, share_prompts)
-    input_ids = _pad([row.prompt + [t for i in row.segments for t in samples[i]["tokens"]] for row in rows], 0)  # [R, L]
+    input_ids = _pad([row.prompt + [t for i in row.segments for t in samples[i].tokens] for row in rows], 0)  # [R, L]
     width = input_ids.shape[1]
     if any(len(row.segments) > 1 for row in rows):
         attention, positions = _shared_prompt_mask(rows, samples, width, next(model.parameters()).dtype)
@@ -120,17 +121,17 @@ def completion_logprobs(model: Any, samples: Sequence[dict], with_entropy: bool 
     pos_of: list[list[int]] = [[] for _ in samples]
     for r, row in enumerate(rows):
         for i, start in zip(row.segments, row.starts):
-            n = len(samples[i]["tokens"])
+            n = len(samples[i].tokens)
             row_of[i] = [r] * n
             pos_of[i] = ([len(row.prompt) - 1] + list(range(start, start + n - 1)))[:n]
     rows_idx = torch.tensor([r for rs in row_of for r in rs], dtype=torch.long, device=device)
     pos_idx = torch.tensor([q for qs in pos_of for q in qs], dtype=torch.long, device=device)
     with _predicting_positions(model, rows_idx, pos_idx):
         logits = model(input_ids=input_ids.to(device), use_cache=False, logits_to_keep=0, **extra).logits.float()[0]  # [N, V]
-    targets = torch.tensor([t for s in samples for t in s["tokens"]], dtype=torch.long, device=device)  # [N]
+    targets = torch.tensor([t for s in samples for t in s.tokens], dtype=torch.long, device=device)  # [N]
     norm = torch.logsumexp(logits, dim=-1)  # [N]; more accurate than log_softmax's on CPU (~4e-6 against ~4e-5)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - norm  # [N]
-    lengths = torch.tensor([len(s["tokens"]) for s in samples])
+    lengths = torch.tensor([len(s.tokens) for s in samples])
     predicts = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(device)  # [B, T]
     out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype, device=device).masked_scatter(predicts, picked), "predicts": predicts}
     if with_entropy:
@@ -156,7 +157,7 @@ def _predicting_positions(model: Any, rows_idx: torch.Tensor, pos_idx: torch.Ten
         handle.remove()
 
 
-def rollout_gap(micro: Sequence[dict], out: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
+def rollout_gap(micro: Sequence[TrainSample], out: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
     """Sum of |trainer - vLLM| log-prob over tokens: exposes rollout/trainer mismatch."""
     vllm = per_token(micro, "logprobs", out["predicts"])
     stats["rollout_gap_sum"] += float(((out["logp"].detach() - vllm).abs() * out["predicts"]).sum())
@@ -164,7 +165,7 @@ def rollout_gap(micro: Sequence[dict], out: dict[str, torch.Tensor], stats: dict
 
 
 def importance_weights(
-    importance: dict[str, Any], micro: Sequence[dict], proximal: torch.Tensor, predicts: torch.Tensor, mask: torch.Tensor, stats: dict[str, float]
+    opts: LossOptions, micro: Sequence[TrainSample], proximal: torch.Tensor, predicts: torch.Tensor, mask: torch.Tensor, stats: dict[str, float]
 ) -> torch.Tensor:
     """Per-token weights pi_proximal / pi_behaviour, behaviour being vLLM's
     log-probs at generation. Decoupled PPO (AReaL) for stale samples (the clipped
@@ -175,10 +176,10 @@ def importance_weights(
     behav_imp_weight_cap). Other tokens: exactly 1."""
     behaviour = per_token(micro, "logprobs", predicts)
     raw = torch.exp((proximal.detach() - behaviour).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    stale = torch.tensor([s.get("lag", 0) > 0 for s in micro], device=predicts.device).unsqueeze(-1) & (mask > 0)
-    chosen = (mask > 0) if importance["on"] == "all" else stale
-    cap, seen = importance["cap"], raw[chosen]
-    weighted = raw.clamp(max=cap) if importance["mode"] == "truncate" else torch.where(raw > cap, torch.zeros_like(raw), raw)
+    stale = torch.tensor([s.lag > 0 for s in micro], device=predicts.device).unsqueeze(-1) & (mask > 0)
+    chosen = (mask > 0) if opts.importance_on == "all" else stale
+    cap, seen = opts.importance_cap, raw[chosen]
+    weighted = raw.clamp(max=cap) if opts.importance_mode == "truncate" else torch.where(raw > cap, torch.zeros_like(raw), raw)
     stats["stale_tokens"] += float(stale.sum())
     stats["iw_tokens"] += float(chosen.sum())
     stats["iw_sum"] += float(weighted[chosen].sum())
@@ -189,13 +190,14 @@ def importance_weights(
 
 def micro_batch_loss(
     model: Any,
-    micro: Sequence[dict],
-    cfg: dict[str, Any],
+    micro: Sequence[TrainSample],
+    opts: LossOptions,
+    share_prompts: bool,
     num_tokens: int,
     num_seqs: int,
     single: bool,
     stats: dict[str, float],
-    ref_logprobs: Callable[[Sequence[dict]], torch.Tensor] | None = None,
+    ref_logprobs: Callable[[Sequence[TrainSample]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """This micro-batch's share of the global-batch loss (a scalar with
     gradients; denominators are the whole mini-batch's over all ranks, Dr.GRPO's
@@ -203,26 +205,26 @@ def micro_batch_loss(
     forward itself is at the sampling weights and is its own old policy. With
     `ref_logprobs`, a KL term against the reference policy joins the loss.
     Statistics of finite losses are added to `stats`."""
-    out = completion_logprobs(model, micro, with_entropy=True, share_prompts=cfg["share_prompts"])
+    out = completion_logprobs(model, micro, with_entropy=True, share_prompts=share_prompts)
     logp, predicts = out["logp"], out["predicts"]  # [B, T]
-    mask = predicts.float() * torch.tensor([float(s.get("weight", 1.0) > 0) for s in micro], device=logp.device).unsqueeze(-1)
+    mask = predicts.float() * torch.tensor([float(s.weight > 0) for s in micro], device=logp.device).unsqueeze(-1)
     old = logp.detach() if single else per_token(micro, "old_logp", predicts)
     if single:
         rollout_gap(micro, out, stats)
-    advantages = torch.tensor([s["advantage"] for s in micro], dtype=logp.dtype, device=logp.device)  # [B]
+    advantages = torch.tensor([s.advantage for s in micro], dtype=logp.dtype, device=logp.device)  # [B]
     losses, clip_mask = token_policy_loss(
-        logp, old, advantages, cfg["clip_low"], cfg["clip_high"], cfg["clip_ratio_c"], cfg["ratio_level"], predicts
+        logp, old, advantages, opts.clip_low, opts.clip_high, opts.clip_ratio_c, opts.ratio_level, predicts
     )
-    if cfg["importance"]["on"] == "all" or any(s.get("lag", 0) for s in micro):
-        losses = losses * importance_weights(cfg["importance"], micro, old, predicts, mask, stats)
+    if opts.importance_on == "all" or any(s.lag for s in micro):
+        losses = losses * importance_weights(opts, micro, old, predicts, mask, stats)
 
     def reduce(values: torch.Tensor) -> torch.Tensor:
-        return aggregate(values, mask, cfg["loss_agg"], norm_len=cfg["loss_norm_len"], num_tokens=num_tokens, num_seqs=num_seqs)
+        return aggregate(values, mask, opts.agg, norm_len=opts.norm_len, num_tokens=num_tokens, num_seqs=num_seqs)
 
     loss = reduce(losses)
-    kl = reduce(kl_penalty(logp, ref_logprobs(micro), cfg["kl_kind"])) if ref_logprobs is not None else None
+    kl = reduce(kl_penalty(logp, ref_logprobs(micro), opts.kl_kind)) if ref_logprobs is not None else None
     if kl is not None:
-        loss = loss + cfg["kl_coef"] * kl
+        loss = loss + opts.kl_coef * kl
     if torch.isfinite(loss):
         stats["loss"] += loss.item()
         stats["kl"] += kl.item() if kl is not None else 0.0

@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import torch
 
+from gradus.trainer.config import LoraConfig
+
 
 def linear_module_names(model_path: str) -> list[str]:
     """Distinct short names of the model's linear layers inside its blocks (the
@@ -58,11 +60,11 @@ def load_model(model_path: str, dtype: torch.dtype, ds_config: dict[str, Any], z
     return model
 
 
-def add_lora(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module:
+def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     """The model wrapped by peft: base weights frozen, adapters trainable."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=list(lora["target_modules"]), bias="none")
+    config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none")
     return get_peft_model(model, config)
 
 

@@ -5,38 +5,32 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from gradus.curriculum.registry import Registry
+
 LRSchedule = Callable[[int], float]
-LR_SCHEDULES: dict[str, Callable[..., LRSchedule]] = {}
-
-
-def _register(name: str):
-    def add(fn):
-        LR_SCHEDULES[name] = fn
-        return fn
-
-    return add
+LR_SCHEDULES: Registry[Callable[..., LRSchedule]] = Registry("lr schedule", plugins=False, positional=4)
 
 
 def _progress(step: int, start: int, end: int) -> float:
     return 1.0 if end <= start else min(1.0, max(0.0, (step - start) / (end - start)))
 
 
-@_register("constant")
+@LR_SCHEDULES.register("constant")
 def constant(total: int, min_ratio: float = 0.0, decay_fraction: float = 0.0, warmup: int = 0) -> LRSchedule:
     return lambda step: 1.0
 
 
-@_register("linear")
+@LR_SCHEDULES.register("linear")
 def linear(total: int, min_ratio: float = 0.0, decay_fraction: float = 0.0, warmup: int = 0) -> LRSchedule:
     return lambda step: 1.0 - (1.0 - min_ratio) * _progress(step, warmup, total)
 
 
-@_register("cosine")
+@LR_SCHEDULES.register("cosine")
 def cosine(total: int, min_ratio: float = 0.0, decay_fraction: float = 0.0, warmup: int = 0) -> LRSchedule:
     return lambda step: min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * _progress(step, warmup, total)))
 
 
-@_register("wsd")
+@LR_SCHEDULES.register("wsd")
 def wsd(total: int, min_ratio: float = 0.0, decay_fraction: float = 0.2, warmup: int = 0) -> LRSchedule:
     """Warmup, a long stable phase at the peak, then linear decay over the last
     `decay_fraction` of training."""
@@ -46,7 +40,5 @@ def wsd(total: int, min_ratio: float = 0.0, decay_fraction: float = 0.2, warmup:
 
 def lr_multiplier(kind: str, total: int, warmup: int = 0, min_ratio: float = 0.0, decay_fraction: float = 0.2) -> LRSchedule:
     """Multiplier at optimiser step `step` (0-based); warmup ramps (step+1)/warmup."""
-    if kind not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr schedule {kind!r}; choose one of {sorted(LR_SCHEDULES)}")
-    after = LR_SCHEDULES[kind](total, min_ratio, decay_fraction, warmup=warmup)
+    after = LR_SCHEDULES.get(kind)(total, min_ratio, decay_fraction, warmup=warmup)
     return lambda step: (step + 1) / warmup if step < warmup else after(step)

@@ -26,7 +26,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-TRANSPORTS = ("object_store", "broadcast")
+from gradus.trainer.config import choices
+
+TRANSPORTS = choices("sync transport", {
+    "object_store": "buckets through Ray's object store (any cluster)", "broadcast": "a torch.distributed broadcast group (NCCL on GPUs)",
+})
 GROUP_TIMEOUT = timedelta(minutes=5)
 
 

@@ -17,10 +17,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from gradus.trainer.batching import RankShare, TrainSample
+from gradus.trainer.config import TrainerConfig
 from gradus.trainer.grpo import kl_penalty, loss_options
 from gradus.trainer.loss import completion_logprobs, micro_batch_loss, per_token, prompt_sharing, rollout_gap
 from gradus.trainer.models import add_lora, load_model, streamed_state
-from gradus.trainer import checkpoint
+from gradus.trainer import engine_checkpoint
 from gradus.trainer.schedules import lr_multiplier
 from gradus.trainer.sync import WeightSender
 
@@ -83,11 +85,15 @@ class TrainerWorker(WeightSender):
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master: tuple[str, int], model_path: str, dtype: str, cfg: dict[str, Any], seed: int, total_steps: int) -> int:
+    def setup(
+        self, master: tuple[str, int], model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None
+    ) -> int:
         """Build model (sharded from the start under ZeRO-3), optimizer, LR schedule,
         engine and, for full fine-tuning with kl_coef > 0, the frozen reference
         model; a collective, so call on all ranks at once with rank 0's address.
-        Returns the number of model parameters (LoRA adapters included)."""
+        `norm_len`: Dr.GRPO's divisor unless trainer.loss_norm_len sets it (the
+        run's rollout.max_tokens). Returns the number of model parameters (LoRA
+        adapters included)."""
         import deepspeed
         from transformers import AutoConfig
 
@@ -97,58 +103,58 @@ class TrainerWorker(WeightSender):
         )
         torch.manual_seed(seed)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        self.cfg = loss_options(cfg)
-        self.lora = cfg["lora"] is not None
+        self.cfg, self.loss = cfg, loss_options(cfg, norm_len)
+        self.lora = cfg.lora is not None
         torch_dtype = getattr(torch, dtype)
         self.hidden = getattr(AutoConfig.from_pretrained(model_path), "hidden_size", 4096)
-        self.cfg["zero_stage"] = self._engine_stage(say=self.rank == 0)
+        self.stage = self._engine_stage(say=self.rank == 0)
         self.mmap_threshold = self._allocator()
         ds_config = self._ds_config()
-        model = load_model(model_path, torch_dtype, ds_config, cfg["zero_init"])
-        self.cfg["share_prompts"] = prompt_sharing(model, cfg["share_prompts"], say=self.rank == 0)
-        if cfg["gradient_checkpointing"]:
+        model = load_model(model_path, torch_dtype, ds_config, cfg.zero_init)
+        self.share_prompts = prompt_sharing(model, cfg.share_prompts, say=self.rank == 0)
+        if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora:
-            model = add_lora(model, cfg["lora"])
+            model = add_lora(model, cfg.lora)
         trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA only the adapters get optimizer state
         if "offload_optimizer" in ds_config["zero_optimization"]:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            optimizer = DeepSpeedCPUAdam(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], adamw_mode=True)
+            optimizer = DeepSpeedCPUAdam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_mode=True)
         else:
             # fused: one pass over the flat partition with no temporaries (CPU and CUDA kernels); the
             # default multi-op AdamW took ~20x longer on CPU and a partition-sized temporary per op
-            optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
-        updates = total_steps * cfg["ppo_epochs"] * cfg["mini_batches"]
-        multiplier = lr_multiplier(cfg["lr_schedule"], updates, cfg["warmup_steps"], cfg["min_lr_ratio"], cfg["decay_fraction"])
+            optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        updates = total_steps * cfg.ppo_epochs * cfg.mini_batches
+        multiplier = lr_multiplier(cfg.lr_schedule, updates, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-        if self.cfg["zero_stage"] == 0:
+        if self.stage == 0:
             self.engine.clip_fp32_gradients = self._clip_keeping_norm
             if self.world_size == 1:  # averaging over one rank is the identity, minus a flatten and copy
                 self.engine.enable_backward_allreduce = False
-        if self.cfg["zero_stage"] == 3:
+        if self.stage == 3:
             share_fp32_master(self.engine.optimizer)
         self.ref = None
         self._ref_cache: dict[int, torch.Tensor] = {}
-        if cfg["kl_coef"] > 0 and not self.lora:  # LoRA's reference is the policy with its adapters disabled
+        if cfg.kl_coef > 0 and not self.lora:  # LoRA's reference is the policy with its adapters disabled
             self.ref = self._reference_model(model_path, torch_dtype)
         return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
     def shares_prompts(self) -> bool:
         """Whether this rank encodes each group's prompt once (resolved at setup)."""
-        return self.cfg["share_prompts"]
+        return self.share_prompts
 
     def zero_stage(self) -> int:
         """The ZeRO stage the engine runs (resolved at setup)."""
-        return self.cfg["zero_stage"]
+        return self.stage
 
     def _engine_stage(self, say: bool) -> int:
         """trainer.zero_stage, except that ZeRO-1/2 on a single rank (without optimizer
         offload) run as stage 0: they partition nothing there, and each step would
         flatten and copy every gradient and keep a second fp32 copy of the weights.
         The update is the same."""
-        stage = self.cfg["zero_stage"]
+        stage = self.cfg.zero_stage
         if self.world_size > 1 or stage not in (1, 2) or self._offload().get("optimizer") == "cpu":
             return stage
         if say:
@@ -168,7 +174,7 @@ class TrainerWorker(WeightSender):
             if not value.isdigit():
                 raise ValueError(f"{MMAP_THRESHOLD_ENV}={value!r} in the driver's environment: give bytes as an integer, e.g. 1048576")
             return int(value)
-        saving = self.cfg["zero_stage"] == 3 or self.cfg["gradient_checkpointing"] or "cpu" in self._offload().values()
+        saving = self.stage == 3 or self.cfg.gradient_checkpointing or "cpu" in self._offload().values()
         return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
 
     def _clip_keeping_norm(self) -> None:
@@ -182,7 +188,8 @@ class TrainerWorker(WeightSender):
     def _offload(self) -> dict[str, str]:
         """trainer.offload where it applies: on CUDA (a CPU-only run keeps model and
         optimizer in CPU memory already)."""
-        return self.cfg["offload"] if torch.cuda.is_available() else {}
+        offload = self.cfg.offload
+        return {"optimizer": offload.optimizer, "params": offload.params} if torch.cuda.is_available() else {}
 
     def _piece_params(self) -> int:
         """Parameters held gathered or merged at once: under one transformer layer
@@ -193,7 +200,7 @@ class TrainerWorker(WeightSender):
         """The policy engine's DeepSpeed config, or (training=False) the optimizer-free
         reference engine's."""
         offload = self._offload()
-        zero: dict[str, Any] = {"stage": self.cfg["zero_stage"]}
+        zero: dict[str, Any] = {"stage": self.stage}
         if zero["stage"] == 3:  # DeepSpeed's defaults (1e9 live / reuse distance) keep a < 1B model whole on every rank
             h2, live = self.hidden**2, self._piece_params()  # buckets as HF's "auto" values
             zero.update(stage3_max_live_parameters=live, stage3_max_reuse_distance=live, stage3_prefetch_bucket_size=int(0.9 * h2),
@@ -211,7 +218,7 @@ class TrainerWorker(WeightSender):
         if training:
             config.update({
                 "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, then step()
-                "gradient_clipping": self.cfg["grad_clip"],
+                "gradient_clipping": self.cfg.grad_clip,
                 "zero_force_ds_cpu_optimizer": False,
             })
         return config
@@ -223,29 +230,28 @@ class TrainerWorker(WeightSender):
         import deepspeed
 
         config = self._ds_config(training=False)
-        model = load_model(model_path, dtype, config, self.cfg["zero_init"]).eval().requires_grad_(False)
-        if self.cfg["zero_stage"] != 3:
+        model = load_model(model_path, dtype, config, self.cfg.zero_init).eval().requires_grad_(False)
+        if self.stage != 3:
             return model.to(self.engine.device)
         engine, *_ = deepspeed.initialize(model=model, config=config)
         engine.eval()  # returns None, unlike Module.eval
         return engine
 
-    def _old_logprobs(self, mini_batches: Sequence[dict], stats: dict[str, float]) -> None:
+    def _old_logprobs(self, mini_batches: Sequence[RankShare], stats: dict[str, float]) -> None:
         """Attach each sample's old (behaviour) log-probs, from vLLM ("rollout") or
         recomputed here before any update ("recompute")."""
         self.engine.eval()
         for mini in mini_batches:
-            for micro in mini["micro_batches"]:
+            for micro in mini.micro_batches:
                 with torch.no_grad():
-                    out = completion_logprobs(self.engine, micro, share_prompts=self.cfg["share_prompts"])
+                    out = completion_logprobs(self.engine, micro, share_prompts=self.share_prompts)
                 for s, row, mask in zip(micro, out["logp"], out["predicts"]):
-                    s["old_logp"] = row[mask].tolist() if self.cfg["old_logprobs"] == "recompute" else s["logprobs"]
+                    s.old_logp = row[mask].tolist() if self.cfg.old_logprobs == "recompute" else s.logprobs
                 rollout_gap(micro, out, stats)
 
-    def train(self, mini_batches: Sequence[dict]) -> dict[str, float]:
+    def train(self, mini_batches: Sequence[RankShare]) -> dict[str, float]:
         """ppo_epochs passes over the mini-batches, one optimiser step each. A mini-batch
-        is {"micro_batches": [[sample, ...], ...], "num_tokens": int, "num_seqs": int},
-        the counts being the whole mini-batch's over all ranks (loss denominators)."""
+        is this rank's RankShare of it (gradus.trainer.batching.assign)."""
         start = time.perf_counter()
         cfg, engine = self.cfg, self.engine
         stats = dict.fromkeys(
@@ -255,17 +261,17 @@ class TrainerWorker(WeightSender):
         stats["iw_max"] = 0.0
         # One update per batch: the forward itself is at the sampling weights, so
         # the old log-probs are its own (detached) and no extra pass is needed.
-        single = cfg["ppo_epochs"] == 1 and len(mini_batches) == 1
+        single = cfg.ppo_epochs == 1 and len(mini_batches) == 1
         if not single:
             self._old_logprobs(mini_batches, stats)
-        self._ref_cache = self._reference_pass(mini_batches) if cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss" else {}
+        self._ref_cache = self._reference_pass(mini_batches) if cfg.kl_coef > 0 and cfg.kl_in == "loss" else {}
         engine.train()
         grad_norms = []
-        for _ in range(cfg["ppo_epochs"]):
+        for _ in range(cfg.ppo_epochs):
             for mini in mini_batches:
                 # Every rank runs the same number of micro-batches (trainer.batching.plan):
                 # ZeRO-2/3 reduce gradients in each backward.
-                finite = all([self._micro_step(micro, mini["num_tokens"], mini["num_seqs"], single, stats) for micro in mini["micro_batches"]])
+                finite = all([self._micro_step(micro, mini.num_tokens, mini.num_seqs, single, stats) for micro in mini.micro_batches])
                 if self._all_finite(finite):
                     engine.step()
                 else:  # a NaN/inf loss or gradient on any rank: drop this update everywhere
@@ -277,7 +283,7 @@ class TrainerWorker(WeightSender):
         return {
             **stats,
             "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-            "micro_batches": sum(len(m["micro_batches"]) for m in mini_batches),
+            "micro_batches": sum(len(m.micro_batches) for m in mini_batches),
             "lr": float(engine.get_lr()[0]),
             "seconds": time.perf_counter() - start,
         }
@@ -304,34 +310,34 @@ class TrainerWorker(WeightSender):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() == 0.0
 
-    def _micro_step(self, micro: Sequence[dict], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> bool:
+    def _micro_step(self, micro: Sequence[TrainSample], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> bool:
         """Forward and backward of one micro-batch; False if its loss was not finite."""
         ref = self._ref_logprobs if self._ref_cache else None
-        loss = micro_batch_loss(self.engine, micro, self.cfg, num_tokens, num_seqs, single, stats, ref)
+        loss = micro_batch_loss(self.engine, micro, self.loss, self.share_prompts, num_tokens, num_seqs, single, stats, ref)
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks; we normalise globally
         return bool(torch.isfinite(loss))
 
-    def _reference(self, micro: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def _reference(self, micro: Sequence[TrainSample]) -> dict[str, torch.Tensor]:
         """The reference policy's completion log-probs of a micro-batch: the frozen
         copy (its own ZeRO-3 engine when sharded) or, with LoRA, the policy with its
         adapters disabled (no second copy). A collective under ZeRO-3: every rank
         must call it equally often."""
         disabled = self.engine.module.disable_adapter() if self.lora else contextlib.nullcontext()
         with torch.no_grad(), disabled:
-            return completion_logprobs(self.engine if self.lora else self.ref, micro, share_prompts=self.cfg["share_prompts"])
+            return completion_logprobs(self.engine if self.lora else self.ref, micro, share_prompts=self.share_prompts)
 
-    def _reference_pass(self, mini_batches: Sequence[dict]) -> dict[int, torch.Tensor]:
+    def _reference_pass(self, mini_batches: Sequence[RankShare]) -> dict[int, torch.Tensor]:
         """Reference log-probs [B, T] of every micro-batch (keyed by id), computed once
         per batch before any update: the reference never changes, and the policy's
         forward and backward never interleave with a reference forward."""
         self.engine.eval()
-        return {id(micro): self._reference(micro)["logp"] for mini in mini_batches for micro in mini["micro_batches"]}
+        return {id(micro): self._reference(micro)["logp"] for mini in mini_batches for micro in mini.micro_batches}
 
-    def _ref_logprobs(self, micro: Sequence[dict]) -> torch.Tensor:
+    def _ref_logprobs(self, micro: Sequence[TrainSample]) -> torch.Tensor:
         """The reference policy's log-probs [B, T] of the micro-batch's completions."""
         return self._ref_cache[id(micro)]
 
-    def sequence_kl(self, micro_batches: Sequence[Sequence[dict]]) -> list[list[float]]:
+    def sequence_kl(self, micro_batches: Sequence[Sequence[TrainSample]]) -> list[list[float]]:
         """Per micro-batch, per sample, the sum over its tokens of kl_penalty(sampling
         log-prob (vLLM's), reference log-prob): the KL-in-reward penalty (OpenRLHF/verl
         style). Every rank gets the same number of micro-batches (TrainerGroup.sequence_kl)."""
@@ -340,28 +346,28 @@ class TrainerWorker(WeightSender):
         for micro in micro_batches:
             ref = self._reference(micro)
             policy = per_token(micro, "logprobs", ref["predicts"])
-            out.append((kl_penalty(policy, ref["logp"], self.cfg["kl_kind"]) * ref["predicts"]).sum(-1).tolist())
+            out.append((kl_penalty(policy, ref["logp"], self.loss.kl_kind) * ref["predicts"]).sum(-1).tolist())
         return out
 
     def save_checkpoint(self, directory: str) -> None:
         """Trainable weights, optimizer, LR schedule and this rank's RNG, consolidated
         so that any world size and ZeRO stage can resume (all ranks call it)."""
-        checkpoint.save(self.engine, directory, self.rank)
+        engine_checkpoint.save(self.engine, directory, self.rank)
 
     def load_checkpoint(self, directory: str) -> dict[str, int]:
         """Load a checkpoint saved at any world size and ZeRO stage; returns those."""
-        return checkpoint.load(self.engine, directory, self.rank)
+        return engine_checkpoint.load(self.engine, directory, self.rank)
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """Full fp32 weights and optimizer state as a checkpoint holds them (for tests)."""
-        return checkpoint.state(self.engine)
+        return engine_checkpoint.state(self.engine)
 
     def _state_pieces(self) -> Iterator[dict[str, torch.Tensor]]:
         """HF-named tensors (with LoRA: base names, adapters merged in), in pieces. Under
         ZeRO-3 each piece is gathered only while in use, so no rank holds the full
         model (a collective); with LoRA each piece's merged weights are new tensors,
         so they never all exist at once. Otherwise one piece of the parameters as they are."""
-        zero3 = self.cfg["zero_stage"] == 3
+        zero3 = self.stage == 3
         piece_bytes = self._piece_params() * next(self.engine.module.parameters()).element_size() if zero3 or self.lora else float("inf")
         return streamed_state(self.engine.module, self.lora, zero3, piece_bytes)
 

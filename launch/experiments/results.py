@@ -10,10 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gradus.launch.metrics import distribution_names
+from gradus.launch.run.metrics import distribution_names
+from gradus.launch.run.rundir import START_EVAL
 
 
-START_EVAL = "eval_start.json"  # held-out metrics of the initial policy (eval.at_start), outside metrics.jsonl
 
 
 def read_metrics(run_dir: Path, with_start: bool = False) -> list[dict[str, Any]]:

@@ -3,19 +3,7 @@ trainer updates, under a staleness bound (see Prefetcher)."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
-
-from gradus.launch.config import Config
-
-if TYPE_CHECKING:
-    from gradus.launch.driver import Run
-
-
-def checkpoint_due(cfg: Config, step: int) -> bool:
-    """Whether step `step` ends with a periodic checkpoint (the last step always
-    does); the prefetcher never generates past one."""
-    every = cfg.run.checkpoint_every
-    return every > 0 and ((step + 1) % every == 0 or step + 1 == cfg.run.steps)
+from typing import Any, Callable
 
 
 class Prefetcher:
@@ -32,8 +20,13 @@ class Prefetcher:
     so a checkpoint holds no half-used batch and resume stays exact. Syncs land
     between generation calls on each rollout actor, never inside one."""
 
-    def __init__(self, run: Run, start: int, steps: int, max_staleness: int, ready: dict[int, dict] | None = None) -> None:
-        self.run, self.max_staleness, self.steps = run, max_staleness, steps
+    def __init__(
+        self, produce: Callable[[int], Any], checkpoint_due: Callable[[int], bool], start: int, steps: int, max_staleness: int,
+        ready: dict[int, Any] | None = None,
+    ) -> None:
+        """`produce(step)` generates a step's batch; `checkpoint_due(step)` says
+        whether that step ends with a checkpoint (generation never runs past one)."""
+        self.produce, self.checkpoint_due, self.max_staleness, self.steps = produce, checkpoint_due, max_staleness, steps
         self.finished = start - 1  # the last step trained, synced and (if due) checkpointed
         self.ready: dict[int, dict] = dict(ready or {})  # batches generated ahead (a preemption checkpoint keeps them)
         self.produced = max(self.ready, default=start - 1)  # the last step whose batch is generated
@@ -44,7 +37,7 @@ class Prefetcher:
         self.thread.start()
 
     def _may_generate(self, step: int) -> bool:
-        pending_checkpoint = any(checkpoint_due(self.run.cfg, j) for j in range(self.finished + 1, step))
+        pending_checkpoint = any(self.checkpoint_due(j) for j in range(self.finished + 1, step))
         return self.stopped or (step - self.max_staleness - 1 <= self.finished and not pending_checkpoint)
 
     def _produce(self) -> None:
@@ -54,7 +47,7 @@ class Prefetcher:
                 if self.stopped:
                     return
             try:
-                produced = self.run.produce(step)
+                produced = self.produce(step)
             except BaseException as err:  # handed to the trainer side, which decides (restart or fail)
                 with self.cond:
                     self.error = err

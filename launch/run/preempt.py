@@ -17,6 +17,8 @@ import sys
 import threading
 from types import FrameType, TracebackType
 
+# Signals a run may take as its preemption warning (catchable, not already used by Ray or the terminal).
+STOP_SIGNALS = {"SIGUSR1", "SIGUSR2", "SIGTERM", "SIGHUP", "SIGXCPU", "SIGALRM"}
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"; gradus.sbatch requeues the job on it
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from gradus.launch.config import Config, to_dict
+from gradus.launch.config.schema import Config, to_dict
 from gradus.launch.errors import GradusError
-from gradus.launch.results import START_EVAL
+
+START_EVAL = "eval_start.json"  # held-out metrics of the initial policy (eval.at_start), outside metrics.jsonl
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:

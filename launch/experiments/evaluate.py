@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gradus.launch.config import Config, load_config
-from gradus.launch.driver import local_scheduler, sample_seed
+from gradus.launch.config.load import load_config
+from gradus.launch.config.schema import Config
+from gradus.launch.run.driver import eval_items, local_scheduler
 from gradus.launch.errors import GradusError
-from gradus.launch.metrics import held_out_metrics
-from gradus.launch.models import resolve_model
+from gradus.launch.run.metrics import held_out_metrics
+from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.rollout.worker import engine_env
 
 
@@ -44,12 +45,12 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
         str(model), cfg.run.seed, dataclasses.asdict(cfg.reward),
         dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len, enforce_eager=cfg.rollout.enforce_eager,
     )
-    items = [{**row, "seed": sample_seed(cfg.run.seed, "eval", i)} for i, row in enumerate(r for name in rows for r in rows[name])]  # as the run's evals
-    out = worker.generate(
-        items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature, system_prompt=cfg.data.system_prompt,
-    )
-    metrics = held_out_metrics(out["groups"], list(rows), cfg.eval.k)
-    result: dict[str, Any] = {"model": str(model), "seconds": out["seconds"], "samples": cfg.eval.samples, "rows": {name: len(rows[name]) for name in rows}}
+    groups, seconds = worker.generate(
+        eval_items(rows, cfg.run.seed), n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature,
+        system_prompt=cfg.data.system_prompt,
+    )  # the same rows and seeds as the run's own evaluations
+    metrics = held_out_metrics(groups, list(rows), cfg.eval.k)
+    result: dict[str, Any] = {"model": str(model), "seconds": seconds, "samples": cfg.eval.samples, "rows": {name: len(rows[name]) for name in rows}}
     for name in [*rows, "all"]:
         prefix = "eval/" if name == "all" else f"eval/{name}/"
         result.setdefault("accuracy", {})[name] = metrics[prefix + "accuracy"]

@@ -16,9 +16,12 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from gradus.launch.faults import WORKER_DIED
+from gradus.launch.run.faults import WORKER_DIED
+from gradus.curriculum.items import Item
+from gradus.rollout.records import Group
 from gradus.rollout.worker import RolloutWorker, engine_env
-from gradus.trainer.batching import PAD, assign, dummy, plan
+from gradus.trainer.batching import PAD, RankShare, TrainSample, assign, dummy, plan
+from gradus.trainer.config import TrainerConfig
 from gradus.trainer.sync import WeightReceiver
 from gradus.trainer.worker import MMAP_THRESHOLD_ENV, TrainerWorker
 
@@ -69,11 +72,12 @@ class TrainerGroup:
             for r in range(world_size)
         ]
 
-    def setup(self, model_path: str, dtype: str, cfg: dict, seed: int, total_steps: int) -> int:
+    def setup(self, model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None) -> int:
+        """Every rank's model, optimizer and engine (TrainerWorker.setup); the number of parameters."""
         master = self.address()
-        self.max_tokens = cfg["max_tokens_per_micro_batch"]
-        self.kl_in_loss = cfg["kl_coef"] > 0 and cfg["kl_in"] == "loss"
-        params = ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps) for r in self.ranks])[0]
+        self.max_tokens = cfg.max_tokens_per_micro_batch
+        self.kl_in_loss = cfg.kl_coef > 0 and cfg.kl_in == "loss"
+        params = ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps, norm_len) for r in self.ranks])[0]
         self.share_prompts = ray.get(self.ranks[0].shares_prompts.remote())  # as the ranks resolved it for this model
         self.zero_stage = ray.get(self.ranks[0].zero_stage.remote())  # ZeRO-1/2 on one rank run as stage 0
         return params
@@ -82,13 +86,13 @@ class TrainerGroup:
         """Rank 0's node IP and a free port there."""
         return ray.get(self.ranks[0].address.remote())
 
-    def train(self, samples: Sequence[dict], mini_batches: int, max_tokens_per_micro_batch: int, skip: bool = True) -> list[dict[str, float]]:
+    def train(self, samples: Sequence[TrainSample], mini_batches: int, max_tokens_per_micro_batch: int, skip: bool = True) -> list[dict[str, float]]:
         """Split the batch into mini-batches (one optimiser step each) and those by
         trainer.batching.assign over ranks; with `skip`, samples whose loss term is
         identically zero get no forward or backward (the gradient is the same)."""
-        per_rank: list[list[dict]] = [[] for _ in self.ranks]
+        per_rank: list[list[RankShare]] = [[] for _ in self.ranks]
         for idx in np.array_split(np.arange(len(samples)), mini_batches):
-            if all(samples[i]["weight"] == 0 for i in idx):
+            if all(samples[i].weight == 0 for i in idx):
                 continue  # padding only: no loss to normalise (0/0), so no update, on every rank alike
             shares = assign([samples[i] for i in idx], len(self.ranks), max_tokens_per_micro_batch, skip, self.kl_in_loss, self.share_prompts)
             for rank, share in enumerate(shares):
@@ -111,11 +115,11 @@ class TrainerGroup:
         """Futures of every rank's part in one broadcast sync."""
         return [r.broadcast_weights.remote() for r in self.ranks]
 
-    def sequence_kl(self, samples: Sequence[dict]) -> list[float]:
+    def sequence_kl(self, samples: Sequence[TrainSample]) -> list[float]:
         """Reference-model KL per sample, spread over the ranks in micro-batches
         (trainer.batching.plan): every rank runs the same number of reference
         forwards, which a sharded (ZeRO-3) reference needs; PAD slots are ignored."""
-        lengths = [len(s["prompt_ids"]) + len(s["tokens"]) for s in samples]
+        lengths = [len(s.prompt_ids) + len(s.tokens) for s in samples]
         per_rank, padding = plan(lengths, len(self.ranks), self.max_tokens), dummy(samples[0])
         parts = ray.get([
             r.sequence_kl.remote([[samples[i] if i != PAD else padding for i in micro] for micro in micros]) for r, micros in zip(self.ranks, per_rank)
@@ -227,11 +231,11 @@ class RolloutGroup:
                 self._join()
         self.restarts += 1
 
-    def generate(self, items: Sequence[dict], **sampling: Any) -> tuple[list[dict], float]:
+    def generate(self, items: Sequence[Item], **sampling: Any) -> tuple[list[Group], float]:
         """Groups in item order, and the slowest shard's generation seconds."""
         shards = [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), len(self.workers))]
         futures = {i: self.workers[i].generate.remote(shard, **sampling) for i, shard in enumerate(shards) if shard}
-        results: dict[int, dict] = {}
+        results: dict[int, tuple[list[Group], float]] = {}
         for i, future in futures.items():
             for attempt in range(self.max_restarts + 1):
                 try:
@@ -243,7 +247,7 @@ class RolloutGroup:
                     self._replace(i)
                     future = self.workers[i].generate.remote(shards[i], **sampling)
         ordered = [results[i] for i in sorted(results)]
-        return [g for r in ordered for g in r["groups"]], max(r["seconds"] for r in ordered)
+        return [g for groups, _ in ordered for g in groups], max(seconds for _, seconds in ordered)
 
     def update_weights(self, version: int) -> float:
         """Trainer rank 0's weights into every worker; the slowest worker's seconds.

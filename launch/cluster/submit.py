@@ -7,7 +7,7 @@ import json
 import shlex
 from pathlib import Path
 
-from gradus.launch.config import load_config
+from gradus.launch.config.load import load_config
 from gradus.launch.errors import GradusError
 
 # Never uploaded with the working directory: run outputs, VCS, caches.

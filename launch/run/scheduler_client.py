@@ -14,8 +14,9 @@ from typing import Any
 
 import ray
 
+from gradus.curriculum.items import Item
 from gradus.curriculum.scheduler import remote_scheduler
-from gradus.launch.faults import WORKER_DIED
+from gradus.launch.run.faults import WORKER_DIED
 
 
 class SchedulerLost(Exception):
@@ -31,7 +32,34 @@ class SchedulerClient:
         self.snapshot: dict[str, Any] | None = None  # state after the last produced step; None: the initial state
         self.lock = threading.Lock()
 
-    def call(self, method: str, *args: Any, epoch: int | None = None) -> Any:
+    # One method per scheduler call (CurriculumScheduler's meaning). `epoch`, from the
+    # start of a produce(), marks a call that changes the scheduler's state.
+
+    def report(self, step: int, epoch: int | None = None) -> dict[str, Any]:
+        return self._call("report", step, epoch=epoch)
+
+    def next_batch(self, step: int, n: int, epoch: int | None = None) -> list[Item]:
+        return self._call("next_batch", step, n, epoch=epoch)
+
+    def keep(self, groups: list[dict[str, list]], epoch: int | None = None) -> list[bool]:
+        return self._call("keep", groups, epoch=epoch)
+
+    def observe(self, step: int, signals: dict[str, list[float]], epoch: int | None = None) -> None:
+        self._call("observe", step, signals, epoch=epoch)
+
+    def observe_rows(self, results: list[dict[str, Any]], epoch: int | None = None) -> None:
+        self._call("observe_rows", results, epoch=epoch)
+
+    def state_dict(self, epoch: int | None = None) -> dict[str, Any]:
+        return self._call("state_dict", epoch=epoch)
+
+    def pop_overhead(self) -> float:
+        return self._call("pop_overhead")
+
+    def eval_rows(self) -> dict[str, list[Item]]:
+        return self._call("eval_rows")
+
+    def _call(self, method: str, *args: Any, epoch: int | None = None) -> Any:
         """`method(*args)` on the actor. With `epoch` (from the start of a produce())
         raise SchedulerLost if the actor was replaced since; without, a read-only
         call, retried on the replacement."""
@@ -58,7 +86,7 @@ class SchedulerClient:
 
     def load(self, state: dict[str, Any]) -> None:
         """Set the actor's state (a checkpoint's) and remember it as the restart point."""
-        self.call("load_state_dict", state)
+        self._call("load_state_dict", state)
         self.snapshot = state
 
     def _restart(self, dead_epoch: int) -> bool:

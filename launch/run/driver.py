@@ -3,48 +3,38 @@ curriculum update + filter -> GRPO update -> weight sync -> metrics."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
 import math
 import os
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 
+from gradus.curriculum.bandits import advantage_signals
+from gradus.curriculum.items import Item
+from gradus.curriculum.prompts import derive_seed
 from gradus.curriculum.scheduler import CurriculumScheduler
-from gradus.launch import checkpoint
-from gradus.launch.config import Config, to_dict
+from gradus.launch.config.schema import Config, to_dict
 from gradus.launch.errors import GradusError
-from gradus.launch.faults import WORKER_DIED
-from gradus.launch.groups import RolloutGroup, TrainerGroup, node_of
-from gradus.launch.metrics import (
-    MetricsLogger,
-    batch_metrics,
-    distribution_metrics,
-    held_out_metrics,
-    train_metrics,
-)
-from gradus.launch.models import resolve_model
-from gradus.launch.results import START_EVAL
-from gradus.launch.prefetch import Prefetcher, checkpoint_due
-from gradus.launch.preempt import Preempted, StopSignals
-from gradus.launch.rundir import check_disk, prepare_run_dir, truncate_metrics
-from gradus.launch.scheduler_client import SchedulerClient, SchedulerLost
-from gradus.trainer.batching import contributes
-from gradus.trainer.grpo import group_advantages
+from gradus.launch.prepare.model_dirs import resolve_model
+from gradus.launch.run import checkpoint_dirs as checkpoint
+from gradus.launch.run.faults import WORKER_DIED
+from gradus.launch.run.groups import RolloutGroup, TrainerGroup, node_of
+from gradus.launch.run.metrics import MetricsLogger, close_step, held_out_metrics, train_metrics, training_batch_metrics
+from gradus.launch.run.prefetch import Prefetcher
+from gradus.launch.run.preempt import Preempted, StopSignals
+from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
+from gradus.launch.run.scheduler_client import SchedulerClient, SchedulerLost
+from gradus.rollout.records import Group
+from gradus.trainer.batching import TrainSample, contributes
+from gradus.trainer.grpo import batch_advantages
 from gradus.trainer.models import check_lora_targets
 
 COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
-
-
-def sample_seed(*parts: Any) -> int:
-    """A per-request sampling seed from (run seed, step, round, index): a resumed
-    run draws exactly the samples the uninterrupted run drew."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def scheduler_args(cfg: Config) -> dict[str, Any]:
@@ -62,10 +52,16 @@ def scheduler_args(cfg: Config) -> dict[str, Any]:
     }
 
 
-def trainer_args(cfg: Config) -> dict[str, Any]:
-    """The trainer section for the ranks, with Dr.GRPO's divisor resolved to a
-    constant of the run (rollout.max_tokens unless trainer.loss_norm_len is set)."""
-    return {**dataclasses.asdict(cfg.trainer), "loss_norm_len": cfg.trainer.loss_norm_len or cfg.rollout.max_tokens}
+@dataclass
+class Produced:
+    """The generation half of a step: what the trainer half needs, and the
+    scheduler's state after it (a checkpoint taken before the step trains keeps it)."""
+
+    report: dict[str, Any]  # the curriculum's probabilities and scores the batch was drawn with
+    groups: list[Group]  # every group generated, kept or not
+    kept: list[bool]  # the filters' verdict per group
+    stats: dict[str, float]  # generation time, refill rounds, group counts
+    scheduler: dict[str, Any]  # CurriculumScheduler.state_dict() after this batch
 
 
 def local_scheduler(cfg: Config) -> CurriculumScheduler:
@@ -78,6 +74,13 @@ def local_scheduler(cfg: Config) -> CurriculumScheduler:
     for note in scheduler.notes:  # e.g. a data.train_size cap that cuts a file
         print(f"gradus: {note}", flush=True)
     return scheduler
+
+
+def eval_items(rows: dict[str, list[Item]], seed: int) -> list[Item]:
+    """Every held-out row of every distribution, each with its sampling seed (the
+    same in every evaluation of a run, and in `gradus eval`)."""
+    items = [row for name in rows for row in rows[name]]
+    return [dataclasses.replace(row, seed=derive_seed(seed, "eval", i, bits=31)) for i, row in enumerate(items)]
 
 
 def init_ray(cfg: Config) -> None:
@@ -110,7 +113,7 @@ class Run:
         self.resume_from = checkpoint.resolve(self.run_dir, resume) if resume else None
         self.version = 0
         self.start_step = 0
-        self.pending: dict[int, dict] = {}  # batches a stop-signal checkpoint carried (async)
+        self.pending: dict[int, Produced] = {}  # batches a stop-signal checkpoint carried (async)
 
     def start(self) -> None:
         cfg = self.cfg
@@ -133,7 +136,7 @@ class Run:
             cfg.rollout.num_workers, self.model_path, cfg.rollout, cfg.model.dtype, cfg.run.seed, dataclasses.asdict(cfg.reward),
             self.device, colocate_with=self.trainers if cfg.cluster.colocate else None,
         )
-        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, trainer_args(cfg), cfg.run.seed, cfg.run.steps)
+        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, cfg.trainer, cfg.run.seed, cfg.run.steps, norm_len=cfg.rollout.max_tokens)
         self.rollout.ready()
         self.rollout.connect(self.trainers, cfg.sync.transport, cfg.sync.bucket_mb)
         self.write_placement()
@@ -161,7 +164,7 @@ class Run:
         print(f"gradus: resumed from {path} at step {self.start_step + 1}", flush=True)
         return state.get("wandb_id")
 
-    def save(self, step: int, pending: dict[int, dict]) -> Path:
+    def save(self, step: int, pending: dict[int, Produced]) -> Path:
         """Checkpoint after `step`. The scheduler state is the one after the last batch
         generated: this step's or, if batches for later steps were generated ahead
         (async), the last of those, which the checkpoint then carries."""
@@ -170,62 +173,54 @@ class Run:
         state = {
             "step": step,
             "version": self.version,
-            "scheduler": pending[max(pending)]["scheduler"] if pending else self.trained_scheduler,
+            "scheduler": pending[max(pending)].scheduler if pending else self.trained_scheduler,
             "wandb_id": self.logger.run_id,
             "wall_seconds": self.wall_seconds(),
         }
         return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints, pending)
 
-    def collect(self, step: int, epoch: int) -> tuple[list[dict], list[bool], dict[str, float]]:
+    def collect(self, step: int, epoch: int) -> tuple[list[Group], list[bool], dict[str, float]]:
         """Generate until prompts_per_step groups pass the filters or the refill
         rounds run out; the curriculum learns from every generated group."""
         cfg, want = self.cfg, self.cfg.rollout.prompts_per_step
-        groups: list[dict] = []
+        groups: list[Group] = []
         kept: list[bool] = []
         stats = {"time/generate": 0.0, "groups/rounds": 0}
         for round_ in range(1 + cfg.curriculum.max_refill_rounds):
             need = want - sum(kept)
             if need <= 0:
                 break
-            items = self.scheduler.call("next_batch", step, need, epoch=epoch)
-            for i, item in enumerate(items):
-                item["seed"] = sample_seed(cfg.run.seed, step, round_, i)
+            items = [dataclasses.replace(item, seed=derive_seed(cfg.run.seed, step, round_, i, bits=31))
+                     for i, item in enumerate(self.scheduler.next_batch(step, need, epoch=epoch))]
             new, seconds = self.rollout.generate(
                 items, n=cfg.rollout.group_size, max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt, budget_slack=cfg.rollout.budget_slack,
             )
             if cfg.trainer.kl_coef > 0 and cfg.trainer.kl_in == "reward":
                 self.penalise_kl(new)
-            kept += self.scheduler.call("keep", [
-                {"correct": [s["correct"] for s in g["samples"]], "rewards": [s["reward"] for s in g["samples"]]} for g in new
-            ], epoch=epoch)
-            self.scheduler.call("observe_rows", [  # per-row outcomes for the prompt-level sampler, filtered or not
-                {"distribution": g["distribution"], "row_id": g["row_id"], "correct": [bool(s["correct"]) for s in g["samples"]]} for g in new
-            ], epoch=epoch)
+            kept += self.scheduler.keep([{"correct": [s.correct for s in g.samples], "rewards": g.rewards} for g in new], epoch=epoch)
+            self.scheduler.observe_rows([g.outcome() for g in new], epoch=epoch)  # per-row outcomes, filtered or not
             groups += new
             stats["time/generate"] += seconds
             stats["groups/rounds"] += 1
-        rewards = torch.tensor([[s["reward"] for s in g["samples"]] for g in groups])  # every round at once: one batch for scale_rewards=batch
-        for g, adv in zip(groups, group_advantages(rewards, cfg.trainer.estimator, scale=cfg.trainer.scale_rewards).tolist()):
-            for s, a in zip(g["samples"], adv):
-                s["advantage"] = a
-        signals: dict[str, list[float]] = defaultdict(list)
-        for g in groups:
-            signals[g["distribution"]] += [abs(s["advantage"]) for s in g["samples"]]
-        self.scheduler.call("observe", step, dict(signals), epoch=epoch)
+        advantages = batch_advantages([g.rewards for g in groups], cfg.trainer.estimator, cfg.trainer.scale_rewards)  # every round at once
+        for g, adv in zip(groups, advantages):
+            for s, a in zip(g.samples, adv):
+                s.advantage = a
+        self.scheduler.observe(step, advantage_signals([g.distribution for g in groups], advantages), epoch=epoch)
         stats.update({"groups/generated": len(groups), "groups/kept": sum(kept), "groups/dropped": len(groups) - sum(kept)})
         return groups, kept, stats
 
-    def penalise_kl(self, groups: list[dict]) -> None:
+    def penalise_kl(self, groups: list[Group]) -> None:
         """KL in the reward: reward -= kl_coef * sum over tokens of KL(sampling || reference)."""
-        samples = [{"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "logprobs": s["logprobs"]} for g in groups for s in g["samples"]]
+        samples = [TrainSample(g.prompt_ids, s.tokens, s.logprobs, advantage=0.0) for g in groups for s in g.samples]
         kls = iter(self.trainers.sequence_kl(samples))
         for g in groups:
-            for s in g["samples"]:
-                s["kl"] = next(kls)
-                s["reward"] -= self.cfg.trainer.kl_coef * s["kl"]
+            for s in g.samples:
+                s.kl = next(kls)
+                s.reward -= self.cfg.trainer.kl_coef * s.kl
 
-    def training_batch(self, groups: list[dict], kept: list[bool]) -> list[dict]:
+    def training_batch(self, groups: list[Group], kept: list[bool]) -> list[TrainSample]:
         """Kept groups; if refills ran out, dropped groups pad the batch with zero
         weight so every rank still gets its share. Empty if nothing was kept."""
         want = self.cfg.rollout.prompts_per_step
@@ -233,14 +228,10 @@ class Run:
         if not chosen:
             return []
         chosen += [(g, 0.0) for g, k in zip(groups, kept) if not k][: want - len(chosen)]
-        return [
-            {"prompt_ids": g["prompt_ids"], "tokens": s["tokens"], "logprobs": s["logprobs"], "advantage": s["advantage"], "weight": w,
-             "lag": self.version - g["version"]}
-            for g, w in chosen
-            for s in g["samples"]
-        ]
+        return [TrainSample(g.prompt_ids, s.tokens, s.logprobs, s.advantage, weight=w, lag=self.version - g.version)
+                for g, w in chosen for s in g.samples]
 
-    def produce(self, step: int) -> dict[str, Any]:
+    def produce(self, step: int) -> Produced:
         """The generation half of a step: the curriculum's report, then groups
         generated, scored and filtered (the curriculum learns from them here), and
         the scheduler's state after it. If the scheduler actor dies meanwhile, it
@@ -248,75 +239,60 @@ class Run:
         while True:
             epoch = self.scheduler.epoch
             try:
-                report = self.scheduler.call("report", step, epoch=epoch)
+                report = self.scheduler.report(step, epoch=epoch)
                 groups, kept, stats = self.collect(step, epoch)
-                state = self.scheduler.call("state_dict", epoch=epoch)
+                state = self.scheduler.state_dict(epoch=epoch)
             except SchedulerLost:
                 continue
             if self.scheduler.commit(epoch, state):
-                return {"report": report, "groups": groups, "kept": kept, "stats": stats, "scheduler": state}
+                return Produced(report, groups, kept, stats, state)
 
     def step(self, step: int, prefetch: Prefetcher | None = None) -> dict[str, Any]:
         """One step; in async mode its batch was generated ahead by `prefetch`,
         otherwise it is generated here first."""
         start = time.perf_counter()
         produced = prefetch.take(step) if prefetch else self.pending.pop(step, None) or self.produce(step)
-        self.trained_scheduler = produced["scheduler"]
-        groups, kept, metrics = produced["groups"], produced["kept"], dict(produced["stats"])
-        metrics["time/wait_generate"] = time.perf_counter() - start
-        samples = self.training_batch(groups, kept)
-        trained = [s for s in samples if s["weight"] > 0]
+        self.trained_scheduler = produced.scheduler
+        metrics = {**produced.stats, "time/wait_generate": time.perf_counter() - start}
+        samples = self.training_batch(produced.groups, produced.kept)
         skip = self.cfg.trainer.skip_uninformative
         computed = [s for s in samples if contributes(s, self.trainers.kl_in_loss)] if skip else samples
-        metrics["train/skipped"] = float(not trained)  # nothing kept: no update
-        metrics["train/uninformative"] = float(bool(trained) and not computed)  # kept, all advantage 0: one dummy pass per rank, then the step
-        metrics["train/skipped_samples_frac"] = 1.0 - len(computed) / len(samples) if samples else 1.0
-        if trained:
-            lags = [s["lag"] for s in trained]
-            metrics.update({
-                "async/trained_version": self.version,  # the policy version being updated; lag = it - the generating version
-                "async/generated_version_min": self.version - max(lags),
-                "async/lag_max": max(lags),
-                "async/lag_mean": sum(lags) / len(lags),
-            })
-            sleeps = self.cfg.cluster.colocate and self.device == "cuda"
-            if sleeps:  # colocated on a GPU: vLLM frees its memory for the update
-                self.rollout.sleep()
-            t0 = time.perf_counter()
-            ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch, skip)
-            metrics["time/train"] = time.perf_counter() - t0
-            if sleeps:
-                self.rollout.wake_up()
-            if prefetch:
-                prefetch.before_sync(step)
-            self.version += 1
-            t0 = time.perf_counter()
-            metrics["time/sync_load"] = self.rollout.update_weights(self.version)
-            metrics["time/sync"] = time.perf_counter() - t0
-            metrics.update(train_metrics(ranks))
-        metrics["policy_version"] = self.version
-        metrics["faults/rollout_restarts"] = self.rollout.restarts
-        metrics["time/scheduler"] = self.scheduler.call("pop_overhead")
-        metrics.update(batch_metrics(groups))
-        metrics.update(distribution_metrics(groups, kept, produced["report"]))
-        metrics["perf/gen_tokens_per_s"] = metrics["tokens/generated"] / max(metrics["time/generate"], 1e-9)
-        metrics["time/step"] = time.perf_counter() - start
-        metrics["time/scheduler_frac"] = metrics["time/scheduler"] / metrics["time/step"]
+        metrics.update(training_batch_metrics(samples, computed, self.version))
+        if any(s.weight > 0 for s in samples):
+            metrics.update(self.update(step, samples, skip, prefetch))
+        metrics["time/scheduler"] = self.scheduler.pop_overhead()
+        close_step(metrics, produced.groups, produced.kept, produced.report, self.version, self.rollout.restarts, start)
         every = self.cfg.eval.every
         if every and ((step + 1) % every == 0 or step + 1 == self.cfg.run.steps):
             metrics.update(self.evaluate(step))
         self.logger.log(step, metrics)
         return metrics
 
+    def update(self, step: int, samples: list[TrainSample], skip: bool, prefetch: Prefetcher | None) -> dict[str, float]:
+        """The GRPO update on `samples`, then the new weights into every rollout worker."""
+        sleeps = self.cfg.cluster.colocate and self.device == "cuda"
+        if sleeps:  # colocated on a GPU: vLLM frees its memory for the update
+            self.rollout.sleep()
+        t0 = time.perf_counter()
+        ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch, skip)
+        metrics = {"time/train": time.perf_counter() - t0}
+        if sleeps:
+            self.rollout.wake_up()
+        if prefetch:
+            prefetch.before_sync(step)
+        self.version += 1
+        t0 = time.perf_counter()
+        metrics["time/sync_load"] = self.rollout.update_weights(self.version)
+        metrics["time/sync"] = time.perf_counter() - t0
+        return {**metrics, **train_metrics(ranks)}
+
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out accuracy (avg@n) and pass@k per distribution. The scheduler
         only hands out the rows; results never reach the curriculum."""
-        cfg = self.cfg
-        rows = self.scheduler.call("eval_rows")
-        items = [{**row, "seed": sample_seed(cfg.run.seed, "eval", i)} for i, row in enumerate(r for name in rows for r in rows[name])]
+        cfg, rows = self.cfg, self.scheduler.eval_rows()
         groups, seconds = self.rollout.generate(
-            items, n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature,
-            top_p=1.0, system_prompt=cfg.data.system_prompt,
+            eval_items(rows, cfg.run.seed), n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens,
+            temperature=cfg.eval.temperature, top_p=1.0, system_prompt=cfg.data.system_prompt,
         )
         return {"time/eval": seconds, **held_out_metrics(groups, list(rows), cfg.eval.k)}
 
@@ -361,7 +337,6 @@ class Run:
             if hasattr(self, "scheduler"):
                 self.scheduler.kill()
 
-
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
     """Run to the last step. If a worker dies, start again from the newest
     checkpoint (from scratch if there is none), up to run.max_restarts times. On
@@ -369,6 +344,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
     (launch/preempt.py). resume="auto": resume if run.run_dir holds a checkpoint."""
     if resume == "auto":
         resume, overwrite = checkpoint.resolve_auto(Path(cfg.run.run_dir), overwrite)
+    due = functools.partial(checkpoint.checkpoint_due, cfg.run.checkpoint_every, cfg.run.steps)
     with StopSignals(cfg.run.preempt_signal) as stop:
         for attempt in range(cfg.run.max_restarts + 1):
             run = Run(cfg, overwrite if attempt == 0 else True, resume)
@@ -377,10 +353,10 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                 run.start()
                 stop.arm()  # ray.init replaced the SIGTERM handler (a SIGTERM during start-up ends the run at once)
                 if cfg.rollout.async_generation:
-                    prefetch = Prefetcher(run, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending)
+                    prefetch = Prefetcher(run.produce, due, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending)
                 for step in range(run.start_step, cfg.run.steps):
                     run.step(step, prefetch)
-                    if checkpoint_due(cfg, step) or stop.requested:
+                    if due(step) or stop.requested:
                         path = run.save(step, prefetch.pending() if prefetch else {})
                     if stop.requested:
                         raise Preempted(f"stopped on {stop.requested} after step {step + 1}; checkpoint {path}; continue with --resume auto")

@@ -25,6 +25,12 @@ PREFIX = "step-"
 PENDING = "pending.pkl"
 
 
+def checkpoint_due(every: int, steps: int, step: int) -> bool:
+    """Whether step `step` (0-based) ends with a checkpoint: every `every` steps
+    and the last of `steps` (never with every = 0)."""
+    return every > 0 and ((step + 1) % every == 0 or step + 1 == steps)
+
+
 def checkpoint_root(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gradus.launch.results import distributions  # noqa: E402
+from gradus.launch.experiments.results import distributions  # noqa: E402
 
 Series = dict[str, tuple[list[int], list[float]]]
 

@@ -16,13 +16,15 @@ from typing import Any, Callable
 
 import yaml
 
-from gradus.launch import checkpoint
+from gradus.launch.run import checkpoint_dirs as checkpoint
 from gradus.curriculum.registry import nearest
-from gradus.launch.config import Config, build, load_config
+from gradus.launch.config.load import load_config
+from gradus.launch.config.schema import Config, build
 from gradus.launch.errors import GradusError
-from gradus.launch.plots import plot_all
-from gradus.launch.preempt import Preempted
-from gradus.launch.results import START_EVAL, aggregate, read_metrics, run_summary, write_results
+from gradus.launch.experiments.plots import plot_all
+from gradus.launch.run.preempt import Preempted
+from gradus.launch.experiments.results import aggregate, read_metrics, run_summary, write_results
+from gradus.launch.run.rundir import START_EVAL
 
 
 @dataclass
@@ -89,7 +91,7 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
 
 
 def _train(cfg: Config, resume: str | None) -> str:
-    from gradus.launch.driver import train
+    from gradus.launch.run.driver import train
 
     return str(train(cfg, overwrite=resume is None, resume=resume))
 
@@ -134,7 +136,7 @@ def _run_parallel(todo: list[Job], parallel: int, failure: Callable[[Job, Except
     """`parallel` runs at a time as Ray tasks (each places its own actors)."""
     import ray
 
-    from gradus.launch.driver import init_ray
+    from gradus.launch.run.driver import init_ray
 
     if not todo:
         return

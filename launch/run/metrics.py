@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
+
+from gradus.rollout.records import Group
+from gradus.trainer.batching import TrainSample
 
 REWARD_TERMS = ("reward", "score", "correct", "format", "length", "unused_budget")
 
@@ -22,48 +26,49 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def distribution_metrics(groups: Sequence[dict], kept: Sequence[bool], report: dict) -> dict[str, float]:
+def distribution_metrics(groups: Sequence[Group], kept: Sequence[bool], report: dict) -> dict[str, float]:
     """Per distribution: what the curriculum did and what the samples achieved."""
-    by_dist: dict[str, list[tuple[dict, bool]]] = defaultdict(list)
+    by_dist: dict[str, list[tuple[Group, bool]]] = defaultdict(list)
     for group, keep in zip(groups, kept):
-        by_dist[group["distribution"]].append((group, keep))
+        by_dist[group.distribution].append((group, keep))
     out: dict[str, float] = {}
     for name, prob in report["probabilities"].items():
         pairs = by_dist.get(name, [])
-        samples = [s for g, _ in pairs for s in g["samples"]]
+        samples = [s for g, _ in pairs for s in g.samples]
         prefix = f"dist/{name}/"
         out[prefix + "prob"] = prob
         out[prefix + "score"] = report["scores"][name]
         out[prefix + "groups"] = len(pairs)
         out[prefix + "samples"] = len(samples)
         out[prefix + "kept_frac"] = _mean([float(k) for _, k in pairs])
-        out[prefix + "accuracy"] = _mean([s["correct"] for s in samples])
-        out[prefix + "reward"] = _mean([s["reward"] for s in samples])
-        out[prefix + "abs_adv"] = _mean([abs(s["advantage"]) for s in samples])
-        out[prefix + "length"] = _mean([len(s["tokens"]) for s in samples])
-        budgets = [g["budget"] for g, _ in pairs if g.get("budget") is not None]
+        out[prefix + "accuracy"] = _mean([s.correct for s in samples])
+        out[prefix + "reward"] = _mean([s.reward for s in samples])
+        out[prefix + "abs_adv"] = _mean([abs(s.advantage) for s in samples])
+        out[prefix + "length"] = _mean([len(s.tokens) for s in samples])
+        budgets = [g.item.budget for g, _ in pairs if g.item.budget is not None]
         if budgets:
             out[prefix + "budget"] = _mean(budgets)
         out.update({prefix + key: value for key, value in report.get("rows", {}).get(name, {}).items()})  # prompt-level sampler
     return out
 
 
-def batch_metrics(groups: Sequence[dict]) -> dict[str, float]:
-    samples = [s for g in groups for s in g["samples"]]
-    out = {f"{term}/mean": _mean([s[term] for s in samples]) for term in REWARD_TERMS}
+def batch_metrics(groups: Sequence[Group]) -> dict[str, float]:
+    """Reward terms, lengths and generated tokens over every group of a step."""
+    samples = [s for g in groups for s in g.samples]
+    out = {f"{term}/mean": _mean([getattr(s, term) for s in samples]) for term in REWARD_TERMS}
     out["accuracy"] = out.pop("correct/mean")
-    out["length/tokens_mean"] = _mean([len(s["tokens"]) for s in samples])
-    out["tokens/generated"] = sum(len(s["tokens"]) for s in samples)
-    informative = sum(len({s["reward"] for s in g["samples"]}) > 1 for g in groups)  # rewards not all equal: a gradient signal
+    out["length/tokens_mean"] = _mean([len(s.tokens) for s in samples])
+    out["tokens/generated"] = sum(len(s.tokens) for s in samples)
+    informative = sum(g.informative for g in groups)  # rewards not all equal: a gradient signal
     out["groups/informative_frac"] = informative / len(groups)
     out["tokens/per_informative_group"] = out["tokens/generated"] / informative if informative else float("nan")
-    if "kl" in samples[0]:
-        out["kl/reward_mean"] = _mean([s["kl"] for s in samples])
-    out["verify/errors"] = sum(s["verify_error"] for s in samples)
-    out["verify/timeouts"] = sum(s["verify_timeout"] for s in samples)
+    if samples[0].kl is not None:
+        out["kl/reward_mean"] = _mean([s.kl for s in samples])
+    out["verify/errors"] = sum(s.verify_error for s in samples)
+    out["verify/timeouts"] = sum(s.verify_timeout for s in samples)
     extra: dict[str, list[float]] = defaultdict(list)  # a reward file's extra keys, mean over the samples that have them
     for s in samples:
-        for key, value in s.get("reward_extra", {}).items():
+        for key, value in s.reward_extra.items():
             extra[key].append(value)
     out.update({f"reward_extra/{key}": _mean(values) for key, values in extra.items()})
     return out
@@ -77,20 +82,54 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
     return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
 
 
-def held_out_metrics(groups: Sequence[dict], names: Sequence[str], ks: Sequence[int] = ()) -> dict[str, float]:
+def held_out_metrics(groups: Sequence[Group], names: Sequence[str], ks: Sequence[int] = ()) -> dict[str, float]:
     """Per distribution and overall: accuracy (= avg@n, the mean over n samples
     per prompt) and the mean over prompts of pass@k for each k."""
-    n = len(groups[0]["samples"])
+    n = len(groups[0].samples)
     out: dict[str, float] = {}
     for name in [*names, None]:
-        chosen = [g for g in groups if name is None or g["distribution"] == name]
-        counts = [sum(bool(s["correct"]) for s in g["samples"]) for g in chosen]
+        chosen = [g for g in groups if name is None or g.distribution == name]
+        counts = [sum(g.correct) for g in chosen]
         prefix = "eval/" if name is None else f"eval/{name}/"
         out[prefix + "accuracy"] = sum(counts) / (n * len(counts))
         out[prefix + f"avg@{n}"] = out[prefix + "accuracy"]
         for k in ks:
             out[prefix + f"pass@{k}"] = _mean([pass_at_k(n, c, k) for c in counts])
     return out
+
+
+def training_batch_metrics(samples: Sequence[TrainSample], computed: Sequence[TrainSample], version: int) -> dict[str, float]:
+    """What the update was given: whether anything was kept, the share of samples
+    that needed no forward/backward, and (when something trains) how stale the
+    samples were (async: lag = the trained version - the generating one)."""
+    trained = [s for s in samples if s.weight > 0]
+    out = {
+        "train/skipped": float(not trained),  # nothing kept: no update
+        "train/uninformative": float(bool(trained) and not computed),  # kept, all advantage 0: one dummy pass per rank, then the step
+        "train/skipped_samples_frac": 1.0 - len(computed) / len(samples) if samples else 1.0,
+    }
+    if trained:
+        lags = [s.lag for s in trained]
+        out.update({
+            "async/trained_version": version, "async/generated_version_min": version - max(lags),
+            "async/lag_max": max(lags), "async/lag_mean": sum(lags) / len(lags),
+        })
+    return out
+
+
+def close_step(
+    metrics: dict[str, Any], groups: Sequence[Group], kept: Sequence[bool], report: dict, version: int, restarts: int, start: float
+) -> None:
+    """Add a step's closing metrics to `metrics` (which holds time/generate and
+    time/scheduler already): policy version, faults, what was generated (overall
+    and per distribution), generation speed, and the step's wall time since
+    `start` (a perf_counter reading)."""
+    metrics.update({"policy_version": version, "faults/rollout_restarts": restarts})
+    metrics.update(batch_metrics(groups))
+    metrics.update(distribution_metrics(groups, kept, report))
+    metrics["perf/gen_tokens_per_s"] = metrics["tokens/generated"] / max(metrics["time/generate"], 1e-9)
+    metrics["time/step"] = time.perf_counter() - start
+    metrics["time/scheduler_frac"] = metrics["time/scheduler"] / metrics["time/step"]
 
 
 def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:

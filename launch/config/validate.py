@@ -3,13 +3,10 @@
 plugins by path), settings that cannot learn, memory options."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from gradus.curriculum.registry import Registry, is_plugin, nearest
+from gradus.launch.config.schema import Config
 from gradus.launch.errors import GradusError
-
-if TYPE_CHECKING:
-    from gradus.launch.config import Config, TrainerConfig
+from gradus.launch.run.preempt import STOP_SIGNALS
+from gradus.trainer.config import TrainerConfig
 
 # Built-in sources whose answers only some verifiers can score (file sources and plugins are exempt).
 SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "kk": {"kk"}}
@@ -17,60 +14,30 @@ SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "k
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
-    from gradus.curriculum.bandits import CURRICULA
-    from gradus.curriculum.budget import BUDGETS
-    from gradus.curriculum.filters import FILTERS
-    from gradus.curriculum.prompts import PROMPT_SAMPLERS
-    from gradus.curriculum.sources import SOURCES
-    from gradus.launch.config import STOP_SIGNALS
-    from gradus.rollout.rewards import VERIFIERS
-    from gradus.trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_PENALTIES
-    from gradus.trainer.schedules import LR_SCHEDULES
-    from gradus.trainer.sync import TRANSPORTS
-
-    def params(key: str, registry: Registry, kind: str, positional: int, given: dict) -> None:
-        try:
-            registry.check_params(kind, positional, dict(given))
-        except (TypeError, ValueError, KeyError) as err:
-            raise GradusError(f"{key}: {err.args[0] if err.args else err}") from None
-
-    def choice(key: str, value: str, options) -> None:
-        if isinstance(options, Registry) and is_plugin(value):  # loaded and checked now, before Ray starts
-            try:
-                options.get(value)
-            except ValueError as err:
-                raise GradusError(f"{key}: {err}") from None
-            return
-        if value not in options:
-            raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {sorted(options)}")
+    from gradus.launch.config.registries import picks  # the registries import torch; `gradus submit` needs them only here
 
     names = [d.name for d in cfg.data.distributions]
     if not names or any(not n for n in names) or len(set(names)) != len(names):
         raise GradusError(f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})")
-    for i, dist in enumerate(cfg.data.distributions):
-        choice(f"data.distributions.{i}.source", dist.source, SOURCES)
-        choice(f"data.distributions.{i}.verifier", dist.verifier, VERIFIERS)
-    choice("curriculum.kind", cfg.curriculum.kind, CURRICULA)
-    params("curriculum.params", CURRICULA, cfg.curriculum.kind, 1, cfg.curriculum.params)
-    kinded = [(f"curriculum.filters.{i}", FILTERS, spec, 0) for i, spec in enumerate(cfg.curriculum.filters)]
-    kinded += [("curriculum.budget", BUDGETS, cfg.curriculum.budget, 0)] if cfg.curriculum.budget is not None else []
-    kinded += [("curriculum.prompts", PROMPT_SAMPLERS, {"kind": "shuffle", **cfg.curriculum.prompts}, 2)]
-    for key, registry, spec, positional in kinded:  # checked here, so an ablation cell's typo fails before the first run
-        choice(f"{key}.kind", str(spec.get("kind")), registry)
-        params(key, registry, str(spec["kind"]), positional, {k: v for k, v in spec.items() if k != "kind"})
+    for key, value, registry in picks(cfg):  # a plugin by path is loaded and checked now, before Ray starts
+        try:
+            registry.get(value)
+        except (KeyError, ValueError) as err:
+            raise GradusError(f"{key}: {err}") from None
+    registries = {key: registry for key, _, registry in picks(cfg)}
+    specs = [("curriculum.params", "curriculum.kind", cfg.curriculum.kind, cfg.curriculum.params)]
+    specs += [(f"curriculum.filters.{i}", f"curriculum.filters.{i}.kind", spec["kind"], spec) for i, spec in enumerate(cfg.curriculum.filters)]
+    if cfg.curriculum.budget is not None:
+        specs.append(("curriculum.budget", "curriculum.budget.kind", cfg.curriculum.budget["kind"], cfg.curriculum.budget))
+    specs.append(("curriculum.prompts", "curriculum.prompts.kind", cfg.curriculum.prompts.get("kind", "shuffle"), cfg.curriculum.prompts))
+    for key, kind_key, kind, spec in specs:  # checked here, so an ablation cell's typo fails before the first run
+        registry = registries[kind_key]
+        try:
+            registry.check_params(str(kind), registry.positional, {k: v for k, v in spec.items() if k != "kind"})
+        except (TypeError, ValueError, KeyError) as err:
+            raise GradusError(f"{key}: {err.args[0] if err.args else err}") from None
     if cfg.data.train_size is not None and cfg.data.train_size < 1:
         raise GradusError(f"data.train_size: must be >= 1 or null (every row of a file), got {cfg.data.train_size}")
-    choice("trainer.estimator", cfg.trainer.estimator, list(ADVANTAGE_ESTIMATORS))
-    if cfg.trainer.loss_agg is not None:
-        choice("trainer.loss_agg", cfg.trainer.loss_agg, list(AGGREGATIONS))
-    choice("trainer.lr_schedule", cfg.trainer.lr_schedule, list(LR_SCHEDULES))
-    choice("trainer.old_logprobs", cfg.trainer.old_logprobs, ["recompute", "rollout"])
-    choice("trainer.kl_kind", cfg.trainer.kl_kind, list(KL_PENALTIES))
-    choice("trainer.kl_in", cfg.trainer.kl_in, ["loss", "reward"])
-    choice("wandb.mode", cfg.wandb.mode, ["offline", "online", "disabled"])
-    choice("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
-    choice("cluster.device", cfg.cluster.device, ["auto", "cpu", "cuda"])
-    choice("sync.transport", cfg.sync.transport, list(TRANSPORTS))
     if cfg.rollout.max_staleness < 0:
         raise GradusError(f"rollout.max_staleness: must be >= 0, got {cfg.rollout.max_staleness}")
     if cfg.sync.bucket_mb <= 0:
@@ -107,9 +74,6 @@ def _validate_memory(t: TrainerConfig) -> None:
             raise GradusError(f"trainer.lora.rank: must be >= 1, got {t.lora.rank} (leave trainer.lora unset for full fine-tuning)")
         if t.lora.alpha <= 0 or not 0 <= t.lora.dropout < 1 or not t.lora.target_modules:
             raise GradusError(f"trainer.lora: need alpha > 0, 0 <= dropout < 1 and at least one target module, got {t.lora}")
-    for key, value in (("trainer.offload.optimizer", t.offload.optimizer), ("trainer.offload.params", t.offload.params)):
-        if value not in ("none", "cpu"):
-            raise GradusError(f"{key}: unknown value {value!r}; choose one of ['cpu', 'none']")
     if t.offload.params == "cpu" and t.zero_stage != 3:
         raise GradusError(f"trainer.offload.params=cpu needs trainer.zero_stage=3 (got {t.zero_stage}): only ZeRO-3 partitions parameters")
     if t.offload.optimizer == "cpu" and t.zero_stage < 1:
@@ -118,8 +82,6 @@ def _validate_memory(t: TrainerConfig) -> None:
 
 def _validate_learning(cfg: Config) -> None:
     """Settings that start a run which cannot learn, or loss options that contradict each other."""
-    from gradus.trainer.grpo import RATIO_LEVELS, REWARD_SCALES
-
     t, r, e = cfg.trainer, cfg.rollout, cfg.eval
     if r.group_size < 2:
         raise GradusError(f"rollout.group_size={r.group_size}: every group advantage would be 0 and nothing is learned; "
@@ -132,11 +94,6 @@ def _validate_learning(cfg: Config) -> None:
         if allowed is not None and ":" not in dist.verifier and dist.verifier not in allowed:
             raise GradusError(f"data.distributions.{i} ({dist.name}): verifier {dist.verifier!r} cannot score {dist.source!r} answers "
                               f"(it would score 0 forever); use verifier: {' or '.join(sorted(allowed))}")
-    for key, value, options in [("trainer.scale_rewards", t.scale_rewards, REWARD_SCALES), ("trainer.ratio_level", t.ratio_level, RATIO_LEVELS),
-                                ("trainer.importance.mode", t.importance.mode, ("truncate", "mask")),
-                                ("trainer.importance.on", t.importance.on, ("stale", "all"))]:
-        if value not in options:
-            raise GradusError(f"{key}: unknown value {value!r}{nearest(value, options)}; choose one of {list(options)}")
     if t.scale_rewards != "group" and t.estimator != "grpo":
         raise GradusError(f"trainer.scale_rewards={t.scale_rewards} applies to estimator grpo only (drgrpo is grpo with scale_rewards=none)")
     if t.clip_ratio_c is not None and t.clip_ratio_c <= 1:
