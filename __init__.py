@@ -4,6 +4,7 @@ The repository's top-level folders install as this package's subpackages:
 gradus.curriculum (what to train on next), gradus.rollout (generate and score),
 gradus.trainer (update the policy), gradus.launch (assemble and run).
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

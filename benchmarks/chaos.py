@@ -17,6 +17,7 @@ and whether every step's curriculum probabilities (exactly) and reward, loss,
 accuracy and grad norm (1e-6) equal the uninterrupted run's. Uses `ray stop
 --force` after a driver SIGKILL: run it alone on the machine. Not a test (minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,26 @@ COMPARED = ("reward/mean", "accuracy", "train/loss", "train/grad_norm", "length/
 def command(model: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
     extra = ["rollout.async_generation=true", "rollout.max_staleness=1"] if args.async_ else []
     return [
-        sys.executable, "-m", "gradus.launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
-        f"run.steps={args.steps}", f"run.checkpoint_every={args.checkpoint_every}", "run.max_restarts=3", "run.save_final=false",
-        "wandb.mode=disabled", "rollout.max_tokens=64", "reward.length=1.0", "curriculum.budget={kind: constant, budget: 64}",
-        "trainer.lr=1e-3", "eval.every=0", *extra, "--resume", "auto",
+        sys.executable,
+        "-m",
+        "gradus.launch.cli",
+        "train",
+        "configs/dump.yaml",
+        f"model.path={model}",
+        f"run.run_dir={run_dir}",
+        f"run.steps={args.steps}",
+        f"run.checkpoint_every={args.checkpoint_every}",
+        "run.max_restarts=3",
+        "run.save_final=false",
+        "wandb.mode=disabled",
+        "rollout.max_tokens=64",
+        "reward.length=1.0",
+        "curriculum.budget={kind: constant, budget: 64}",
+        "trainer.lr=1e-3",
+        "eval.every=0",
+        *extra,
+        "--resume",
+        "auto",
     ]
 
 
@@ -58,7 +75,11 @@ def pids(pattern: str) -> list[int]:
 
 def latest_checkpoint(run_dir: Path) -> int:
     """The newest complete checkpoint's step, -1 if none."""
-    found = [int(p.name.removeprefix("step-")) for p in (run_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file()]
+    found = [
+        int(p.name.removeprefix("step-"))
+        for p in (run_dir / "checkpoints").glob("step-*")
+        if (p / "state.json").is_file()
+    ]
     return max(found, default=-1)
 
 
@@ -81,7 +102,9 @@ def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, l
         launches += 1
         out_path = run_dir.parent / f"driver-{launches}.log"
         with out_path.open("w") as out:
-            proc = subprocess.Popen(command(model, run_dir, args), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                command(model, run_dir, args), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
             while proc.poll() is None and faults:
                 done, kind, delay = faults[0]
                 logged = run_dir / "metrics.jsonl"
@@ -108,22 +131,39 @@ def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, l
                     subprocess.run(["ray", "stop", "--force"], capture_output=True)
                 # What a restart or resume continues from (a trainer rank's death restarts the run in-process).
                 fault["checkpoint"] = latest_checkpoint(run_dir)
-                fault["steps_lost"] = max(0, len(metrics(run_dir)) - (fault["checkpoint"] + 1)) if kind in ("trainer", "sigkill", "sigterm") else 0
+                fault["steps_lost"] = (
+                    max(0, len(metrics(run_dir)) - (fault["checkpoint"] + 1))
+                    if kind in ("trainer", "sigkill", "sigterm")
+                    else 0
+                )
                 last_fault = time.time()
             proc.wait()
         output += out_path.read_text()
         if proc.returncode == 0 or launches > len(KINDS) + 1:
             break
-    return {"seed": seed, "faults": injected, "launches": launches, "returncode": proc.returncode,
-            "scheduler_restarts": output.count("curriculum scheduler actor died"), "output_tail": output[-1500:]}
+    return {
+        "seed": seed,
+        "faults": injected,
+        "launches": launches,
+        "returncode": proc.returncode,
+        "scheduler_restarts": output.count("curriculum scheduler actor died"),
+        "output_tail": output[-1500:],
+    }
 
 
 def compare(reference: list[dict], run: list[dict]) -> dict:
     same_probs = len(run) == len(reference) and all(
-        [a[k] for k in sorted(a) if k.endswith("/prob")] == [b[k] for k in sorted(a) if k.endswith("/prob")] for a, b in zip(reference, run)
+        [a[k] for k in sorted(a) if k.endswith("/prob")] == [b[k] for k in sorted(a) if k.endswith("/prob")]
+        for a, b in zip(reference, run)
     )
-    worst = max((abs(a[k] - b[k]) for a, b in zip(reference, run) for k in COMPARED if k in a and k in b), default=float("nan"))
-    return {"probabilities_equal": same_probs, "metrics_max_abs_diff": worst, "metrics_equal": len(run) == len(reference) and worst <= 1e-6}
+    worst = max(
+        (abs(a[k] - b[k]) for a, b in zip(reference, run) for k in COMPARED if k in a and k in b), default=float("nan")
+    )
+    return {
+        "probabilities_equal": same_probs,
+        "metrics_max_abs_diff": worst,
+        "metrics_equal": len(run) == len(reference) and worst <= 1e-6,
+    }
 
 
 def main() -> None:
@@ -146,7 +186,9 @@ def main() -> None:
             from tests.tiny_model import build_tiny_model
 
             model = build_tiny_model(tmp_path / "model")
-        plain = subprocess.run(command(model, tmp_path / "reference" / "run", args), cwd=ROOT, capture_output=True, text=True)
+        plain = subprocess.run(
+            command(model, tmp_path / "reference" / "run", args), cwd=ROOT, capture_output=True, text=True
+        )
         if plain.returncode != 0:
             sys.exit(f"the uninterrupted run failed:\n{plain.stdout[-3000:]}{plain.stderr[-3000:]}")
         reference = metrics(tmp_path / "reference" / "run")
@@ -156,20 +198,37 @@ def main() -> None:
             seed_dir = tmp_path / f"seed-{seed}"
             seed_dir.mkdir()
             result = chaos_run(model, seed_dir / "run", args, seed, log)
-            result.update(compare(reference, metrics(seed_dir / "run")), completed=result["returncode"] == 0,
-                          steps_lost=sum(f.get("steps_lost", 0) for f in result["faults"]))
+            result.update(
+                compare(reference, metrics(seed_dir / "run")),
+                completed=result["returncode"] == 0,
+                steps_lost=sum(f.get("steps_lost", 0) for f in result["faults"]),
+            )
             results.append(result)
-            log(f"seed {seed}: completed={result['completed']} steps_lost={result['steps_lost']} "
-                f"probabilities_equal={result['probabilities_equal']} metrics_equal={result['metrics_equal']}")
+            log(
+                f"seed {seed}: completed={result['completed']} steps_lost={result['steps_lost']} "
+                f"probabilities_equal={result['probabilities_equal']} metrics_equal={result['metrics_equal']}"
+            )
     mode = "async (staleness 1)" if args.async_ else "sync"
-    print(f"\n{mode}, {args.steps} steps, checkpoint every {args.checkpoint_every}, {time.time() - started:.0f} s in all\n")
-    print("| seed | faults (after N logged steps) | launches | completed | steps lost | curriculum probs equal | metrics equal (max abs diff) |")
+    print(
+        f"\n{mode}, {args.steps} steps, checkpoint every {args.checkpoint_every}, "
+        f"{time.time() - started:.0f} s in all\n"
+    )
+    print(
+        "| seed | faults (after N logged steps) | launches | completed | steps lost | curriculum probs equal "
+        "| metrics equal (max abs diff) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        faults = ", ".join(f"{f['kind']}@{f['after_step']}" + (" (after the last step: no effect)" if f["after_step"] >= args.steps else "")
-                           for f in r["faults"])
-        print(f"| {r['seed']} | {faults} | {r['launches']} | {r['completed']} | {r['steps_lost']} | {r['probabilities_equal']} | "
-              f"{r['metrics_equal']} ({r['metrics_max_abs_diff']:.1e}) |")
+        faults = ", ".join(
+            f"{f['kind']}@{f['after_step']}"
+            + (" (after the last step: no effect)" if f["after_step"] >= args.steps else "")
+            for f in r["faults"]
+        )
+        print(
+            f"| {r['seed']} | {faults} | {r['launches']} | {r['completed']} | {r['steps_lost']} | "
+            f"{r['probabilities_equal']} | "
+            f"{r['metrics_equal']} ({r['metrics_max_abs_diff']:.1e}) |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -21,6 +21,7 @@ after another (each rank set is killed before the next starts). Keys a
 configuration sets that this checkout's TrainerConfig lacks skip it (so the same
 script measures an older checkout: PYTHONPATH=<old tree>).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,14 @@ def build_model(path: Path, hidden: int, layers: int, intermediate: int, vocab: 
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, tie_word_embeddings=True, max_position_embeddings=2048,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
     )
     LlamaForCausalLM(config).float().save_pretrained(path)
     return path
@@ -69,7 +76,12 @@ def batch(n: int, seq: int, vocab: int, prompt: int = 16) -> list:
 
     rng = np.random.default_rng(0)
     return [
-        TrainSample(rng.integers(3, vocab, prompt).tolist(), rng.integers(3, vocab, seq - prompt).tolist(), [-2.0] * (seq - prompt), float(a))
+        TrainSample(
+            rng.integers(3, vocab, prompt).tolist(),
+            rng.integers(3, vocab, seq - prompt).tolist(),
+            [-2.0] * (seq - prompt),
+            float(a),
+        )
         for a in np.resize([1.0, -1.0], n)
     ]
 
@@ -86,8 +98,14 @@ def install_probe(worker) -> None:
         with open("/proc/self/status") as status:
             while True:
                 status.seek(0)
-                kib = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status) if k in ("RssAnon", "RssFile")}
-                worker._phase_peaks[worker._phase] = max(worker._phase_peaks.get(worker._phase, 0), 1024 * sum(kib.values()))
+                kib = {
+                    k: int(v.split()[0])
+                    for k, _, v in (line.partition(":") for line in status)
+                    if k in ("RssAnon", "RssFile")
+                }
+                worker._phase_peaks[worker._phase] = max(
+                    worker._phase_peaks.get(worker._phase, 0), 1024 * sum(kib.values())
+                )
                 time.sleep(0.005)
 
     def phase(name: str, fn):
@@ -97,10 +115,15 @@ def install_probe(worker) -> None:
                 return fn(*args, **kwargs)
             finally:
                 worker._phase = "other"
+
         return wrapped
 
     engine = worker.engine
-    engine.forward, engine.backward, engine.step = phase("forward", engine.forward), phase("backward", engine.backward), phase("step", engine.step)
+    engine.forward, engine.backward, engine.step = (
+        phase("forward", engine.forward),
+        phase("backward", engine.backward),
+        phase("step", engine.step),
+    )
     worker._send_buckets = phase("sync", worker._send_buckets)
     threading.Thread(target=sample, daemon=True).start()
 
@@ -109,7 +132,10 @@ def phase_peaks(group) -> list[dict[str, float]]:
     """Each rank's peak resident GiB per phase since install_probe."""
     import ray
 
-    return [{k: v / 2**30 for k, v in p.items()} for p in ray.get([r.__ray_call__.remote(lambda w: dict(w._phase_peaks)) for r in group.ranks])]
+    return [
+        {k: v / 2**30 for k, v in p.items()}
+        for p in ray.get([r.__ray_call__.remote(lambda w: dict(w._phase_peaks)) for r in group.ranks])
+    ]
 
 
 def peak_gib(group) -> list[float]:
@@ -132,7 +158,10 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
 
         fields["lora"] = LoraConfig(**overrides["lora"])
     cfg = dataclasses.replace(
-        TrainerConfig(), threads=max(1, args.threads // ranks), max_tokens_per_micro_batch=args.batch * args.seq, **{**overrides, **fields}
+        TrainerConfig(),
+        threads=max(1, args.threads // ranks),
+        max_tokens_per_micro_batch=args.batch * args.seq,
+        **{**overrides, **fields},
     )
     samples = batch(args.batch * ranks, args.seq, args.vocab)
     group = TrainerGroup(ranks, threads=cfg.threads)
@@ -140,7 +169,10 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
         group.setup(str(model), "float32", cfg, seed=0, total_steps=args.steps)
         after_setup = peak_gib(group)
         ray.get([r.__ray_call__.remote(install_probe) for r in group.ranks])
-        seconds = [max(s["seconds"] for s in group.train(samples, 1, cfg.max_tokens_per_micro_batch)) for _ in range(args.steps)]
+        seconds = [
+            max(s["seconds"] for s in group.train(samples, 1, cfg.max_tokens_per_micro_batch))
+            for _ in range(args.steps)
+        ]
         group.weight_layout(args.bucket_mb)
         group.publish_weights()  # a weight sync's gather (ZeRO-3: piece by piece)
         phases = phase_peaks(group)
@@ -154,8 +186,13 @@ def measure(model: Path, ranks: int, overrides: dict, args: argparse.Namespace) 
                 except Exception:  # noqa: BLE001 - dead actor: exactly what we wait for
                     break
     peak = [max(setup, *p.values()) for setup, p in zip(after_setup, phases)]
-    return {"after_setup": max(after_setup), "peak": max(peak), "peaks": peak, "seconds": seconds[-1],
-            "phases": {k: max(p.get(k, 0.0) for p in phases) for k in PHASES}}
+    return {
+        "after_setup": max(after_setup),
+        "peak": max(peak),
+        "peaks": peak,
+        "seconds": seconds[-1],
+        "phases": {k: max(p.get(k, 0.0) for p in phases) for k in PHASES},
+    }
 
 
 def main() -> None:
@@ -179,9 +216,19 @@ def main() -> None:
 
     model = build_model(Path(args.model_dir), args.hidden, args.layers, args.intermediate, args.vocab)
     params = sum(np.prod(shape) for shape in _shapes(model))
-    print(f"model: {params / 1e9:.2f}B parameters, float32; batch per rank {args.batch} x {args.seq} tokens; {args.steps} step(s)", flush=True)
-    print("| configuration | ranks | peak RSS per rank (GiB) | after set-up (GiB) | " + " | ".join(f"{p} peak" for p in PHASES)
-          + " | step seconds |\n|---|---|---|---|" + "---|" * len(PHASES) + "---|", flush=True)
+    print(
+        f"model: {params / 1e9:.2f}B parameters, float32; batch per rank {args.batch} x {args.seq} tokens; "
+        f"{args.steps} step(s)",
+        flush=True,
+    )
+    print(
+        "| configuration | ranks | peak RSS per rank (GiB) | after set-up (GiB) | "
+        + " | ".join(f"{p} peak" for p in PHASES)
+        + " | step seconds |\n|---|---|---|---|"
+        + "---|" * len(PHASES)
+        + "---|",
+        flush=True,
+    )
     known = {f.name for f in dataclasses.fields(TrainerConfig)}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -193,7 +240,10 @@ def main() -> None:
             m = measure(model, ranks, overrides, args)
             per_rank = " / ".join(f"{p:.2f}" for p in m["peaks"])
             phases = " | ".join(f"{m['phases'][p]:.2f}" for p in PHASES)
-            print(f"| {name} | {ranks} | {per_rank} | {m['after_setup']:.2f} | {phases} | {m['seconds']:.1f} |", flush=True)
+            print(
+                f"| {name} | {ranks} | {per_rank} | {m['after_setup']:.2f} | {phases} | {m['seconds']:.1f} |",
+                flush=True,
+            )
     finally:
         ray.shutdown()
 

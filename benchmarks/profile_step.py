@@ -2,7 +2,8 @@
 one batch shaped like the demo's (prompts x group samples through the chat
 template, completions of up to --max-tokens tokens), timed piece by piece.
 
-    python benchmarks/profile_step.py [--model smollm2-135m-instruct] [--prompts 8] [--group 4] [--max-tokens 64] [--informative 0.5] [--rank]
+    python benchmarks/profile_step.py [--model smollm2-135m-instruct] [--prompts 8] [--group 4] [--max-tokens 64] \
+[--informative 0.5] [--rank]
 
 Rows: the forward alone (per-sample rows vs shared prompts), the entropy's
 softmax, forward + loss + backward for the plain path, with uninformative
@@ -14,6 +15,7 @@ the fraction of groups whose rewards differ (the rest get advantage 0).
 shows what the process around the model costs (allocator, engine, actor).
 Median of --repeat runs after a warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +37,18 @@ def batch(tokenizer, prompts: int, group: int, max_tokens: int, informative: flo
     rows = SOURCES.get("arithmetic")(prompts, rng, digits=2)
     samples = []
     for g, row in enumerate(rows):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=True
+        )
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         useful = g < round(informative * prompts)
         for _ in range(group):
             n = int(rng.integers(max_tokens // 2, max_tokens + 1))
-            samples.append(TrainSample(ids, rng.integers(100, 20000, size=n).tolist(), [-2.0] * n, float(rng.normal()) if useful else 0.0))
+            samples.append(
+                TrainSample(
+                    ids, rng.integers(100, 20000, size=n).tolist(), [-2.0] * n, float(rng.normal()) if useful else 0.0
+                )
+            )
     return samples
 
 
@@ -78,7 +86,9 @@ def main() -> None:
     parser.add_argument("--micro-tokens", type=int, default=1024, help="trainer.max_tokens_per_micro_batch")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rank", action="store_true", help="also time the update inside a trainer rank (local Ray, DeepSpeed)")
+    parser.add_argument(
+        "--rank", action="store_true", help="also time the update inside a trainer rank (local Ray, DeepSpeed)"
+    )
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,6 +112,7 @@ def main() -> None:
             (part,) = assign(samples, 1, args.micro_tokens, skip, False, share)
             for micro in part.micro_batches:
                 micro_batch_loss(model, micro, opts, share, part.num_tokens, part.num_seqs, True, stats).backward()
+
         return run
 
     def forward(share: bool, entropy: bool) -> Callable[[], None]:
@@ -110,6 +121,7 @@ def main() -> None:
             with torch.no_grad():
                 for micro in part.micro_batches:
                     completion_logprobs(model, micro, with_entropy=entropy, share_prompts=share)
+
         return run
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=True)  # as the trainer ranks
@@ -126,8 +138,11 @@ def main() -> None:
     ]
     if args.rank:
         rows.append(("update in a trainer rank (Ray actor, DeepSpeed, optimiser step)", in_rank(path, samples, args)))
-    print(f"{args.prompts} prompts x {args.group} samples, {tokens} completion tokens, prompt {len(samples[0].prompt_ids)} tokens, "
-          f"{args.informative:.0%} informative groups, {args.threads} threads; median of {args.repeat}")
+    print(
+        f"{args.prompts} prompts x {args.group} samples, {tokens} completion tokens, "
+        f"prompt {len(samples[0].prompt_ids)} tokens, "
+        f"{args.informative:.0%} informative groups, {args.threads} threads; median of {args.repeat}"
+    )
     plain = None
     for name, fn in rows:
         seconds = timed(fn, args.repeat)

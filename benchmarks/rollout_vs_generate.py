@@ -1,12 +1,14 @@
 """vLLM-CPU rollout (gradus's RolloutWorker) vs Hugging Face `generate` on the
 same prompts, samples per prompt, max tokens and sampling temperature.
 
-    python benchmarks/rollout_vs_generate.py [--model smollm2-135m-instruct] [--prompts 8] [--group 4] [--max-tokens 64] [--repeat 3]
+    python benchmarks/rollout_vs_generate.py [--model smollm2-135m-instruct] [--prompts 8] [--group 4] \
+[--max-tokens 64] [--repeat 3]
 
 Tokens/s = generated completion tokens / seconds (best of --repeat, after one
 warm-up call each). HF runs all prompts x samples as one left-padded batch
 with its KV cache; both in float32 with the same torch threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +36,10 @@ def main() -> None:
 
     model = str(resolve_model(args.model))
     rows = SOURCES.get("arithmetic")(args.prompts, np.random.default_rng(0), digits=2)
-    items = [Item(distribution="add2", prompt=r["prompt"], answer=r["answer"], verifier="numeric", seed=i) for i, r in enumerate(rows)]
+    items = [
+        Item(distribution="add2", prompt=r["prompt"], answer=r["answer"], verifier="numeric", seed=i)
+        for i, r in enumerate(rows)
+    ]
 
     os.environ.update(engine_env(args.threads, 1.0))
     from gradus.rollout.worker import RolloutWorker
@@ -62,8 +67,16 @@ def main() -> None:
     for i in range(args.repeat + 1):
         start = time.perf_counter()
         with torch.no_grad():
-            out_ids = hf.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_p=1.0,
-                                  max_new_tokens=args.max_tokens, num_return_sequences=args.group, pad_token_id=pad)
+            out_ids = hf.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                max_new_tokens=args.max_tokens,
+                num_return_sequences=args.group,
+                pad_token_id=pad,
+            )
         seconds = time.perf_counter() - start
         completions = out_ids[:, width:]
         ended = (completions == tokenizer.eos_token_id).int()
@@ -71,7 +84,10 @@ def main() -> None:
         if i and seconds < hf_best[1]:
             hf_best = (int(lengths.sum()), seconds)
 
-    print(f"{args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, {args.threads} threads, best of {args.repeat}")
+    print(
+        f"{args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, {args.threads} threads, "
+        f"best of {args.repeat}"
+    )
     print(f"{'':<14}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
     for name, (tokens, seconds) in (("vLLM-CPU", vllm_best), ("HF generate", hf_best)):
         print(f"{name:<14}{tokens:>8}{seconds:>9.2f}{tokens / seconds:>10.1f}")

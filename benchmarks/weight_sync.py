@@ -8,6 +8,7 @@ Transport only: a sender actor (trainer rank 0's side) and a receiver actor
 also the full sync into a running vLLM engine (reload included) through the
 real trainer and rollout groups.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,12 @@ def transport_seconds(source, sink, transport: str, bucket_mb: float, repeat: in
     ray.get(sink.set_weight_layout.remote(layout))
     if transport == "broadcast":
         port = free_port()
-        ray.get([source.join_weight_group.remote("127.0.0.1", port, 2, "gloo"), sink.join_weight_group.remote("127.0.0.1", port, 2, 1, "gloo")])
+        ray.get(
+            [
+                source.join_weight_group.remote("127.0.0.1", port, 2, "gloo"),
+                sink.join_weight_group.remote("127.0.0.1", port, 2, 1, "gloo"),
+            ]
+        )
     times = []
     for version in range(repeat):
         start = time.perf_counter()
@@ -75,7 +81,9 @@ def engine_seconds(model: str, bucket_mb: float, repeat: int) -> dict[str, float
     from gradus.launch.config.load import load_config
     from gradus.launch.run.driver import Run
 
-    cfg = load_config("configs/default.yaml", [f"model.path={model}", "run.run_dir=/tmp/gradus-bench-sync", "wandb.mode=disabled"])
+    cfg = load_config(
+        "configs/default.yaml", [f"model.path={model}", "run.run_dir=/tmp/gradus-bench-sync", "wandb.mode=disabled"]
+    )
     run = Run(cfg, overwrite=True)
     out = {}
     try:
@@ -98,7 +106,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--bucket-mb", type=float, nargs="+", default=[64.0, 512.0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--engine", action="store_true", help="also time full syncs into vLLM through the real actor groups")
+    parser.add_argument(
+        "--engine", action="store_true", help="also time full syncs into vLLM through the real actor groups"
+    )
     args = parser.parse_args()
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -113,13 +123,19 @@ def main() -> None:
     for bucket_mb in args.bucket_mb:
         for transport in ("object_store", "broadcast"):
             sec = transport_seconds(source, sink, transport, bucket_mb, args.repeat)
-            print(f"{transport + f' ({bucket_mb:g} MB buckets)':<34}{sec:>9.3f}{sec / gb:>8.3f}{gb / sec:>8.2f}{sec / copy:>10.1f}")
+            print(
+                f"{transport + f' ({bucket_mb:g} MB buckets)':<34}{sec:>9.3f}{sec / gb:>8.3f}"
+                f"{gb / sec:>8.2f}{sec / copy:>10.1f}"
+            )
     ray.kill(source)
     ray.kill(sink)
     ray.shutdown()
     if args.engine:
         for transport, sec in engine_seconds(args.model, args.bucket_mb[-1], args.repeat).items():
-            print(f"{transport + ' + vLLM reload (engine)':<34}{sec:>9.3f}{sec / gb:>8.3f}{gb / sec:>8.2f}{sec / copy:>10.1f}")
+            print(
+                f"{transport + ' + vLLM reload (engine)':<34}{sec:>9.3f}{sec / gb:>8.3f}"
+                f"{gb / sec:>8.2f}{sec / copy:>10.1f}"
+            )
 
 
 if __name__ == "__main__":

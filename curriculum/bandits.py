@@ -5,6 +5,7 @@ repository; the formulas are restated in each class's docstring): DUMP's UCB ove
 |advantage| and SEC's TD(0) value with Boltzmann sampling, plus the uniform,
 fixed-mixture and staged baselines that ablations compare against.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,11 @@ def curriculum_interface(obj: Any) -> list[str]:
     missing = [m for m in CURRICULUM_METHODS if not callable(getattr(obj, m, None))]
     if getattr(obj, "probabilities", None) is Curriculum.probabilities:
         missing.append("probabilities")
-    return [f"missing method {', '.join(missing)} (subclass curriculum.bandits.Curriculum and define probabilities())"] if missing else []
+    return (
+        [f"missing method {', '.join(missing)} (subclass curriculum.bandits.Curriculum and define probabilities())"]
+        if missing
+        else []
+    )
 
 
 CURRICULA: Registry[type["Curriculum"]] = Registry("curriculum", curriculum_interface, positional=1)
@@ -96,7 +101,10 @@ class Curriculum:
     def _check_names(self, signals: Mapping[str, Any], what: str = "signals") -> None:
         unknown = sorted(set(signals) - set(self.names))
         if unknown:
-            raise KeyError(f"{what} name unknown distributions {unknown}{nearest(unknown[0], self.names)}; the distributions are {self.names}")
+            raise KeyError(
+                f"{what} name unknown distributions {unknown}{nearest(unknown[0], self.names)}; "
+                f"the distributions are {self.names}"
+            )
 
 
 @CURRICULA.register("uniform")
@@ -201,7 +209,9 @@ class TD0(Curriculum):
     this step, p = softmax(Q / temperature). Others keep Q, or with
     decay_unsampled (SEC's released code) decay toward 0: Q_j <- (1 - alpha) * Q_j."""
 
-    def __init__(self, names: Sequence[str], alpha: float = 0.5, temperature: float = 1.0, decay_unsampled: bool = False) -> None:
+    def __init__(
+        self, names: Sequence[str], alpha: float = 0.5, temperature: float = 1.0, decay_unsampled: bool = False
+    ) -> None:
         super().__init__(names)
         if not 0 <= alpha <= 1 or temperature <= 0:
             raise ValueError("td0 curriculum: alpha must be in [0, 1] and temperature > 0")

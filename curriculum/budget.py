@@ -3,6 +3,7 @@
 Each schedule maps a training step to a token budget that the scheduler
 attaches to every prompt of that step.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ teaches nothing (DAPO's dynamic sampling); groups that are far too easy or far
 too hard are dropped by an accuracy band (Online Difficulty Filtering for
 Reasoning Oriented RL).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence

@@ -1,4 +1,5 @@
 """Item: one prompt of a batch, the record the scheduler hands to rollout."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

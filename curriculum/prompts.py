@@ -21,6 +21,7 @@ A sampler by path (`curriculum.prompts.kind: my_file.py:MySampler`) needs the
 methods `take`, `observe`, `availability`, `stats`, `state_dict` and
 `load_state_dict`, and a constructor `(n_rows, seed, **params)`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -114,13 +115,36 @@ class PassRate(PromptSampler):
     """Retire solved rows, recheck them now and then, prefer the learnable band."""
 
     def __init__(
-        self, n_rows: int, seed: tuple, retire_after: int = 4, recheck: float = 0.05, low: float = 0.2, high: float = 0.8,
-        decay: float = 0.5, floor: float = 0.05,
+        self,
+        n_rows: int,
+        seed: tuple,
+        retire_after: int = 4,
+        recheck: float = 0.05,
+        low: float = 0.2,
+        high: float = 0.8,
+        decay: float = 0.5,
+        floor: float = 0.05,
     ) -> None:
         super().__init__(n_rows, seed)
-        if retire_after < 1 or not 0 <= recheck <= 1 or not 0 <= low <= high <= 1 or not 0 < decay <= 1 or not 0 < floor <= 1:
-            raise ValueError("pass_rate sampler: need retire_after >= 1, 0 <= recheck <= 1, 0 <= low <= high <= 1, 0 < decay <= 1, 0 < floor <= 1")
-        self.retire_after, self.recheck, self.low, self.high, self.decay, self.floor = int(retire_after), float(recheck), low, high, decay, floor
+        if (
+            retire_after < 1
+            or not 0 <= recheck <= 1
+            or not 0 <= low <= high <= 1
+            or not 0 < decay <= 1
+            or not 0 < floor <= 1
+        ):
+            raise ValueError(
+                "pass_rate sampler: need retire_after >= 1, 0 <= recheck <= 1, 0 <= low <= high <= 1, "
+                "0 < decay <= 1, 0 < floor <= 1"
+            )
+        self.retire_after, self.recheck, self.low, self.high, self.decay, self.floor = (
+            int(retire_after),
+            float(recheck),
+            low,
+            high,
+            decay,
+            floor,
+        )
         self.attempts = np.zeros(n_rows, dtype=np.int64)
         self.successes = np.zeros(n_rows, dtype=np.int64)
         self.rate = np.full(n_rows, np.nan)  # recency-weighted pass rate; nan = unseen
@@ -169,12 +193,19 @@ class PassRate(PromptSampler):
 
     def stats(self) -> dict[str, float]:
         seen = self.attempts > 0
-        return {"rows_retired": float(self.retired().sum()), "rows_seen": float(seen.sum()),
-                "pass_rate": float(np.mean(self.rate[seen])) if seen.any() else float("nan")}
+        return {
+            "rows_retired": float(self.retired().sum()),
+            "rows_seen": float(seen.sum()),
+            "pass_rate": float(np.mean(self.rate[seen])) if seen.any() else float("nan"),
+        }
 
     def state_dict(self) -> dict:
-        return {"attempts": self.attempts.tolist(), "successes": self.successes.tolist(),
-                "rate": [None if np.isnan(r) else float(r) for r in self.rate], "streak": self.streak.tolist()}
+        return {
+            "attempts": self.attempts.tolist(),
+            "successes": self.successes.tolist(),
+            "rate": [None if np.isnan(r) else float(r) for r in self.rate],
+            "streak": self.streak.tolist(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.attempts = np.asarray(state["attempts"], dtype=np.int64)

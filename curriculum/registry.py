@@ -12,6 +12,7 @@ of the import graph. `curriculum` (which imports neither `rollout` nor
 `trainer`), `rollout/rewards.py` (file verifiers) and `launch` all use it, and
 every import still points downward: launch -> rollout -> curriculum.registry.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -76,7 +77,9 @@ def load_plugin(spec: str, what: str = "plugin") -> Any:
             module_spec.loader.exec_module(module)
         except Exception as err:
             del sys.modules[name]
-            raise ValueError(f"{what} {spec!r}: importing {path} failed: {type(err).__name__}: {err}".splitlines()[0]) from None
+            raise ValueError(
+                f"{what} {spec!r}: importing {path} failed: {type(err).__name__}: {err}".splitlines()[0]
+            ) from None
         _MODULES[path] = module
     module = _MODULES[path]
     if not hasattr(module, attr):
@@ -103,7 +106,9 @@ class Registry(Generic[T]):
     lists what a plugin lacks (empty: it fits); `plugins=False` for choices that
     take no plugin by path. Every registry is listed in ALL."""
 
-    def __init__(self, what: str, interface: Callable[[Any], list[str]] | None = None, plugins: bool = True, positional: int = 0) -> None:
+    def __init__(
+        self, what: str, interface: Callable[[Any], list[str]] | None = None, plugins: bool = True, positional: int = 0
+    ) -> None:
         """`positional`: leading arguments gradus passes itself (not config parameters)."""
         self.what = what
         self.positional = positional
@@ -129,10 +134,14 @@ class Registry(Generic[T]):
         if isinstance(obj, str):
             return obj
         try:
-            params = list(inspect.signature(obj).parameters.values())[self.positional:]
+            params = list(inspect.signature(obj).parameters.values())[self.positional :]
         except (TypeError, ValueError):
             return ""
-        shown = [p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        shown = [
+            p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+            for p in params
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         doc = (inspect.getdoc(obj) or "").split("\n")[0]
         return f"({', '.join(shown)})" + (f"  {doc}" if doc else "")
 
@@ -145,9 +154,13 @@ class Registry(Generic[T]):
             return obj
         if name not in self.entries:
             if not self.plugins:  # a setting's value, e.g. trainer.kl_in
-                raise UnknownEntry(f"unknown value {name!r}{nearest(str(name), self.entries)}; choose one of {sorted(self.entries)}")
-            raise UnknownEntry(f"unknown {self.what} {name!r}{nearest(str(name), self.entries)}; "
-                               f"choose one of {sorted(self.entries)} or a plugin path/to/file.py:Name")
+                raise UnknownEntry(
+                    f"unknown value {name!r}{nearest(str(name), self.entries)}; choose one of {sorted(self.entries)}"
+                )
+            raise UnknownEntry(
+                f"unknown {self.what} {name!r}{nearest(str(name), self.entries)}; "
+                f"choose one of {sorted(self.entries)} or a plugin path/to/file.py:Name"
+            )
         return self.entries[name]
 
     def check_params(self, name: str, skip: int, params: dict) -> None:

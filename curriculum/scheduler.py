@@ -4,6 +4,7 @@ length budget), filters uninformative groups, and learns from the signals.
 A plain class so it is unit-tested without Ray; `remote_scheduler` wraps it in
 an actor for the driver.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,7 +25,10 @@ def with_budget(prompt: str | list[dict], template: str, budget: int) -> str | l
     if isinstance(prompt, str):
         return template.format(prompt=prompt, budget=budget)
     last = max(i for i, m in enumerate(prompt) if m["role"] == "user")
-    return [{**m, "content": template.format(prompt=m["content"], budget=budget)} if i == last else m for i, m in enumerate(prompt)]
+    return [
+        {**m, "content": template.format(prompt=m["content"], budget=budget)} if i == last else m
+        for i, m in enumerate(prompt)
+    ]
 
 
 class CurriculumScheduler:
@@ -48,7 +52,10 @@ class CurriculumScheduler:
         for spec in distributions:
             for dist in make_distributions(spec, train_size, eval_size, seed, prompts):
                 if dist.name in self.distributions:
-                    raise ValueError(f"distribution {dist.name!r} appears twice (a split_by value may repeat another distribution's name)")
+                    raise ValueError(
+                        f"distribution {dist.name!r} appears twice "
+                        "(a split_by value may repeat another distribution's name)"
+                    )
                 self.distributions[dist.name] = dist
         self.notes = [d.note for d in self.distributions.values() if d.note]
         self.curriculum = make_curriculum(curriculum, list(self.distributions), **dict(curriculum_params or {}))
@@ -63,12 +70,18 @@ class CurriculumScheduler:
         start = time.perf_counter()
         self.curriculum.set_step(step)
         names = self.curriculum.sample(n, self.rng, scale=self.availability())
-        rows = {name: iter(self.distributions[name].take(names.count(name), self.rng)) for name in dict.fromkeys(names)}  # one draw per distribution
+        rows = {
+            name: iter(self.distributions[name].take(names.count(name), self.rng)) for name in dict.fromkeys(names)
+        }  # one draw per distribution
         batch = []
         for name in names:
             dist, row = self.distributions[name], next(rows[name])
             budget = self.budget_for(name, step)
-            prompt = row["prompt"] if budget is None or not self.budget_prompt else with_budget(row["prompt"], self.budget_prompt, budget)
+            prompt = (
+                row["prompt"]
+                if budget is None or not self.budget_prompt
+                else with_budget(row["prompt"], self.budget_prompt, budget)
+            )
             batch.append(self._item(dist, {**row, "prompt": prompt}, budget))
         self.overhead_s += time.perf_counter() - start
         return batch
@@ -122,9 +135,14 @@ class CurriculumScheduler:
         probs = self.curriculum.probabilities()
         shares = {name: d.sampler.availability() for name, d in self.distributions.items()}
         total = sum(probs[n] * shares[n] for n in probs) or 1.0
-        return {"probabilities": probs, "scores": self.curriculum.scores(),
-                "rows": {name: {**d.sampler.stats(), "available": shares[name], "draw_prob": probs[name] * shares[name] / total}
-                         for name, d in self.distributions.items()}}
+        return {
+            "probabilities": probs,
+            "scores": self.curriculum.scores(),
+            "rows": {
+                name: {**d.sampler.stats(), "available": shares[name], "draw_prob": probs[name] * shares[name] / total}
+                for name, d in self.distributions.items()
+            },
+        }
 
     def pop_overhead(self) -> float:
         """The scheduler's own compute seconds since the last call."""
@@ -134,14 +152,24 @@ class CurriculumScheduler:
     def eval_rows(self) -> dict[str, list[Item]]:
         """Each distribution's held-out rows (never drawn for training) as items,
         `row_id` their index among the held-out rows."""
-        return {name: [self._item(d, {**row, "row_id": i}) for i, row in enumerate(d.eval_rows)] for name, d in self.distributions.items()}
+        return {
+            name: [self._item(d, {**row, "row_id": i}) for i, row in enumerate(d.eval_rows)]
+            for name, d in self.distributions.items()
+        }
 
     @staticmethod
     def _item(dist: Distribution, row: Mapping[str, Any], budget: int | None = None) -> Item:
         known = ("prompt", "answer", "row_id")
-        return Item(distribution=dist.name, prompt=row["prompt"], answer=row["answer"], verifier=dist.verifier,
-                    verifier_threshold=dist.verifier_threshold, row_id=row.get("row_id"), budget=budget,
-                    extra={k: v for k, v in row.items() if k not in known})
+        return Item(
+            distribution=dist.name,
+            prompt=row["prompt"],
+            answer=row["answer"],
+            verifier=dist.verifier,
+            verifier_threshold=dist.verifier_threshold,
+            row_id=row.get("row_id"),
+            budget=budget,
+            extra={k: v for k, v in row.items() if k not in known},
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ A source is `fn(wanted, rng, **params) -> list[row]`, a row being
 return distinct prompts. `source: path/to/file.py:fn` loads such a function
 from a file (a plugin, curriculum/registry.py).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,7 +23,9 @@ from gradus.curriculum.registry import Registry, nearest
 
 Row = dict[str, Any]
 SOURCES: Registry[Callable[..., list[Row]]] = Registry(
-    "data source", lambda obj: [] if callable(obj) else [f"{obj!r} is not a function fn(wanted, rng, **params) -> list of rows"], positional=2,
+    "data source",
+    lambda obj: [] if callable(obj) else [f"{obj!r} is not a function fn(wanted, rng, **params) -> list of rows"],
+    positional=2,
 )
 DEFAULT_SYNTHETIC_ROWS = 2000  # training rows a generator makes when data.train_size is null
 MISSING = object()
@@ -117,7 +120,8 @@ def knights_knaves(wanted: int, rng: np.random.Generator, people: int = 3) -> li
         who = ", ".join(NAMES[:people])
         prompt = (
             f"On an island, knights always tell the truth and knaves always lie. You meet {who}. {said} "
-            f"Who is a knight and who is a knave? Answer like <answer>{NAMES[0]} is a knight, {NAMES[1]} is a knave</answer>."
+            "Who is a knight and who is a knave? "
+            f"Answer like <answer>{NAMES[0]} is a knight, {NAMES[1]} is a knave</answer>."
         )
         answer = {NAMES[i]: "knight" if r else "knave" for i, r in enumerate(solutions[0])}
         return {"prompt": prompt, "answer": answer}
@@ -188,13 +192,21 @@ def as_prompt(value: Any, where: str) -> str | list[dict]:
     messages with at least one user message (given to the tokenizer's chat template)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    ):
         if not any(m["role"] == "user" for m in value):
             raise ValueError(f"{where}: the chat messages have no user message")
         return [dict(m) for m in value]
     shown = repr(value)
-    raise ValueError(f"{where} is {type(value).__name__} {shown[:60] + '...' if len(shown) > 60 else shown}: "
-                     "a prompt must be a string or a list of {role, content} messages")
+    raise ValueError(
+        f"{where} is {type(value).__name__} {shown[:60] + '...' if len(shown) > 60 else shown}: "
+        "a prompt must be a string or a list of {role, content} messages"
+    )
 
 
 FIELDS = {"prompt": "prompt", "answer": "answer", "data_source": "data_source", "extra_info": "extra_info"}
@@ -202,8 +214,14 @@ OPTIONAL_FIELDS = ("data_source", "extra_info")  # taken when the row has them (
 
 
 @SOURCES.register("file")
-def file(wanted: int | None, rng: np.random.Generator, path: str, fields: Mapping[str, str] | None = None,
-         where: Mapping[str, Any] | None = None, split_by: str | None = None) -> list[Row]:
+def file(
+    wanted: int | None,
+    rng: np.random.Generator,
+    path: str,
+    fields: Mapping[str, str] | None = None,
+    where: Mapping[str, Any] | None = None,
+    split_by: str | None = None,
+) -> list[Row]:
     """Rows of a local file, shuffled by seed (all of them when `wanted` is None).
     `fields` maps prompt/answer (and data_source/extra_info) to dotted paths into
     the rows; `where` keeps rows whose fields equal the given values; `split_by`
@@ -213,7 +231,9 @@ def file(wanted: int | None, rng: np.random.Generator, path: str, fields: Mappin
         raise ValueError(f"data file {target} does not exist")
     unknown = sorted(set(fields or {}) - set(FIELDS))
     if unknown:
-        raise ValueError(f"{target}: fields.{unknown[0]} is not a row field{nearest(unknown[0], FIELDS)}; map {', '.join(FIELDS)}")
+        raise ValueError(
+            f"{target}: fields.{unknown[0]} is not a row field{nearest(unknown[0], FIELDS)}; map {', '.join(FIELDS)}"
+        )
     mapping = {**FIELDS, **dict(fields or {})}
     required = ["prompt", "answer", *(k for k in OPTIONAL_FIELDS if k in (fields or {}))]
     rows = []
@@ -227,8 +247,10 @@ def file(wanted: int | None, rng: np.random.Generator, path: str, fields: Mappin
         for key, column in mapping.items():
             value = lookup(record, column)
             if value is MISSING and key in required:
-                raise ValueError(f"{target}: row {index} has no field {column!r} (mapped to {key}); "
-                                 f"its fields are {sorted(record)}; fix the file or set fields.{key}")
+                raise ValueError(
+                    f"{target}: row {index} has no field {column!r} (mapped to {key}); "
+                    f"its fields are {sorted(record)}; fix the file or set fields.{key}"
+                )
             if value is not MISSING:
                 row[key] = value
         row["prompt"] = as_prompt(row["prompt"], f"{target}: row {index} field {mapping['prompt']!r} (prompt)")
@@ -256,9 +278,13 @@ def source_rows(name: str, source: str, params: dict, train_size: int | None, ev
         raise ValueError(f"distribution {name!r}: source {source!r} returned {type(rows).__name__}, not a list of rows")
     for index, row in enumerate(rows, 1):
         if not isinstance(row, dict) or "prompt" not in row or "answer" not in row:
-            raise ValueError(f"distribution {name!r}: source {source!r} row {index} is not a mapping with 'prompt' and 'answer'")
+            raise ValueError(
+                f"distribution {name!r}: source {source!r} row {index} is not a mapping with 'prompt' and 'answer'"
+            )
         rows[index - 1] = plain(row)
-        rows[index - 1]["prompt"] = as_prompt(rows[index - 1]["prompt"], f"distribution {name!r}: source {source!r} row {index} prompt")
+        rows[index - 1]["prompt"] = as_prompt(
+            rows[index - 1]["prompt"], f"distribution {name!r}: source {source!r} row {index} prompt"
+        )
     return rows
 
 
@@ -270,14 +296,22 @@ def make_distributions(
     rows; `prompts` picks their prompt-level sampler (curriculum/prompts.py)."""
     name, source, params = spec["name"], spec["source"], dict(spec.get("params") or {})
     rows = source_rows(name, source, params, train_size, eval_size, seed)
-    common = {"budget": spec.get("budget"), "verifier_threshold": spec.get("verifier_threshold", 1.0), "prompts": prompts}
+    common = {
+        "budget": spec.get("budget"),
+        "verifier_threshold": spec.get("verifier_threshold", 1.0),
+        "prompts": prompts,
+    }
     if params.get("split_by") is None:
         return [Distribution(name, source, params, spec["verifier"], train_size, eval_size, seed, rows=rows, **common)]
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(row["split"], []).append({k: v for k, v in row.items() if k != "split"})
-    return [Distribution(f"{name}/{value}", source, params, spec["verifier"], train_size, eval_size, seed, rows=group, **common)
-            for value, group in sorted(groups.items())]
+    return [
+        Distribution(
+            f"{name}/{value}", source, params, spec["verifier"], train_size, eval_size, seed, rows=group, **common
+        )
+        for value, group in sorted(groups.items())
+    ]
 
 
 class Distribution:
@@ -285,19 +319,35 @@ class Distribution:
     by seed), and a prompt sampler that picks the next training rows (row ids
     are indices into the training rows)."""
 
-    def __init__(self, name: str, source: str, params: dict, verifier: str, train_size: int | None, eval_size: int, seed: int,
-                 budget: int | None = None, rows: list[Row] | None = None, verifier_threshold: float = 1.0,
-                 prompts: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        params: dict,
+        verifier: str,
+        train_size: int | None,
+        eval_size: int,
+        seed: int,
+        budget: int | None = None,
+        rows: list[Row] | None = None,
+        verifier_threshold: float = 1.0,
+        prompts: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name, self.verifier, self.seed, self.budget = name, verifier, seed, budget
         self.verifier_threshold = verifier_threshold
         if rows is None:
             rows = source_rows(name, source, params, train_size, eval_size, seed)
         self.note = ""  # said once by the driver: a cap that cuts the data
         if train_size is not None and len(rows) > train_size + eval_size:
-            self.note = f"distribution {name!r}: data.train_size={train_size} trains on {train_size} of its {len(rows) - eval_size} rows"
+            self.note = (
+                f"distribution {name!r}: data.train_size={train_size} trains on {train_size} "
+                f"of its {len(rows) - eval_size} rows"
+            )
             rows = rows[: train_size + eval_size]
         if len(rows) <= eval_size:
-            raise ValueError(f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}")
+            raise ValueError(
+                f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}"
+            )
         self.eval_rows, self.train_rows = rows[:eval_size], rows[eval_size:]
         self.sampler = make_prompt_sampler(dict(prompts or {}), len(self.train_rows), (seed, name))
 

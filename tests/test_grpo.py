@@ -1,4 +1,5 @@
 """GRPO math against hand-computed numbers."""
+
 import math
 
 import pytest
@@ -74,7 +75,9 @@ def test_policy_loss_has_gradient():
     assert logp.grad[1].tolist() == pytest.approx([2 * 1.1 / 5, 2 / 5, 2 / 5])
 
 
-@pytest.mark.parametrize("estimator,scale", [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("drgrpo", "group"), ("rloo", "group")])
+@pytest.mark.parametrize(
+    "estimator,scale", [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("drgrpo", "group"), ("rloo", "group")]
+)
 def test_all_equal_groups_get_exactly_zero(estimator, scale):
     """Float32 rounding must not leave a residue: 8 rewards of 0.7 gave |A| = 0.06."""
     values = [0.7, 0.1, 1 / 3, 1e-3, -2.3, 123.456, 0.0, 1.0]
@@ -89,8 +92,12 @@ def test_all_equal_groups_get_exactly_zero(estimator, scale):
 def test_scale_rewards_batch_and_none():
     r = torch.tensor([[1.0, 0.0], [3.0, 3.0]])
     batch_std = torch.tensor([1.0, 0.0, 3.0, 3.0]).std().item()  # unbiased over the whole batch, as TRL
-    assert group_advantages(r, "grpo", eps=0.0, scale="batch").flatten().tolist() == pytest.approx([0.5 / batch_std, -0.5 / batch_std, 0, 0])
-    assert group_advantages(r, "grpo", scale="none").flatten().tolist() == group_advantages(r, "drgrpo").flatten().tolist()
+    assert group_advantages(r, "grpo", eps=0.0, scale="batch").flatten().tolist() == pytest.approx(
+        [0.5 / batch_std, -0.5 / batch_std, 0, 0]
+    )
+    assert (
+        group_advantages(r, "grpo", scale="none").flatten().tolist() == group_advantages(r, "drgrpo").flatten().tolist()
+    )
 
 
 def test_k3_is_clamped_like_verl():
@@ -116,7 +123,9 @@ def test_log_ratio_clamp_keeps_the_update():
 def test_loss_finite_for_any_finite_inputs(level, agg):
     torch.manual_seed(0)
     big = torch.finfo(torch.float32).max
-    logp = torch.tensor([[big, -big, 0.0, 50.0], [-big, 3.0, -90.0, big]]) * torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.5]])
+    logp = torch.tensor([[big, -big, 0.0, 50.0], [-big, 3.0, -90.0, big]]) * torch.tensor(
+        [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.5]]
+    )
     logp.requires_grad_(True)
     old = torch.tensor([[-big, big, 90.0, -50.0], [big, -3.0, 0.0, -big]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
@@ -145,7 +154,16 @@ def test_sequence_level_ratio_gspo():
     loss = policy_loss(logp, old, adv, mask, agg="seq-mean-token-mean", ratio_level="sequence")
     assert loss.item() == pytest.approx((-r0 + 2 * r1) / 2)
     # GSPO's range with A = (1, 2): seq 0 keeps r0 (min(r0, 1 - 3e-4) for A > 0), seq 1 is clipped at 1 + 4e-4
-    gspo = policy_loss(logp, old, torch.tensor([1.0, 2.0]), mask, clip_low=3e-4, clip_high=4e-4, agg="seq-mean-token-mean", ratio_level="sequence")
+    gspo = policy_loss(
+        logp,
+        old,
+        torch.tensor([1.0, 2.0]),
+        mask,
+        clip_low=3e-4,
+        clip_high=4e-4,
+        agg="seq-mean-token-mean",
+        ratio_level="sequence",
+    )
     assert gspo.item() == pytest.approx((-r0 - 2 * (1 + 4e-4)) / 2)
 
 
@@ -155,7 +173,9 @@ def test_seq_mean_token_sum_and_constant_drgrpo_divisor():
     # Dr.GRPO: the same sequences padded wider keep their loss when norm_len is the run's constant
     wide = [torch.cat([t, torch.zeros(2, 7)], dim=1) for t in (logp, old, mask)]
     narrow = policy_loss(logp, old, adv, mask, agg="seq-mean-token-sum-norm", norm_len=16)
-    assert policy_loss(wide[0], wide[1], adv, wide[2], agg="seq-mean-token-sum-norm", norm_len=16).item() == pytest.approx(narrow.item())
+    assert policy_loss(
+        wide[0], wide[1], adv, wide[2], agg="seq-mean-token-sum-norm", norm_len=16
+    ).item() == pytest.approx(narrow.item())
 
 
 def test_loss_options_defaults():

@@ -1,5 +1,6 @@
 """The codebase's shape: one installed name, imports only downward with no
 circle, every pick-by-name in a registry that `gradus list` shows, small files."""
+
 import ast
 import os
 import subprocess
@@ -13,7 +14,9 @@ from tests.conftest import ROOT
 
 PACKAGES = ("curriculum", "rollout", "trainer", "launch")
 SOURCE = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
-CODE = SOURCE + sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "tests").glob("*.py")) + [ROOT / "__init__.py"]
+CODE = (
+    SOURCE + sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "tests").glob("*.py")) + [ROOT / "__init__.py"]
+)
 
 
 def _module(path: Path) -> str:
@@ -34,10 +37,14 @@ def _imports(path: Path) -> list[str]:
 
 def test_installed_under_one_name_only(tmp_path):
     """From outside the checkout: `import gradus` works, no bare top-level package does."""
-    probe = "import importlib.util as u, gradus, gradus.launch.cli as c; " \
-            f"print(gradus.__version__, callable(c.main), [n for n in {list(PACKAGES)!r} if u.find_spec(n)])"
+    probe = (
+        "import importlib.util as u, gradus, gradus.launch.cli as c; "
+        f"print(gradus.__version__, callable(c.main), [n for n in {list(PACKAGES)!r} if u.find_spec(n)])"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] != "0+unknown" and out[1] == "True" and out[2] == "[]"
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["gradus"] == "gradus.launch.cli:main"
@@ -67,8 +74,12 @@ def test_no_import_circle_and_packages_import_downward():
         if m not in state:
             visit(m, [])
     allowed = {"curriculum": set(), "rollout": {"curriculum"}, "trainer": {"curriculum"}, "launch": set(PACKAGES)}
-    upward = [(m, n) for m, ns in graph.items() for n in ns
-              if m.split(".")[1] != n.split(".")[1] and n.split(".")[1] not in allowed[m.split(".")[1]]]
+    upward = [
+        (m, n)
+        for m, ns in graph.items()
+        for n in ns
+        if m.split(".")[1] != n.split(".")[1] and n.split(".")[1] not in allowed[m.split(".")[1]]
+    ]
     assert upward == []
 
 
@@ -86,10 +97,14 @@ def test_every_registry_is_listed_with_its_entries():
         assert len(list(registry)) >= 2 or key == "curriculum.filters.N.kind"
         for name in registry:
             assert f"  {name}" in text, (key, name)
-    assert "ucb                     (names, c=1.0, window=300, temperature=0.1)" not in text  # gradus's own arguments are not shown
+    assert (
+        "ucb                     (names, c=1.0, window=300, temperature=0.1)" not in text
+    )  # gradus's own arguments are not shown
     assert "ucb                     (c=1.0, window=300, temperature=0.1)" in text
     assert "pass_rate               (retire_after=4, recheck=0.05" in text
-    out = subprocess.run([sys.executable, "-m", "gradus.launch.cli", "list"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "gradus.launch.cli", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == text.strip()
 
 
@@ -103,3 +118,10 @@ def test_one_seeding_helper_keeps_the_request_seeds(seed):
     for parts in [(seed, 3, 0, 5), (seed, "eval", 11)]:
         old = int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
         assert derive_seed(*parts, bits=31) == old
+
+
+def test_ruff_is_clean():
+    """The linter in pyproject (ruff, line length 120): lint and format both clean."""
+    for args in (["check", "--quiet", "."], ["format", "--check", "--quiet", "."]):
+        out = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr

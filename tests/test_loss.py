@@ -2,6 +2,7 @@
 gradient must not depend on how it is split over ranks and micro-batches, for
 every aggregation (Dr.GRPO's divisor is a constant of the run, not a
 micro-batch's padded width); held-out avg@n and pass@k by hand."""
+
 import dataclasses
 from collections import defaultdict
 
@@ -27,12 +28,15 @@ def _batch(n: int = 12, group_size: int = 1) -> list[TrainSample]:
             prompt = rng.integers(3, 64, size=int(rng.integers(3, 12))).tolist()
         tokens = rng.integers(3, 64, size=int(rng.integers(2, 14))).tolist()
         advantage = 0.0 if i % 4 == 0 else float(rng.normal())
-        samples.append(TrainSample(prompt, tokens, [-2.0] * len(tokens), advantage,
-                                   weight=0.0 if i == n - 1 else 1.0))  # the last one pads the batch (zero weight)
+        samples.append(
+            TrainSample(prompt, tokens, [-2.0] * len(tokens), advantage, weight=0.0 if i == n - 1 else 1.0)
+        )  # the last one pads the batch (zero weight)
     return samples
 
 
-def batch_gradient(model, samples: list[TrainSample], cfg, ranks: int, max_tokens: int, skip: bool = False, share: bool = False) -> dict[str, torch.Tensor]:
+def batch_gradient(
+    model, samples: list[TrainSample], cfg, ranks: int, max_tokens: int, skip: bool = False, share: bool = False
+) -> dict[str, torch.Tensor]:
     """What the trainer ranks compute together on one mini-batch: every rank's
     micro-batch losses (global denominators) backpropagated and summed, as
     DeepSpeed's all-reduce does, with the split the ranks get (trainer.batching.assign)."""
@@ -59,7 +63,10 @@ def test_gradient_independent_of_ranks_and_micro_batches(tiny_model, agg):
     samples = _batch()
     reference = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000)
     for ranks, max_tokens in [(2, 10_000), (3, 30)]:
-        assert _max_rel_diff(reference, batch_gradient(model, samples, cfg, ranks, max_tokens)) <= 1e-5, (ranks, max_tokens)
+        assert _max_rel_diff(reference, batch_gradient(model, samples, cfg, ranks, max_tokens)) <= 1e-5, (
+            ranks,
+            max_tokens,
+        )
 
 
 def test_skipping_and_shared_prompts_keep_the_gradient(tiny_model):
@@ -76,13 +83,22 @@ def test_skipping_and_shared_prompts_keep_the_gradient(tiny_model):
         s.weight = 0.0
     skipped = [s for s in samples if not contributes(s, kl_in_loss=False)]
     assert len(skipped) >= 8
-    for agg, splits in [("token-mean", [(1, True, False), (3, True, False), (1, False, True), (2, True, True)]),
-                        ("seq-mean-token-sum-norm", [(2, True, True)])]:
+    for agg, splits in [
+        ("token-mean", [(1, True, False), (3, True, False), (1, False, True), (2, True, True)]),
+        ("seq-mean-token-sum-norm", [(2, True, True)]),
+    ]:
         cfg = loss_options(dataclasses.replace(TrainerConfig(), loss_agg=agg, loss_norm_len=16))
         plain = batch_gradient(model, samples, cfg, ranks=2, max_tokens=40)
         for ranks, skip, share in splits:
-            assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share)) <= 1e-5, (agg, ranks, skip, share)
-    shares = assign([dataclasses.replace(s, advantage=0.0) for s in samples], 2, 40, skip=True)  # nothing informative: one dummy pass per rank
+            assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share)) <= 1e-5, (
+                agg,
+                ranks,
+                skip,
+                share,
+            )
+    shares = assign(
+        [dataclasses.replace(s, advantage=0.0) for s in samples], 2, 40, skip=True
+    )  # nothing informative: one dummy pass per rank
     assert [[len(m) for m in part.micro_batches] for part in shares] == [[1], [1]]
     assert all(m[0].weight == 0.0 and len(m[0].tokens) == 1 for part in shares for m in part.micro_batches)
     places: dict[tuple, set] = {}  # a group's trained samples stay in one micro-batch
@@ -105,7 +121,9 @@ def test_shared_prompt_forward_matches_per_sample_logprobs(tiny_model):
     handle.remove()
     assert projected == [(1, sum(len(s.tokens) for s in samples))]
     assert torch.equal(plain["predicts"], shared["predicts"])
-    assert (plain["logp"] - shared["logp"]).abs().max() < 1e-5 and (plain["entropy"] - shared["entropy"]).abs().max() < 1e-5
+    assert (plain["logp"] - shared["logp"]).abs().max() < 1e-5 and (
+        plain["entropy"] - shared["entropy"]
+    ).abs().max() < 1e-5
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     checkpointed = completion_logprobs(model, samples, share_prompts=True)

@@ -1,6 +1,7 @@
 """Memory features on a plain Hugging Face model (no Ray, no DeepSpeed):
 gradient checkpointing, LoRA merged weights and adapters-disabled reference,
 and the config errors (trainer ranks: test_trainer_on_cpu.py)."""
+
 import pytest
 import torch
 
@@ -47,14 +48,18 @@ def test_lora_merged_weights_and_disabled_adapters(tiny_model):
                 p.normal_(0, 0.1)
     merged = merged_state(model)
     expected = base.state_dict()
-    assert {k: v.shape for k, v in merged.items()} == {k: v.shape for k, v in expected.items()}  # vLLM's names, tied lm_head too
+    assert {k: v.shape for k, v in merged.items()} == {
+        k: v.shape for k, v in expected.items()
+    }  # vLLM's names, tied lm_head too
     changed = {k for k in merged if not torch.equal(merged[k], expected[k])}
     assert changed == {k for k in expected if any(f"{t}.weight" in k for t in LORA.target_modules)}
     samples = _batch(n=3)
     with torch.no_grad():
         adapted = completion_logprobs(model, samples)["logp"]
         base.load_state_dict(merged)
-        assert float((completion_logprobs(base, samples)["logp"] - adapted).abs().max()) < 1e-5  # W + scale*BA is the adapted policy
+        assert (
+            float((completion_logprobs(base, samples)["logp"] - adapted).abs().max()) < 1e-5
+        )  # W + scale*BA is the adapted policy
         with model.disable_adapter():
             disabled = completion_logprobs(model, samples)["logp"]
         assert torch.equal(disabled, completion_logprobs(_model(tiny_model), samples)["logp"])
@@ -67,22 +72,31 @@ def test_lora_target_modules_are_checked_against_the_model(tiny_model, tmp_path)
     assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]  # lm_head left out
     with pytest.raises(ValueError, match=r"no linear module \['qkv_proj'\]; its linear modules are \['down_proj'"):
         check_lora_targets(str(tiny_model), ["q_proj", "qkv_proj"])
-    cfg = load_config("configs/uniform.yaml", [f"model.path={tiny_model}", f"run.run_dir={tmp_path}", "trainer.lora={target_modules: [qkv_proj]}"])
+    cfg = load_config(
+        "configs/uniform.yaml",
+        [f"model.path={tiny_model}", f"run.run_dir={tmp_path}", "trainer.lora={target_modules: [qkv_proj]}"],
+    )
     with pytest.raises(GradusError, match="trainer.lora.target_modules: the model has no linear module"):
         Run(cfg)  # before Ray starts
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["trainer.lora.rank=0"], "trainer.lora.rank: must be >= 1"),
-    (["trainer.lora={rank: 8, dropout: 1.5}"], "0 <= dropout < 1"),
-    (["trainer.offload.params=cpu"], "trainer.offload.params=cpu needs trainer.zero_stage=3"),
-    (["trainer.offload.optimizer=cpu", "trainer.zero_stage=0"], "needs trainer.zero_stage >= 1"),
-    (["trainer.offload.optimizer=nvme"], "trainer.offload.optimizer: unknown value 'nvme'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.lora.rank=0"], "trainer.lora.rank: must be >= 1"),
+        (["trainer.lora={rank: 8, dropout: 1.5}"], "0 <= dropout < 1"),
+        (["trainer.offload.params=cpu"], "trainer.offload.params=cpu needs trainer.zero_stage=3"),
+        (["trainer.offload.optimizer=cpu", "trainer.zero_stage=0"], "needs trainer.zero_stage >= 1"),
+        (["trainer.offload.optimizer=nvme"], "trainer.offload.optimizer: unknown value 'nvme'"),
+    ],
+)
 def test_memory_config_errors(overrides, message):
     with pytest.raises(GradusError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config("configs/uniform.yaml", overrides)
-    load_config("configs/uniform.yaml", ["trainer.lora={rank: 8}", "trainer.offload={optimizer: cpu, params: cpu}", "trainer.zero_stage=3"])
+    load_config(
+        "configs/uniform.yaml",
+        ["trainer.lora={rank: 8}", "trainer.offload={optimizer: cpu, params: cpu}", "trainer.zero_stage=3"],
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -98,4 +112,7 @@ def test_streamed_state_pieces_make_up_the_state_dict(tiny_model, lora):
     assert len(pieces) > 3
     assert [k for p in pieces for k in p] == list(whole)
     assert all(torch.equal(p[k], whole[k]) for p in pieces for k in p)
-    assert all(sum(t.numel() * t.element_size() for t in p.values()) <= bound or len({k.rsplit(".", 1)[0] for k in p}) == 1 for p in pieces)
+    assert all(
+        sum(t.numel() * t.element_size() for t in p.values()) <= bound or len({k.rsplit(".", 1)[0] for k in p}) == 1
+        for p in pieces
+    )

@@ -2,6 +2,7 @@
 difficulty, retirement and rechecks, the band-pass weight, an all-retired
 distribution and exact state round-trips. Drives CurriculumScheduler through
 its contract (`row_id` on items, `observe_rows`)."""
+
 import numpy as np
 import pytest
 
@@ -23,7 +24,9 @@ def _simulate(prompts: dict, steps: int = 40, n: int = 6, seed: int = 0) -> tupl
         for item in items:
             kind = item["row_id"] % 3
             p = (1.0, 0.0, 0.5)[kind]
-            results.append({"distribution": item["distribution"], "row_id": item["row_id"], "correct": list(world.random(4) < p)})
+            results.append(
+                {"distribution": item["distribution"], "row_id": item["row_id"], "correct": list(world.random(4) < p)}
+            )
             kinds.append(kind)
         scheduler.observe_rows(results)
     return scheduler, kinds
@@ -32,7 +35,7 @@ def _simulate(prompts: dict, steps: int = 40, n: int = 6, seed: int = 0) -> tupl
 def test_pass_rate_prefers_the_learnable_rows_and_retires_solved_ones():
     shuffled, plain = _simulate({"kind": "shuffle"})
     chosen, picked = _simulate({"kind": "pass_rate", "retire_after": 4, "recheck": 0.05})
-    later = picked[len(picked) // 2:]  # after warm-up
+    later = picked[len(picked) // 2 :]  # after warm-up
     assert abs(np.mean([k == 2 for k in plain]) - 1 / 3) < 0.1
     assert np.mean([k == 2 for k in later]) > 0.6
     stats = chosen.report(0)["rows"]["add1"]
@@ -65,7 +68,12 @@ def test_a_batch_draws_distinct_rows_while_there_are_enough():
 
 def test_band_pass_weight():
     sampler = PassRate(5, (0, "x"), low=0.2, high=0.8, decay=1.0, floor=0.05)
-    for row, correct in [(0, [True] * 4), (1, [False] * 4), (2, [True, False, False, False]), (3, [True, True, False, False])]:
+    for row, correct in [
+        (0, [True] * 4),
+        (1, [False] * 4),
+        (2, [True, False, False, False]),
+        (3, [True, True, False, False]),
+    ]:
         sampler.observe(row, correct)
     # p = 1, 0, 0.25, 0.5, unseen -> floor, floor, inside the band, inside, optimistic
     assert sampler.weights().tolist() == pytest.approx([0.05, 0.05, 1.0, 1.0, 1.0])
@@ -78,9 +86,13 @@ def test_band_pass_weight():
 
 
 def test_all_retired_distribution_moves_probability_elsewhere():
-    scheduler = CurriculumScheduler([ADD1, ADD2], eval_size=8, seed=1, prompts={"kind": "pass_rate", "retire_after": 2, "recheck": 0.1})
+    scheduler = CurriculumScheduler(
+        [ADD1, ADD2], eval_size=8, seed=1, prompts={"kind": "pass_rate", "retire_after": 2, "recheck": 0.1}
+    )
     add1 = scheduler.distributions["add1"]
-    scheduler.observe_rows([{"distribution": "add1", "row_id": i, "correct": [True, True]} for i in range(len(add1.train_rows))])
+    scheduler.observe_rows(
+        [{"distribution": "add1", "row_id": i, "correct": [True, True]} for i in range(len(add1.train_rows))]
+    )
     report = scheduler.report(0)
     assert report["rows"]["add1"]["rows_retired"] == len(add1.train_rows) and report["rows"]["add1"]["available"] == 0.1
     assert report["probabilities"]["add1"] == pytest.approx(0.5)  # the curriculum's own value is unchanged

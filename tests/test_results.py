@@ -1,5 +1,6 @@
 """Run summaries, seed aggregation, the markdown table and ablation-file errors
 (pure: no Ray, no model)."""
+
 import json
 import math
 
@@ -18,10 +19,24 @@ def _write_run(path, evals, wall=12.0):
     path.mkdir(parents=True)
     lines = []
     for step, acc in enumerate(evals):
-        m = {"step": step, "dist/a/prob": 0.5, "dist/b/prob": 0.5, "length/tokens_mean": 10.0 + step, "tokens/generated": 100,
-             "groups/generated": 8, "groups/informative_frac": 0.25 if step % 2 else 0.0}  # 2 informative groups on odd steps
+        m = {
+            "step": step,
+            "dist/a/prob": 0.5,
+            "dist/b/prob": 0.5,
+            "length/tokens_mean": 10.0 + step,
+            "tokens/generated": 100,
+            "groups/generated": 8,
+            "groups/informative_frac": 0.25 if step % 2 else 0.0,
+        }  # 2 informative groups on odd steps
         if acc is not None:
-            m.update({"eval/accuracy": acc, "eval/a/accuracy": acc, "eval/b/accuracy": acc / 2, "eval/pass@4": min(1.0, 2 * acc)})
+            m.update(
+                {
+                    "eval/accuracy": acc,
+                    "eval/a/accuracy": acc,
+                    "eval/b/accuracy": acc / 2,
+                    "eval/pass@4": min(1.0, 2 * acc),
+                }
+            )
         lines.append(json.dumps(m))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (path / "done.json").write_text(json.dumps({"wall_seconds": wall}))
@@ -43,22 +58,39 @@ def test_run_summary_reads_final_eval_steps_to_target_length_tokens_wall(tmp_pat
 def test_aggregate_mean_std_over_seeds_and_table():
     runs = [{"final_accuracy": 0.2, "steps_to_target": 4.0}, {"final_accuracy": 0.4, "steps_to_target": math.nan}]
     row = aggregate(runs)
-    assert row["final_accuracy_mean"] == pytest.approx(0.3) and row["final_accuracy_std"] == pytest.approx(0.1414213, abs=1e-6)
+    assert row["final_accuracy_mean"] == pytest.approx(0.3) and row["final_accuracy_std"] == pytest.approx(
+        0.1414213, abs=1e-6
+    )
     assert row["steps_to_target_mean"] == 4.0 and row["steps_to_target_std"] == 0.0 and row["reached_target"] == 1
-    full = {**row, "mean_length_mean": 10.0, "mean_length_std": 1.0, "tokens_generated_mean": 500.0, "tokens_generated_std": 0.0,
-            "tokens_per_informative_group_mean": 125.0, "tokens_per_informative_group_std": 5.0, "wall_seconds_mean": 60.0, "wall_seconds_std": 2.0}
+    full = {
+        **row,
+        "mean_length_mean": 10.0,
+        "mean_length_std": 1.0,
+        "tokens_generated_mean": 500.0,
+        "tokens_generated_std": 0.0,
+        "tokens_per_informative_group_mean": 125.0,
+        "tokens_per_informative_group_std": 5.0,
+        "wall_seconds_mean": 60.0,
+        "wall_seconds_std": 2.0,
+    }
     table = markdown_table({"dump": full}, 0.5).splitlines()
-    assert table[0] == ("| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated | tokens per informative group"
-                        " | wall s |")
+    assert table[0] == (
+        "| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated "
+        "| tokens per informative group"
+        " | wall s |"
+    )
     assert table[2] == "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 125 ± 5 | 60 ± 2 |"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"curricula": {"u": {}}, "seedz": [0]}, "did you mean 'seeds'"),
-    ({"curricula": {}}, "'curricula' is empty"),
-    ({"curricula": {"u": {"curriculum.kindd": "uniform"}}}, "cell 'u': unknown config key 'curriculum.kindd'"),
-    ({"curricula": {"u": {}}, "overrides": {"eval.every": 0}}, "eval.every=0"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"curricula": {"u": {}}, "seedz": [0]}, "did you mean 'seeds'"),
+        ({"curricula": {}}, "'curricula' is empty"),
+        ({"curricula": {"u": {"curriculum.kindd": "uniform"}}}, "cell 'u': unknown config key 'curriculum.kindd'"),
+        ({"curricula": {"u": {}}, "overrides": {"eval.every": 0}}, "eval.every=0"),
+    ],
+)
 def test_ablation_file_errors_name_the_key(tmp_path, spec, message):
     path = tmp_path / "abl.yaml"
     overrides = {"eval.every": 5, **spec.pop("overrides", {})}
@@ -91,13 +123,18 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
     for job in jobs:
         job.cfg.run.run_dir = f"/nonexistent/{job.cell}/seed-{job.seed}"  # none finished
     ran = []
-    monkeypatch.setattr(ablate, "_train", lambda cfg, resume: ran.append(cfg.run.run_dir) or _fail_uniform_seed_1(cfg, resume))
+    monkeypatch.setattr(
+        ablate, "_train", lambda cfg, resume: ran.append(cfg.run.run_dir) or _fail_uniform_seed_1(cfg, resume)
+    )
     if parallel > 1:
         import ray
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with pytest.raises(GradusError, match=r"^1 of 6 runs failed: uniform seed 1 \(GradusError: a worker died.*run `gradus ablate` again"):
+        with pytest.raises(
+            GradusError,
+            match=r"^1 of 6 runs failed: uniform seed 1 \(GradusError: a worker died.*run `gradus ablate` again",
+        ):
             run_jobs(jobs, parallel)
     finally:
         if parallel > 1:
@@ -119,13 +156,23 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
 def test_reach_reference_and_bootstrap_interval(tmp_path):
     _write_run(tmp_path / "r", [None, 0.2, None, 0.6, 0.5])
     s = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.2)
-    assert (s["steps_to_reference"], s["tokens_to_reference"], s["reached_reference"]) == (2.0, 200.0, 1.0)  # 100 tokens a step
+    assert (s["steps_to_reference"], s["tokens_to_reference"], s["reached_reference"]) == (
+        2.0,
+        200.0,
+        1.0,
+    )  # 100 tokens a step
     never = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.9)
-    assert (never["steps_to_reference"], never["tokens_to_reference"], never["reached_reference"]) == (5.0, 500.0, 0.0)  # censored
+    assert (never["steps_to_reference"], never["tokens_to_reference"], never["reached_reference"]) == (
+        5.0,
+        500.0,
+        0.0,
+    )  # censored
     assert math.isnan(bootstrap_interval([3.0])[0])
     low, high = bootstrap_interval([1.0, 2.0, 6.0])
     assert 1.0 <= low < 3.0 < high <= 6.0
     row = aggregate([s, never])
     assert row["reached_reference"] == 1 and row["steps_to_reference_mean"] == 3.5
     table = markdown_table({"x": row}, 0.5, ("uniform", 0.2)).splitlines()
-    assert "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "| >=3.5 [2.0, 5.0] (1/2) |" in table[2]
+    assert (
+        "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "| >=3.5 [2.0, 5.0] (1/2) |" in table[2]
+    )

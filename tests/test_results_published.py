@@ -1,6 +1,7 @@
 """The published ablation (docs/results, written by `gradus ablate
 configs/ablation.yaml --publish docs/results`) recomputes from the committed
 runs' metrics: the same table, CSV and plots, nothing taken on trust."""
+
 import shutil
 
 import pytest
@@ -11,7 +12,10 @@ from tests.conftest import ROOT
 RESULTS = ROOT / "docs" / "results"
 
 
-@pytest.mark.skipif(not (RESULTS / "results.md").exists(), reason="not published yet: gradus ablate configs/ablation.yaml --publish docs/results")
+@pytest.mark.skipif(
+    not (RESULTS / "results.md").exists(),
+    reason="not published yet: gradus ablate configs/ablation.yaml --publish docs/results",
+)
 def test_published_results_recompute_from_committed_runs(tmp_path):
     spec, jobs = load_ablation(ROOT / "configs" / "ablation.yaml")
     for job in jobs:  # the committed copies only, summarized away from the repository

@@ -1,6 +1,7 @@
 """Runs killed with SIGKILL or stopped by a preemption signal resume exactly;
 dead rollout workers and trainer ranks are recovered. Each test drives the
 real CLI in a subprocess."""
+
 import json
 import os
 import signal
@@ -19,9 +20,22 @@ TIMEOUT = 600
 
 def _args(model: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "gradus.launch.cli", "train", "configs/dump.yaml", f"model.path={model}", f"run.run_dir={run_dir}",
-        "run.steps=4", "run.checkpoint_every=1", "wandb.mode=disabled", "rollout.max_tokens=16", "reward.length=1.0",
-        "curriculum.budget={kind: constant, budget: 4}", "trainer.lr=1e-3", "eval.every=0", *extra,
+        sys.executable,
+        "-m",
+        "gradus.launch.cli",
+        "train",
+        "configs/dump.yaml",
+        f"model.path={model}",
+        f"run.run_dir={run_dir}",
+        "run.steps=4",
+        "run.checkpoint_every=1",
+        "wandb.mode=disabled",
+        "rollout.max_tokens=16",
+        "reward.length=1.0",
+        "curriculum.budget={kind: constant, budget: 4}",
+        "trainer.lr=1e-3",
+        "eval.every=0",
+        *extra,
     ]
 
 
@@ -49,7 +63,10 @@ LORA = ("trainer.lora={rank: 8}", "trainer.gradient_checkpointing=true")  # issu
 MODES = {"sync": LORA, "async": ASYNC}
 # Sync: the resumed run that gets the stop signal has 2 ranks under ZeRO-2 (from a 1-rank ZeRO-1
 # checkpoint), the last one 1 rank under ZeRO-1 again (from that 2-rank checkpoint).
-LAYOUTS = {"sync": (("trainer.world_size=2", "trainer.zero_stage=2"), ("trainer.world_size=1", "trainer.zero_stage=1")), "async": ((), ())}
+LAYOUTS = {
+    "sync": (("trainer.world_size=2", "trainer.zero_stage=2"), ("trainer.world_size=1", "trainer.zero_stage=1")),
+    "async": ((), ()),
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +94,10 @@ def _assert_same_run(a: list[dict], b: list[dict], mode: str, rounding_from: int
         for key in ("reward/mean", "accuracy", "length/tokens_mean"):  # data order and generation
             assert mb[key] == pytest.approx(ma[key], abs=1e-6), (ma["step"], key)
         for key in ("train/loss", "train/grad_norm"):
-            assert mb[key] == pytest.approx(ma[key], abs=1e-6 if ma["step"] < rounding_from else 1e-4), (ma["step"], key)
+            assert mb[key] == pytest.approx(ma[key], abs=1e-6 if ma["step"] < rounding_from else 1e-4), (
+                ma["step"],
+                key,
+            )
     if mode == "async":  # step 1 is generated while step 0 trains, step 3 while step 2 trains (lag 1 both times)
         assert [m["async/lag_max"] for m in b] == [0, 1, 0, 1]
 
@@ -103,13 +123,24 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
     and ZeRO stage, so their updates up to float rounding)."""
     killed = tmp_path / "killed"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen([*_args(tiny_model, killed, *MODES[mode]), "--resume", "auto"], start_new_session=True, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [*_args(tiny_model, killed, *MODES[mode]), "--resume", "auto"],
+            start_new_session=True,
+            stdout=log,
+            stderr=log,
+        )
         # Sync: during step 2 (restart from the snapshot after step 1). Async: while the run starts (its steps
         # are too quick to aim at), so the prefetch thread's first produce() meets the dead actor.
-        _wait_for(lambda: (_metrics(killed) or mode == "async") and _pids("ray::CurriculumScheduler"), proc, "the scheduler actor")
+        _wait_for(
+            lambda: (_metrics(killed) or mode == "async") and _pids("ray::CurriculumScheduler"),
+            proc,
+            "the scheduler actor",
+        )
         for pid in _pids("ray::CurriculumScheduler"):
             os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: (killed / "checkpoints" / "step-000001" / "state.json").exists(), proc, "the step-2 checkpoint")
+        _wait_for(
+            lambda: (killed / "checkpoints" / "step-000001" / "state.json").exists(), proc, "the step-2 checkpoint"
+        )
         _kill_tree(proc)
     assert len(_metrics(killed)) < 4, "the run finished before it was killed"
     assert "curriculum scheduler actor died; restarted" in (tmp_path / "first.log").read_text()
@@ -117,8 +148,13 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
 
     # Sync: no periodic checkpoints, so the one after step 3 can only come from the signal.
     every = ["run.checkpoint_every=0"] if mode == "sync" else []
-    proc = subprocess.Popen([*_args(tiny_model, killed, *MODES[mode], *every, *first), "--resume", "auto"], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*_args(tiny_model, killed, *MODES[mode], *every, *first), "--resume", "auto"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         started = _until_line(proc, "resumed from")
         os.kill(proc.pid, signal.SIGUSR1)
@@ -136,28 +172,50 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
     assert json.loads((preempted / "state.json").read_text())["step"] == 2
     assert (preempted / "pending.pkl").exists() == (mode == "async")
 
-    resumed = subprocess.run([*_args(tiny_model, killed, *MODES[mode], *last), "--resume", "auto"], timeout=TIMEOUT, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [*_args(tiny_model, killed, *MODES[mode], *last), "--resume", "auto"],
+        timeout=TIMEOUT,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ("saved with trainer.world_size=2 zero_stage=2" in resumed.stdout) == bool(last)
     _assert_same_run(uninterrupted(mode), _metrics(killed), mode, rounding_from=2 if first else 4)
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
-    wall = json.loads((killed / "done.json").read_text())["wall_seconds"]  # every segment's wall time, not the last one's
+    wall = json.loads((killed / "done.json").read_text())[
+        "wall_seconds"
+    ]  # every segment's wall time, not the last one's
     assert wall >= sum(m["time/step"] for m in _metrics(killed))
 
 
 def _pids(pattern: str) -> list[int]:
     """This module's Ray workers matching `pattern`: children of its own raylets
     (own_ray_dir), never the workers of another Ray on the machine."""
-    pgrep = lambda *args: [int(p) for p in subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()]  # noqa: E731
-    return [pid for raylet in pgrep("-f", f"raylet --raylet_socket_name={os.environ['RAY_TMPDIR']}") for pid in pgrep("-P", str(raylet), "-f", pattern)]
+
+    def pgrep(*args):
+        return [int(p) for p in subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()]
+
+    return [
+        pid
+        for raylet in pgrep("-f", f"raylet --raylet_socket_name={os.environ['RAY_TMPDIR']}")
+        for pid in pgrep("-P", str(raylet), "-f", pattern)
+    ]
 
 
 @pytest.mark.parametrize("victim", ["ray::RolloutActor", "ray::TrainerWorker"])
 def test_dead_worker_is_recovered(tiny_model, tmp_path, victim):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_args(tiny_model, run_dir, "run.steps=5"), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _args(tiny_model, run_dir, "run.steps=5"),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        _wait_for(lambda: (run_dir / "checkpoints" / "step-000001" / "state.json").exists() and _pids(victim), proc, "step 2")
+        _wait_for(
+            lambda: (run_dir / "checkpoints" / "step-000001" / "state.json").exists() and _pids(victim), proc, "step 2"
+        )
         for pid in _pids(victim):
             os.kill(pid, signal.SIGKILL)
         output, _ = proc.communicate(timeout=TIMEOUT)

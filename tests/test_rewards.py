@@ -1,4 +1,5 @@
 """Verifiers: right, wrong, malformed and adversarial inputs; reward composition."""
+
 import json
 import time
 
@@ -54,7 +55,12 @@ def test_adversarial_expressions_rejected_fast(expr):
 def test_long_completions_are_fast():
     for text in ["<answer>" * 20000, "1 " * 50000, "</answer>" * 10000, "x" * 100000]:
         start = time.perf_counter()
-        for kind, ans in [("numeric", "1"), ("countdown", {"target": 1, "numbers": [1]}), ("kk", {"A": "knight"}), ("choice", "A")]:
+        for kind, ans in [
+            ("numeric", "1"),
+            ("countdown", {"target": 1, "numbers": [1]}),
+            ("kk", {"A": "knight"}),
+            ("choice", "A"),
+        ]:
             assert verify(kind, text, ans) in (0.0, 1.0)
         assert time.perf_counter() - start < 1.0
 
@@ -89,7 +95,18 @@ def test_unknown_kind_and_garbage_never_raise():
 def test_score_terms():
     w = RewardWeights(correct=1.0, format=0.5, length=2.0)
     terms = score("numeric", "<answer>7</answer>", "7", num_tokens=30, budget=20, weights=w)
-    assert terms == pytest.approx({"score": 1.0, "correct": 1.0, "format": 1.0, "length": -0.5, "unused_budget": 0.0, "reward": 1.0 + 0.5 - 1.0, "verify_error": 0.0, "verify_timeout": 0.0})
+    assert terms == pytest.approx(
+        {
+            "score": 1.0,
+            "correct": 1.0,
+            "format": 1.0,
+            "length": -0.5,
+            "unused_budget": 0.0,
+            "reward": 1.0 + 0.5 - 1.0,
+            "verify_error": 0.0,
+            "verify_timeout": 0.0,
+        }
+    )
     plain = score("numeric", "8", "7", 5, None, w)
     assert plain["reward"] == 0.0 and plain["length"] == 0.0
     bonus = score("numeric", "<answer>7</answer>", "7", 5, 20, RewardWeights(unused_budget=0.4))

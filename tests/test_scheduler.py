@@ -30,19 +30,27 @@ def test_cursor_walks_every_row_each_epoch():
 
 
 def test_batch_tags_and_budget():
-    s = CurriculumScheduler(DISTS, budget={"kind": "exponential", "initial": 64, "decay": 0.5, "every": 2, "minimum": 8}, seed=1)
+    s = CurriculumScheduler(
+        DISTS, budget={"kind": "exponential", "initial": 64, "decay": 0.5, "every": 2, "minimum": 8}, seed=1
+    )
     batch = s.next_batch(step=2, n=6)
     assert len(batch) == 6
-    assert all(b["budget"] == 32 and b["verifier"] == "numeric" and b["distribution"] in ("add1", "add3") for b in batch)
+    assert all(
+        b["budget"] == 32 and b["verifier"] == "numeric" and b["distribution"] in ("add1", "add3") for b in batch
+    )
 
 
 def test_filters_and_observe():
-    s = CurriculumScheduler(DISTS, curriculum="td0", filters=[{"kind": "nonzero_std"}, {"kind": "accuracy_band", "low": 0.2, "high": 0.8}])
-    keep = s.keep([
-        {"correct": [1, 0, 0, 0], "rewards": [1, 0, 0, 0]},
-        {"correct": [1, 1, 1, 1], "rewards": [1, 1, 1, 1]},
-        {"correct": [0, 0, 0, 0], "rewards": [0, -0.5, 0, 0]},
-    ])
+    s = CurriculumScheduler(
+        DISTS, curriculum="td0", filters=[{"kind": "nonzero_std"}, {"kind": "accuracy_band", "low": 0.2, "high": 0.8}]
+    )
+    keep = s.keep(
+        [
+            {"correct": [1, 0, 0, 0], "rewards": [1, 0, 0, 0]},
+            {"correct": [1, 1, 1, 1], "rewards": [1, 1, 1, 1]},
+            {"correct": [0, 0, 0, 0], "rewards": [0, -0.5, 0, 0]},
+        ]
+    )
     assert keep == [True, False, False]
     s.observe(0, {"add1": [1.0, 1.0], "add3": []})
     assert s.report(1)["scores"] == pytest.approx({"add1": 0.5, "add3": 0.0})
@@ -61,9 +69,12 @@ def test_state_round_trip_continues_identically():
 def test_budget_prompt_and_per_distribution_base():
     dists = [dict(DISTS[0], budget=100), DISTS[1]]
     s = CurriculumScheduler(
-        dists, curriculum="fixed", curriculum_params={"weights": {"add1": 1, "add3": 1}},
+        dists,
+        curriculum="fixed",
+        curriculum_params={"weights": {"add1": 1, "add3": 1}},
         budget={"kind": "exponential", "initial": 64, "decay": 0.5, "every": 1, "minimum": 8},
-        budget_prompt="{prompt} Use at most {budget} tokens.", seed=0,
+        budget_prompt="{prompt} Use at most {budget} tokens.",
+        seed=0,
     )
     assert s.budget_for("add1", 0) == 100 and s.budget_for("add1", 2) == 25  # base decayed by the schedule's factor
     assert s.budget_for("add3", 2) == 16

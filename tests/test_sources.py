@@ -30,10 +30,26 @@ def _write_jsonl(path, rows):
 def test_jsonl_with_field_mapping_and_where(tmp_path):
     data = tmp_path / "d.jsonl"
     _write_jsonl(data, [{"q": f"What is {i}?", "a": i, "level": i % 2} for i in range(40)])
-    d = Distribution("odd", "file", {"path": str(data), "fields": {"prompt": "q", "answer": "a"}, "where": {"level": 1}}, "numeric", 100, 5, seed=0)
+    d = Distribution(
+        "odd",
+        "file",
+        {"path": str(data), "fields": {"prompt": "q", "answer": "a"}, "where": {"level": 1}},
+        "numeric",
+        100,
+        5,
+        seed=0,
+    )
     assert len(d.eval_rows) == 5 and len(d.train_rows) == 15
     assert all(int(r["answer"]) % 2 == 1 for r in d.eval_rows + d.train_rows)
-    again = Distribution("odd", "file", {"path": str(data), "fields": {"prompt": "q", "answer": "a"}, "where": {"level": 1}}, "numeric", 100, 5, seed=0)
+    again = Distribution(
+        "odd",
+        "file",
+        {"path": str(data), "fields": {"prompt": "q", "answer": "a"}, "where": {"level": 1}},
+        "numeric",
+        100,
+        5,
+        seed=0,
+    )
     assert again.eval_rows == d.eval_rows
 
 

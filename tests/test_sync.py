@@ -1,5 +1,6 @@
 """Weight-sync buckets and the broadcast transport over a real gloo group
 (processes, no Ray or vLLM: the full path runs in the e2e and two-node tests)."""
+
 import multiprocessing as mp
 
 import torch
@@ -24,7 +25,10 @@ def test_layout_respects_bucket_size_and_dtype():
     buckets = bucket_layout(state, bucket_bytes=5000)
     # embed (4096 B) alone, layer weight+bias (1088 B) would overflow it; bf16 starts its own; head alone.
     assert [[n for n, _, _ in b.entries] for b in buckets] == [
-        ["embed.weight"], ["layer.0.weight", "layer.0.bias"], ["norm.weight"], ["head.weight"]
+        ["embed.weight"],
+        ["layer.0.weight", "layer.0.bias"],
+        ["norm.weight"],
+        ["head.weight"],
     ]
     assert [b.dtype for b in buckets] == ["float32", "float32", "bfloat16", "float32"]
     assert buckets[1].nbytes == (256 + 16) * 4 and buckets[2].nbytes == 32

@@ -1,5 +1,6 @@
 """DeepSpeed trainer ranks on a local Ray (no vLLM): data-parallel and ZeRO
 equivalence on the same batch."""
+
 import dataclasses
 
 import numpy as np
@@ -33,11 +34,19 @@ def _batch(seed: int = 0, n: int = 12) -> list[TrainSample]:
 
 def _master_is_partition(worker) -> bool:
     opt = worker.engine.optimizer
-    return all(m.data_ptr() == p.data_ptr() for m, p in zip(opt.fp32_partitioned_groups_flat, opt.fp16_partitioned_groups_flat))
+    return all(
+        m.data_ptr() == p.data_ptr() for m, p in zip(opt.fp32_partitioned_groups_flat, opt.fp16_partitioned_groups_flat)
+    )
 
 
-def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool = True, then: list[dict] | None = None,
-           **overrides) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _train(
+    model,
+    world_size: int,
+    batch: list[dict] | None = None,
+    skip: bool = True,
+    then: list[dict] | None = None,
+    **overrides,
+) -> tuple[dict[str, np.ndarray], list[dict]]:
     """One update on `batch`: the weights after it and every rank's stats. `then`:
     a batch with nothing informative, trained next, must complete (one dummy
     pass per rank) without a forward over its samples."""
@@ -46,8 +55,12 @@ def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool =
     try:
         group.setup(str(model), "float32", cfg, seed=0, total_steps=2)
         group.weight_layout(0.05)  # under ZeRO-3 exports then gather ~50 KB pieces, never the whole model
-        saving = overrides.get("zero_stage") == 3 or overrides.get("gradient_checkpointing")  # memory over speed: freed blocks go back
-        expected = int(TRAINER_MALLOC[MMAP_THRESHOLD_ENV]) if TRAINER_MALLOC else FIXED_MMAP_THRESHOLD if saving else None
+        saving = overrides.get("zero_stage") == 3 or overrides.get(
+            "gradient_checkpointing"
+        )  # memory over speed: freed blocks go back
+        expected = (
+            int(TRAINER_MALLOC[MMAP_THRESHOLD_ENV]) if TRAINER_MALLOC else FIXED_MMAP_THRESHOLD if saving else None
+        )
         assert ray.get(group.ranks[0].__ray_call__.remote(lambda w: w.mmap_threshold)) == expected
         if overrides.get("zero_stage") == 3:  # the fp32 master is the partition itself, no second copy
             assert all(ray.get([r.__ray_call__.remote(_master_is_partition) for r in group.ranks]))
@@ -56,7 +69,9 @@ def _train(model, world_size: int, batch: list[dict] | None = None, skip: bool =
         after = ray.get(group.export_weights())
         if then is not None:
             idle = group.train(then, cfg.mini_batches, cfg.max_tokens_per_micro_batch, skip)
-            assert [s["tokens"] for s in idle] == [0.0] * world_size and [s["micro_batches"] for s in idle] == [1] * world_size
+            assert [s["tokens"] for s in idle] == [0.0] * world_size and [s["micro_batches"] for s in idle] == [
+                1
+            ] * world_size
     finally:
         group.shutdown()
     assert max(np.abs(after[k] - before[k]).max() for k in after) > 5e-5, "the step changed nothing"
@@ -68,7 +83,9 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-@pytest.mark.parametrize("extra", [{}, {"ppo_epochs": 2, "mini_batches": 2, "kl_coef": 0.1}], ids=["one-update", "epochs-minibatches-kl"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"ppo_epochs": 2, "mini_batches": 2, "kl_coef": 0.1}], ids=["one-update", "epochs-minibatches-kl"]
+)
 def test_two_ranks_equal_one_rank(local_ray, tiny_model, extra):
     one, stats_one = _train(tiny_model, 1, **extra)
     two, stats_two = _train(tiny_model, 2, **extra)
@@ -84,7 +101,9 @@ def test_huge_log_ratio_no_longer_drops_the_update(local_ray, tiny_model):
     non-finite. With verl's clamp of the log-ratio to +-20 (dual-clip off) all 4
     apply; the forced tokens saturate the clamp and add no gradient."""
     batch = _batch()
-    forced = [i for i, s in enumerate(batch) if s.advantage < 0][:1] + [i for i, s in enumerate(batch) if s.advantage > 0][:1]
+    forced = [i for i, s in enumerate(batch) if s.advantage < 0][:1] + [
+        i for i, s in enumerate(batch) if s.advantage > 0
+    ][:1]
     for i in forced:
         batch[i].logprobs = [-100.0 - 2.0] * len(batch[i].tokens)
     _, stats = _train(tiny_model, 1, batch, ppo_epochs=4, old_logprobs="rollout")  # asserts the weights moved
@@ -100,15 +119,21 @@ def test_skipping_and_shared_prompts_under_zero(local_ray, tiny_model, stage):
     one Adam step a wrong gradient shows as ~lr-sized differences)."""
     batch = _batch(n=12)
     for g in range(3):  # three groups of 4 samples sharing a prompt
-        for s in batch[4 * g:4 * g + 4]:
+        for s in batch[4 * g : 4 * g + 4]:
             s.prompt_ids = list(batch[4 * g].prompt_ids)
     for s in batch[4:8]:
         s.advantage = 0.0  # an all-equal group
     batch[-1].weight = 0.0  # padding
     plain, _ = _train(tiny_model, 2, batch, skip=False, zero_stage=stage, share_prompts=False)
-    fast, stats = _train(tiny_model, 2, batch, zero_stage=stage, then=[dataclasses.replace(s, advantage=0.0) for s in batch])
-    assert _max_diff(plain, fast) < 1e-5  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
-    assert sum(s["tokens"] for s in stats) == sum(len(s.tokens) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11)
+    fast, stats = _train(
+        tiny_model, 2, batch, zero_stage=stage, then=[dataclasses.replace(s, advantage=0.0) for s in batch]
+    )
+    assert (
+        _max_diff(plain, fast) < 1e-5
+    )  # float tolerance through Adam (lr 1e-4); a wrong gradient moves weights by ~lr
+    assert sum(s["tokens"] for s in stats) == sum(
+        len(s.tokens) for i, s in enumerate(batch) if i not in range(4, 8) and i != 11
+    )
 
 
 def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):
@@ -122,12 +147,19 @@ def test_zero3_equals_zero2_and_exports_full_weights(local_ray, tiny_model):
     z2, stats2 = _train(tiny_model, 2, zero_stage=2, **kl)
     z3, stats3 = _train(tiny_model, 2, zero_stage=3, gradient_checkpointing=True, **kl)
     assert _max_diff(z2, z3) < 1e-5
-    assert sum(s["kl"] for s in stats3) == pytest.approx(sum(s["kl"] for s in stats2), rel=1e-4) and sum(s["kl"] for s in stats3) > 0
+    assert (
+        sum(s["kl"] for s in stats3) == pytest.approx(sum(s["kl"] for s in stats2), rel=1e-4)
+        and sum(s["kl"] for s in stats3) > 0
+    )
     reference = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     assert {k: tuple(v.shape) for k, v in reference.items()} == {k: v.shape for k, v in z3.items()}
 
 
-@pytest.mark.parametrize("extra", [{"zero_stage": 3}, {"lora": {"rank": 4, "target_modules": ["q_proj", "down_proj"]}}], ids=["zero3-sharded", "lora-disabled"])
+@pytest.mark.parametrize(
+    "extra",
+    [{"zero_stage": 3}, {"lora": {"rank": 4, "target_modules": ["q_proj", "down_proj"]}}],
+    ids=["zero3-sharded", "lora-disabled"],
+)
 def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model, extra):
     """After an update, the KL-in-reward against the reference (a ZeRO-3 engine of
     its own, or the LoRA policy with adapters disabled) equals the KL against the
@@ -141,7 +173,16 @@ def test_sequence_kl_for_reward_matches_reference_model(local_ray, tiny_model, e
     from gradus.trainer.loss import completion_logprobs
 
     lora = {"lora": LoraConfig(**extra["lora"])} if "lora" in extra else {}
-    cfg = dataclasses.replace(TrainerConfig(), lr=1e-2, threads=1, kl_coef=0.1, kl_in="reward", kl_kind="k1", max_tokens_per_micro_batch=20, **{**extra, **lora})
+    cfg = dataclasses.replace(
+        TrainerConfig(),
+        lr=1e-2,
+        threads=1,
+        kl_coef=0.1,
+        kl_in="reward",
+        kl_kind="k1",
+        max_tokens_per_micro_batch=20,
+        **{**extra, **lora},
+    )
     group = TrainerGroup(2, threads=1)
     samples = _batch(n=5)
     try:
@@ -182,11 +223,16 @@ def test_nonfinite_loss_skips_the_update_on_every_rank(local_ray, tiny_model, st
         group.shutdown()
 
 
-@pytest.mark.parametrize("saved, resumed", [((2, 2), (1, 1)), ((1, 0), (2, 3))], ids=["2ranks-zero2-to-1rank-zero1", "1rank-zero0-to-2ranks-zero3"])
+@pytest.mark.parametrize(
+    "saved, resumed",
+    [((2, 2), (1, 1)), ((1, 0), (2, 3))],
+    ids=["2ranks-zero2-to-1rank-zero1", "1rank-zero0-to-2ranks-zero3"],
+)
 def test_checkpoint_resumes_on_another_world_size_and_zero_stage(local_ray, tiny_model, tmp_path, saved, resumed):
     """The checkpoint is consolidated: loaded at another world size and ZeRO stage
     it gives back the same fp32 weights and Adam moments, and the next update
     matches the one the saving run makes (up to reduction order)."""
+
     def group(world_size: int, stage: int) -> TrainerGroup:
         cfg = dataclasses.replace(TrainerConfig(), lr=1e-3, threads=1, max_tokens_per_micro_batch=48, zero_stage=stage)
         trainers = TrainerGroup(world_size, threads=1)
@@ -203,7 +249,9 @@ def test_checkpoint_resumes_on_another_world_size_and_zero_stage(local_ray, tiny
     finally:
         first.shutdown()
     assert {k.split("/")[0] for k in state} == {"param", "exp_avg", "exp_avg_sq"}
-    assert max(float(np.abs(v).max()) for k, v in state.items() if k.startswith("exp_avg_sq/")) > 0  # moments exist after one update
+    assert (
+        max(float(np.abs(v).max()) for k, v in state.items() if k.startswith("exp_avg_sq/")) > 0
+    )  # moments exist after one update
     second = group(*resumed)
     try:
         assert second.load_checkpoint(str(tmp_path)) == {"world_size": saved[0], "zero_stage": saved[1]}
@@ -211,6 +259,8 @@ def test_checkpoint_resumes_on_another_world_size_and_zero_stage(local_ray, tiny
         resumed_stats = second.train(_batch(1), 1, 48)
         assert _max_diff(expected, ray.get(second.export_weights())) < 1e-5
         assert resumed_stats[0]["lr"] == stats[0]["lr"]
-        assert resumed_stats[0]["grad_norm"] == pytest.approx(stats[0]["grad_norm"], rel=1e-5)  # ZeRO-0 (one rank) keeps the norm too
+        assert resumed_stats[0]["grad_norm"] == pytest.approx(
+            stats[0]["grad_norm"], rel=1e-5
+        )  # ZeRO-0 (one rank) keeps the norm too
     finally:
         second.shutdown()

@@ -2,6 +2,7 @@
 with its own ports and a custom resource): the rollout worker is placed on one,
 the trainer on the other, weights go over the gloo broadcast transport in
 several buckets, and 2 steps run. Slow (~2 minutes)."""
+
 import json
 import math
 import os
@@ -27,37 +28,74 @@ import socket
 socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("", 0))
-flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
+flags = [
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+]
 print(" ".join(f"{f}={s.getsockname()[1]}" for f, s in zip(flags, socks)))
 """
 
 
 def agent_ports() -> list[str]:
-    return subprocess.run([sys.executable, "-c", AGENT_PORTS], check=True, capture_output=True, text=True).stdout.split()
+    return subprocess.run(
+        [sys.executable, "-c", AGENT_PORTS], check=True, capture_output=True, text=True
+    ).stdout.split()
 
 
 @pytest.fixture
 def two_node_cluster(own_ray_dir):
     port = free_port()  # RAY_AUTH_MODE=disabled for every test cluster: tests/conftest.py
     common = ["--num-cpus=2", "--object-store-memory=500000000", "--disable-usage-stats"]
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", '--resources={"rollout_node": 4}',
-                    *common, *agent_ports()], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "ray",
+            "start",
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            '--resources={"rollout_node": 4}',
+            *common,
+            *agent_ports(),
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", '--resources={"trainer_node": 4}', *common, *agent_ports()],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["ray", "start", f"--address=127.0.0.1:{port}", '--resources={"trainer_node": 4}', *common, *agent_ports()],
+            check=True,
+            capture_output=True,
+        )
         yield f"127.0.0.1:{port}"
     finally:
         stop_own_ray(own_ray_dir)
 
 
 def test_rollout_and_trainer_on_separate_nodes(two_node_cluster, tiny_model, tmp_path):
-    cfg = load_config("configs/uniform.yaml", [
-        f"model.path={tiny_model}", f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "eval.every=0", "run.checkpoint_every=0",
-        f"cluster.address={two_node_cluster}", "rollout.resources={rollout_node: 1}", "trainer.resources={trainer_node: 1}",
-        "sync.transport=broadcast", "sync.bucket_mb=0.1", "rollout.threads=1", "trainer.threads=1",
-        "rollout.max_tokens=16", "trainer.lr=1e-3", "trainer.max_tokens_per_micro_batch=400",
-        "reward.length=1.0", "curriculum.budget={kind: constant, budget: 4}",  # rewards vary, so every step trains
-    ])
+    cfg = load_config(
+        "configs/uniform.yaml",
+        [
+            f"model.path={tiny_model}",
+            f"run.run_dir={tmp_path / 'run'}",
+            "run.steps=2",
+            "eval.every=0",
+            "run.checkpoint_every=0",
+            f"cluster.address={two_node_cluster}",
+            "rollout.resources={rollout_node: 1}",
+            "trainer.resources={trainer_node: 1}",
+            "sync.transport=broadcast",
+            "sync.bucket_mb=0.1",
+            "rollout.threads=1",
+            "trainer.threads=1",
+            "rollout.max_tokens=16",
+            "trainer.lr=1e-3",
+            "trainer.max_tokens_per_micro_batch=400",
+            "reward.length=1.0",
+            "curriculum.budget={kind: constant, budget: 4}",  # rewards vary, so every step trains
+        ],
+    )
     run = Run(cfg)
     try:
         run.start()
@@ -102,21 +140,44 @@ def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path,
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     ray_cli = shutil.which("ray")
-    shims = {**SHIMS, "ray": f'#!/usr/bin/env bash\nif [[ "$1" == stop ]]; then exec pkill -9 -f "{own_ray_dir}"; fi\nexec {ray_cli} "$@"\n'}
+    shims = {
+        **SHIMS,
+        "ray": (
+            "#!/usr/bin/env bash\n"
+            f'if [[ "$1" == stop ]]; then exec pkill -9 -f "{own_ray_dir}"; fi\nexec {ray_cli} "$@"\n'
+        ),
+    }
     for name, text in shims.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = {
-        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
-        "GRADUS_RAY_PORT": str(free_port()), "GRADUS_RAY_ARGS": "--num-cpus=2 --object-store-memory=300000000",
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "GRADUS_RAY_PORT": str(free_port()),
+        "GRADUS_RAY_ARGS": "--num-cpus=2 --object-store-memory=300000000",
     }
     run_dir = tmp_path / "run"
     try:
         result = subprocess.run(
-            ["bash", "launch/cluster/gradus.sbatch", "configs/uniform.yaml", f"model.path={tiny_model}", f"run.run_dir={run_dir}",
-             "run.steps=1", "run.checkpoint_every=0", "rollout.max_tokens=16", "rollout.threads=1", "trainer.threads=1",
-             "cluster.colocate=true"],
-            env=env, capture_output=True, text=True, timeout=600, check=False,
+            [
+                "bash",
+                "launch/cluster/gradus.sbatch",
+                "configs/uniform.yaml",
+                f"model.path={tiny_model}",
+                f"run.run_dir={run_dir}",
+                "run.steps=1",
+                "run.checkpoint_every=0",
+                "rollout.max_tokens=16",
+                "rollout.threads=1",
+                "trainer.threads=1",
+                "cluster.colocate=true",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
     finally:
         stop_own_ray(own_ray_dir)

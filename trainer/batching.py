@@ -3,6 +3,7 @@ all, those to data-parallel ranks (balanced by tokens) and each rank's to
 micro-batches bounded by padded token count. Pure logic; the loss is normalised
 globally, so neither the skipping nor the split changes the gradient, only the
 speed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,8 +48,13 @@ def contributes(sample: TrainSample, kl_in_loss: bool) -> bool:
 def dummy(sample: TrainSample) -> TrainSample:
     """The cheapest pass a rank can run to keep ZeRO's collectives in step: one
     prompt token and one completion token, zero weight."""
-    return TrainSample(prompt_ids=list(sample.prompt_ids[:1]), tokens=list(sample.tokens[:1]), logprobs=list(sample.logprobs[:1]),
-                       advantage=0.0, weight=0.0)
+    return TrainSample(
+        prompt_ids=list(sample.prompt_ids[:1]),
+        tokens=list(sample.tokens[:1]),
+        logprobs=list(sample.logprobs[:1]),
+        advantage=0.0,
+        weight=0.0,
+    )
 
 
 def shard_by_tokens(lengths: Sequence[int], ranks: int) -> list[list[int]]:
@@ -86,7 +92,7 @@ def plan(lengths: Sequence[int], ranks: int, max_tokens: int) -> list[list[list[
         while len(batches) < count and any(len(b) > 1 for b in batches):
             big = max(range(len(batches)), key=lambda j: len(batches[j]) * lengths[batches[j][0]])
             half = len(batches[big]) // 2
-            batches[big:big + 1] = [batches[big][:half], batches[big][half:]]
+            batches[big : big + 1] = [batches[big][:half], batches[big][half:]]
         batches += [[PAD]] * (count - len(batches))
     return per_rank
 
@@ -115,7 +121,12 @@ def units(samples: Sequence[TrainSample], share_prompts: bool, max_tokens: int) 
 
 
 def assign(
-    mini: Sequence[TrainSample], ranks: int, max_tokens: int, skip: bool = True, kl_in_loss: bool = False, share_prompts: bool = False
+    mini: Sequence[TrainSample],
+    ranks: int,
+    max_tokens: int,
+    skip: bool = True,
+    kl_in_loss: bool = False,
+    share_prompts: bool = False,
 ) -> list[RankShare]:
     """Per rank, its share of one mini-batch (one optimiser step), the counts
     being the whole mini-batch's trained (weight > 0) samples, the loss
@@ -131,6 +142,10 @@ def assign(
     padding = dummy(mini[0])
     num_tokens, num_seqs = sum(len(s.tokens) for s in trained), len(trained)
     return [
-        RankShare([[s for i in micro for s in (members[i] if i != PAD else [padding])] for micro in micros], num_tokens, num_seqs)
+        RankShare(
+            [[s for i in micro for s in (members[i] if i != PAD else [padding])] for micro in micros],
+            num_tokens,
+            num_seqs,
+        )
         for micros in plan(lengths, ranks, max_tokens)
     ]

@@ -2,6 +2,7 @@
 here beside the code that reads them, as rollout.rewards.RewardWeights is for
 the reward. The ranks receive this object itself; `loss_options` resolves
 what depends on other settings (GSPO's clip range, Dr.GRPO's divisor)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,16 +19,27 @@ def choices(what: str, entries: dict[str, str]) -> Registry[str]:
     return registry
 
 
-OLD_LOGPROBS = choices("old log-prob source", {"recompute": "the trainer's own forward before any update", "rollout": "vLLM's sampling log-probs"})
-KL_PLACEMENTS = choices("KL placement", {"loss": "a KL term in the loss", "reward": "reward -= kl_coef * summed KL, before advantages"})
-IMPORTANCE_MODES = choices("importance mode", {"truncate": "min(weight, cap)", "mask": "tokens over the cap get weight 0 (AReaL)"})
-IMPORTANCE_SCOPES = choices("importance scope", {"stale": "async samples only (decoupled PPO)", "all": "every token (rollout/trainer mismatch)"})
-OFFLOAD_DEVICES = choices("offload device", {"none": "keep on the accelerator", "cpu": "DeepSpeed ZeRO offload to CPU memory"})
+OLD_LOGPROBS = choices(
+    "old log-prob source",
+    {"recompute": "the trainer's own forward before any update", "rollout": "vLLM's sampling log-probs"},
+)
+KL_PLACEMENTS = choices(
+    "KL placement", {"loss": "a KL term in the loss", "reward": "reward -= kl_coef * summed KL, before advantages"}
+)
+IMPORTANCE_MODES = choices(
+    "importance mode", {"truncate": "min(weight, cap)", "mask": "tokens over the cap get weight 0 (AReaL)"}
+)
+IMPORTANCE_SCOPES = choices(
+    "importance scope", {"stale": "async samples only (decoupled PPO)", "all": "every token (rollout/trainer mismatch)"}
+)
+OFFLOAD_DEVICES = choices(
+    "offload device", {"none": "keep on the accelerator", "cpu": "DeepSpeed ZeRO offload to CPU memory"}
+)
 
 
 @dataclass
 class ImportanceConfig:
-    """Per-token pi_proximal / pi_behaviour weights (README: Loss options and their sources)."""
+    """Per-token pi_proximal / pi_behaviour weights (docs/reference/losses.md)."""
 
     mode: str = "truncate"  # truncate: min(weight, cap) | mask: tokens over the cap get weight 0 (AReaL)
     cap: float = 2.0
@@ -41,7 +53,9 @@ class LoraConfig:
     rank: int = 16
     alpha: float = 32.0  # scale = alpha / rank
     dropout: float = 0.0  # 0: the forward that computes the GRPO ratio must be the sampling policy
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 @dataclass
@@ -69,11 +83,16 @@ class TrainerConfig:
     kl_kind: str = "k3"
     kl_in: str = "loss"  # loss: a KL term in the loss | reward: reward -= kl_coef * summed KL before advantages
     max_tokens_per_micro_batch: int = 1024  # padded tokens (rows x longest row) per forward/backward
-    skip_uninformative: bool = True  # no forward/backward for samples whose loss term is 0 (advantage 0, no KL in the loss; padding)
+    skip_uninformative: bool = (
+        True  # no forward/backward for samples whose loss term is 0 (advantage 0, no KL in the loss; padding)
+    )
     share_prompts: bool = True  # a group's prompt goes through the model once, its completions attend to it (4D mask)
     zero_stage: int = 1
-    zero_init: bool = True  # ZeRO-3: build models already sharded (deepspeed.zero.Init); false loads the full model on each rank first
-    gradient_checkpointing: bool = False  # recompute activations in backward (HF, non-reentrant): less memory, ~1 extra forward
+    # ZeRO-3: build models already sharded (deepspeed.zero.Init); false loads the full model on each rank first
+    zero_init: bool = True
+    gradient_checkpointing: bool = (
+        False  # recompute activations in backward (HF, non-reentrant): less memory, ~1 extra forward
+    )
     lora: Optional[LoraConfig] = None  # e.g. {rank: 16, alpha: 32}; None = full fine-tuning
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     estimator: str = "grpo"  # trainer/grpo.py ADVANTAGE_ESTIMATORS
@@ -81,8 +100,12 @@ class TrainerConfig:
     ratio_level: str = "token"  # token (PPO/GRPO) | sequence (GSPO: one length-normalised ratio per sequence)
     clip_low: Optional[float] = None  # None: 0.2, or 3e-4 with ratio_level=sequence (GSPO)
     clip_high: Optional[float] = None  # None: 0.2, or 4e-4 with ratio_level=sequence (GSPO)
-    clip_ratio_c: Optional[float] = None  # dual-clip (verl): a token with A < 0 loses at most -A * clip_ratio_c; None = off
-    loss_agg: Optional[str] = None  # trainer/grpo.py AGGREGATIONS; None: token-mean, or seq-mean-token-mean with ratio_level=sequence
+    clip_ratio_c: Optional[float] = (
+        None  # dual-clip (verl): a token with A < 0 loses at most -A * clip_ratio_c; None = off
+    )
+    loss_agg: Optional[str] = (
+        None  # trainer/grpo.py AGGREGATIONS; None: token-mean, or seq-mean-token-mean with ratio_level=sequence
+    )
     loss_norm_len: Optional[int] = None  # seq-mean-token-sum-norm (Dr.GRPO) divisor; None = rollout.max_tokens
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     importance_cap: Optional[float] = None  # deprecated: trainer.importance.cap

@@ -14,6 +14,7 @@ new engine's partitions through DeepSpeed's public safe_get/safe_set API.
                             counters, world size and ZeRO stage saved from
 <dir>/rng-<rank>.pt         python/numpy/torch RNG of each rank
 """
+
 from __future__ import annotations
 
 import random
@@ -42,7 +43,9 @@ def _optimizer_keys(engine: Any) -> tuple[list[str], dict[str, Any]]:
     """The optimizer's per-element state keys (tensors shaped like what they
     track, e.g. exp_avg) and its scalar state (e.g. step), the same for every
     parameter. Empty before the first update."""
-    entry = next((v for v in _base_optimizer(engine).state.values() if v), {})  # state is a defaultdict: skip empty entries
+    entry = next(
+        (v for v in _base_optimizer(engine).state.values() if v), {}
+    )  # state is a defaultdict: skip empty entries
     tensors = [k for k, v in entry.items() if torch.is_tensor(v) and v.dim() > 0]
     scalars = {k: v.item() if torch.is_tensor(v) else v for k, v in entry.items() if k not in tensors}
     return sorted(tensors), scalars
@@ -81,15 +84,22 @@ def save(engine: Any, directory: str, rank: int) -> None:
         return
     save_file(tensors, str(path / WEIGHTS))
     base = _base_optimizer(engine)
-    torch.save({
-        "optimizer_keys": keys,
-        "optimizer_scalars": scalars,
-        "param_groups": [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups],
-        "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
-        "engine": {"global_steps": engine.global_steps, "global_samples": engine.global_samples, "skipped_steps": engine.skipped_steps},
-        "world_size": engine.world_size,
-        "zero_stage": engine.zero_optimization_stage(),
-    }, path / STATE)
+    torch.save(
+        {
+            "optimizer_keys": keys,
+            "optimizer_scalars": scalars,
+            "param_groups": [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups],
+            "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+            "engine": {
+                "global_steps": engine.global_steps,
+                "global_samples": engine.global_samples,
+                "skipped_steps": engine.skipped_steps,
+            },
+            "world_size": engine.world_size,
+            "zero_stage": engine.zero_optimization_stage(),
+        },
+        path / STATE,
+    )
 
 
 def _master_params(engine: Any) -> list[list[torch.Tensor]]:
@@ -168,7 +178,9 @@ def load(engine: Any, directory: str, rank: int) -> dict[str, Any]:
         group.update(saved)
     if meta["lr_scheduler"] is not None:
         engine.lr_scheduler.load_state_dict(meta["lr_scheduler"])
-    engine.global_steps, engine.global_samples, engine.skipped_steps = (meta["engine"][k] for k in ("global_steps", "global_samples", "skipped_steps"))
+    engine.global_steps, engine.global_samples, engine.skipped_steps = (
+        meta["engine"][k] for k in ("global_steps", "global_samples", "skipped_steps")
+    )
     rng = path / f"rng-{rank}.pt"
     if rng.is_file():
         state = torch.load(rng, weights_only=False)
@@ -182,4 +194,8 @@ def state(engine: Any) -> dict[str, np.ndarray]:
     """Every trainable parameter's fp32 value and optimizer state tensors, full
     shapes, keyed as in the checkpoint (for tests); a collective."""
     keys, _ = _optimizer_keys(engine)
-    return {f"{key or 'param'}/{name}": _full(engine, p, key).numpy() for name, p in _trainable(engine) for key in [None, *keys]}
+    return {
+        f"{key or 'param'}/{name}": _full(engine, p, key).numpy()
+        for name, p in _trainable(engine)
+        for key in [None, *keys]
+    }

@@ -1,9 +1,10 @@
 """GRPO math as pure torch functions: advantages, KL penalties, the clipped policy loss.
 
 Shapes: B sequences, T completion tokens, G samples per prompt group. Each
-option names the framework or paper it follows (README: "Loss options and
-their sources"); numeric guards are verl's (`core_algos.py`).
+option names the framework or paper it follows (docs/reference/losses.md);
+numeric guards are verl's (`core_algos.py`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from gradus.trainer.config import TrainerConfig
 
 Estimator = Callable[[torch.Tensor, float, str], torch.Tensor]
 ADVANTAGE_ESTIMATORS: Registry[Estimator] = Registry("advantage estimator", plugins=False, positional=3)
-KL_PENALTIES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL penalty", plugins=False, positional=2)
+KL_PENALTIES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
+    "KL penalty", plugins=False, positional=2
+)
 AGGREGATIONS: Registry[str] = Registry("loss aggregation", plugins=False)
 AGGREGATIONS.add("token-mean", "sum over masked tokens / their number (DAPO, verl's default)")
 AGGREGATIONS.add("seq-mean-token-mean", "mean over sequences of each sequence's token mean (GRPO paper)")
@@ -56,11 +59,15 @@ def _drgrpo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
 @ADVANTAGE_ESTIMATORS.register("rloo")
 def _rloo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
     g = rewards.shape[-1]
-    others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / max(g - 1, 1)  # g = 1 is all-equal: zeroed by the caller
+    others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / max(
+        g - 1, 1
+    )  # g = 1 is all-equal: zeroed by the caller
     return rewards - others_mean
 
 
-def group_advantages(rewards: torch.Tensor, estimator: str = "grpo", eps: float = 1e-6, scale: str = "group") -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, estimator: str = "grpo", eps: float = 1e-6, scale: str = "group"
+) -> torch.Tensor:
     """rewards [groups, G] -> float32 advantages [groups, G].
 
     Computed in float64, and a group whose rewards are all equal gets exactly 0:
@@ -78,10 +85,14 @@ def group_advantages(rewards: torch.Tensor, estimator: str = "grpo", eps: float 
     return torch.where(uninformative, torch.zeros_like(advantages), advantages).to(torch.float32)
 
 
-def batch_advantages(rewards: Sequence[Sequence[float]], estimator: str = "grpo", scale: str = "group") -> list[list[float]]:
+def batch_advantages(
+    rewards: Sequence[Sequence[float]], estimator: str = "grpo", scale: str = "group"
+) -> list[list[float]]:
     """Advantages of every group a step generated, computed together (one batch
     for scale="batch"), as nested lists in the groups' order."""
-    return group_advantages(torch.tensor([list(r) for r in rewards], dtype=torch.float32), estimator, scale=scale).tolist()
+    return group_advantages(
+        torch.tensor([list(r) for r in rewards], dtype=torch.float32), estimator, scale=scale
+    ).tolist()
 
 
 @KL_PENALTIES.register("k1")
@@ -106,7 +117,9 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
     return KL_PENALTIES.get(kind)(logp, ref_logp)
 
 
-def log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor | None = None, level: str = "token") -> torch.Tensor:
+def log_ratio(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor | None = None, level: str = "token"
+) -> torch.Tensor:
     """log(pi / pi_old) [B, T], clamped to +-20. "sequence" (GSPO): every token
     takes its sequence's masked mean log-ratio (the length-normalised sequence
     likelihood ratio), so one sequence is clipped as a whole."""
@@ -227,11 +240,19 @@ def loss_options(cfg: TrainerConfig, norm_len: int | None = None) -> LossOptions
     agg = cfg.loss_agg or ("seq-mean-token-mean" if sequence else "token-mean")
     divisor = cfg.loss_norm_len or norm_len
     if agg == "seq-mean-token-sum-norm" and not divisor:
-        raise ValueError("loss_agg seq-mean-token-sum-norm (Dr.GRPO) needs a constant loss_norm_len (e.g. rollout.max_tokens)")
+        raise ValueError(
+            "loss_agg seq-mean-token-sum-norm (Dr.GRPO) needs a constant loss_norm_len (e.g. rollout.max_tokens)"
+        )
     return LossOptions(
         clip_low=cfg.clip_low if cfg.clip_low is not None else (GSPO_CLIP[0] if sequence else 0.2),
         clip_high=cfg.clip_high if cfg.clip_high is not None else (GSPO_CLIP[1] if sequence else 0.2),
-        clip_ratio_c=cfg.clip_ratio_c, ratio_level=cfg.ratio_level, agg=agg, norm_len=divisor,
-        kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
-        importance_on=cfg.importance.on, importance_mode=cfg.importance.mode, importance_cap=cfg.importance.cap,
+        clip_ratio_c=cfg.clip_ratio_c,
+        ratio_level=cfg.ratio_level,
+        agg=agg,
+        norm_len=divisor,
+        kl_coef=cfg.kl_coef,
+        kl_kind=cfg.kl_kind,
+        importance_on=cfg.importance.on,
+        importance_mode=cfg.importance.mode,
+        importance_cap=cfg.importance.cap,
     )

@@ -2,6 +2,7 @@
 forward, then the clipped, importance-weighted, aggregated loss of
 trainer/grpo.py. Model-level (no DeepSpeed, no Ray), so tests can compare the
 gradients of different batch splits on a plain Hugging Face model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,9 @@ def _rows(samples: Sequence[TrainSample], share_prompts: bool) -> list[_Row]:
     return list(rows.values())
 
 
-def _shared_prompt_mask(rows: list[_Row], samples: Sequence[TrainSample], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _shared_prompt_mask(
+    rows: list[_Row], samples: Sequence[TrainSample], width: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive attention mask [R, 1, L, L] and position ids [R, L] for rows that
     hold several completions: each completion sees the prompt and, causally,
     itself (not the other completions), at the positions it has in its own
@@ -84,16 +87,24 @@ def prompt_sharing(model: Any, wanted: bool, say: bool = True) -> bool:
     config = model.config
     backend = getattr(config, "_attn_implementation", None)
     sliding = getattr(config, "sliding_window", None) and (
-        getattr(config, "use_sliding_window", True) or "sliding_attention" in (getattr(config, "layer_types", None) or [])
+        getattr(config, "use_sliding_window", True)
+        or "sliding_attention" in (getattr(config, "layer_types", None) or [])
     )
-    reason = (f"attention backend {backend!r} cannot take its 4D mask (supported: {', '.join(SHARED_PROMPT_BACKENDS)})"
-              if backend not in SHARED_PROMPT_BACKENDS else "sliding-window attention layers would lose their window" if sliding else "")
+    reason = (
+        f"attention backend {backend!r} cannot take its 4D mask (supported: {', '.join(SHARED_PROMPT_BACKENDS)})"
+        if backend not in SHARED_PROMPT_BACKENDS
+        else "sliding-window attention layers would lose their window"
+        if sliding
+        else ""
+    )
     if wanted and reason and say:
         print(f"gradus: trainer.share_prompts is off: {reason}", flush=True)
     return wanted and not reason
 
 
-def completion_logprobs(model: Any, samples: Sequence[TrainSample], with_entropy: bool = False, share_prompts: bool = False) -> dict[str, torch.Tensor]:
+def completion_logprobs(
+    model: Any, samples: Sequence[TrainSample], with_entropy: bool = False, share_prompts: bool = False
+) -> dict[str, torch.Tensor]:
     """Log-probs [B, T] of each sample's completion tokens (T = the longest
     completion; "predicts" marks the real ones, bool [B, T]) and optionally
     per-token entropy.
@@ -127,13 +138,18 @@ def completion_logprobs(model: Any, samples: Sequence[TrainSample], with_entropy
     rows_idx = torch.tensor([r for rs in row_of for r in rs], dtype=torch.long, device=device)
     pos_idx = torch.tensor([q for qs in pos_of for q in qs], dtype=torch.long, device=device)
     with _predicting_positions(model, rows_idx, pos_idx):
-        logits = model(input_ids=input_ids.to(device), use_cache=False, logits_to_keep=0, **extra).logits.float()[0]  # [N, V]
+        logits = model(input_ids=input_ids.to(device), use_cache=False, logits_to_keep=0, **extra).logits.float()[
+            0
+        ]  # [N, V]
     targets = torch.tensor([t for s in samples for t in s.tokens], dtype=torch.long, device=device)  # [N]
     norm = torch.logsumexp(logits, dim=-1)  # [N]; more accurate than log_softmax's on CPU (~4e-6 against ~4e-5)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - norm  # [N]
     lengths = torch.tensor([len(s.tokens) for s in samples])
     predicts = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(device)  # [B, T]
-    out = {"logp": torch.zeros(predicts.shape, dtype=picked.dtype, device=device).masked_scatter(predicts, picked), "predicts": predicts}
+    out = {
+        "logp": torch.zeros(predicts.shape, dtype=picked.dtype, device=device).masked_scatter(predicts, picked),
+        "predicts": predicts,
+    }
     if with_entropy:
         with torch.no_grad():
             entropy = norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # [N]
@@ -147,6 +163,7 @@ def _predicting_positions(model: Any, rows_idx: torch.Tensor, pos_idx: torch.Ten
     hidden states at (rows_idx, pos_idx), as one row [1, N, H]: it runs inside
     the model's own forward (ZeRO-3 gathers its weights there), over the N
     positions whose logits are used rather than every position of every row."""
+
     def select(_module: Any, args: tuple) -> tuple:
         return (args[0][rows_idx, pos_idx].unsqueeze(0), *args[1:])
 
@@ -165,7 +182,12 @@ def rollout_gap(micro: Sequence[TrainSample], out: dict[str, torch.Tensor], stat
 
 
 def importance_weights(
-    opts: LossOptions, micro: Sequence[TrainSample], proximal: torch.Tensor, predicts: torch.Tensor, mask: torch.Tensor, stats: dict[str, float]
+    opts: LossOptions,
+    micro: Sequence[TrainSample],
+    proximal: torch.Tensor,
+    predicts: torch.Tensor,
+    mask: torch.Tensor,
+    stats: dict[str, float],
 ) -> torch.Tensor:
     """Per-token weights pi_proximal / pi_behaviour, behaviour being vLLM's
     log-probs at generation. Decoupled PPO (AReaL) for stale samples (the clipped
@@ -179,7 +201,9 @@ def importance_weights(
     stale = torch.tensor([s.lag > 0 for s in micro], device=predicts.device).unsqueeze(-1) & (mask > 0)
     chosen = (mask > 0) if opts.importance_on == "all" else stale
     cap, seen = opts.importance_cap, raw[chosen]
-    weighted = raw.clamp(max=cap) if opts.importance_mode == "truncate" else torch.where(raw > cap, torch.zeros_like(raw), raw)
+    weighted = (
+        raw.clamp(max=cap) if opts.importance_mode == "truncate" else torch.where(raw > cap, torch.zeros_like(raw), raw)
+    )
     stats["stale_tokens"] += float(stale.sum())
     stats["iw_tokens"] += float(chosen.sum())
     stats["iw_sum"] += float(weighted[chosen].sum())

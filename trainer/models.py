@@ -3,6 +3,7 @@
 holds the full model), gradient checkpointing, and LoRA adapters (peft) whose
 merged weights W + scale * B @ A travel under the base model's Hugging Face
 names, so vLLM and save_pretrained never see an adapter."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,13 @@ def linear_module_names(model_path: str) -> list[str]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
     out = model.get_output_embeddings()
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not out
+        }
+    )
 
 
 def check_lora_targets(model_path: str, targets: list[str]) -> None:
@@ -30,7 +37,9 @@ def check_lora_targets(model_path: str, targets: list[str]) -> None:
     names = linear_module_names(model_path)
     missing = [t for t in targets if t not in names]
     if missing:
-        raise ValueError(f"trainer.lora.target_modules: the model has no linear module {missing}; its linear modules are {names}")
+        raise ValueError(
+            f"trainer.lora.target_modules: the model has no linear module {missing}; its linear modules are {names}"
+        )
 
 
 @contextlib.contextmanager
@@ -64,7 +73,13 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     """The model wrapped by peft: base weights frozen, adapters trainable."""
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-    config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none")
+    config = PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+    )
     return get_peft_model(model, config)
 
 
@@ -103,11 +118,15 @@ def _unit_state(name: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         out = {prefix + k: t for k, t in module.get_base_layer().state_dict().items()}
         out[prefix + "weight"] = out[prefix + "weight"] + module.get_delta_weight(module.active_adapters[0])
         return out
-    buffers = {k: t for k, t in module._buffers.items() if t is not None and k not in module._non_persistent_buffers_set}
+    buffers = {
+        k: t for k, t in module._buffers.items() if t is not None and k not in module._non_persistent_buffers_set
+    }
     return {prefix + k: t.data for k, t in {**module._parameters, **buffers}.items() if t is not None}
 
 
-def streamed_state(model: torch.nn.Module, lora: bool, zero3: bool, max_bytes: float = float("inf")) -> Iterator[dict[str, torch.Tensor]]:
+def streamed_state(
+    model: torch.nn.Module, lora: bool, zero3: bool, max_bytes: float = float("inf")
+) -> Iterator[dict[str, torch.Tensor]]:
     """The policy's Hugging Face state dict (with LoRA: the base model's names,
     adapters merged in) in pieces of about `max_bytes`; under ZeRO-3 each piece's
     parameters are gathered only while it is the current one, so no rank holds

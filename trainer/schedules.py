@@ -1,5 +1,6 @@
 """Learning-rate schedules as multipliers of the base lr, each with linear warmup:
 constant, linear decay, cosine, and warmup-stable-decay (WSD)."""
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,9 @@ def wsd(total: int, min_ratio: float = 0.0, decay_fraction: float = 0.2, warmup:
     return lambda step: 1.0 - (1.0 - min_ratio) * _progress(step, max(decay_start, warmup), total)
 
 
-def lr_multiplier(kind: str, total: int, warmup: int = 0, min_ratio: float = 0.0, decay_fraction: float = 0.2) -> LRSchedule:
+def lr_multiplier(
+    kind: str, total: int, warmup: int = 0, min_ratio: float = 0.0, decay_fraction: float = 0.2
+) -> LRSchedule:
     """Multiplier at optimiser step `step` (0-based); warmup ramps (step+1)/warmup."""
     after = LR_SCHEDULES.get(kind)(total, min_ratio, decay_fraction, warmup=warmup)
     return lambda step: (step + 1) / warmup if step < warmup else after(step)

@@ -12,8 +12,9 @@ group is built from its own TCPStore, apart from the trainers' default group
 (vLLM's StatelessProcessGroup idea), so trainer collectives are untouched.
 
 `WeightSender` is mixed into the trainer ranks; `WeightReceiver` into the
-rollout actor (launch/groups.py), which supplies `load_weights`.
+rollout actor (launch/run/groups.py), which supplies `load_weights`.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,9 +29,13 @@ import torch.distributed as dist
 
 from gradus.trainer.config import choices
 
-TRANSPORTS = choices("sync transport", {
-    "object_store": "buckets through Ray's object store (any cluster)", "broadcast": "a torch.distributed broadcast group (NCCL on GPUs)",
-})
+TRANSPORTS = choices(
+    "sync transport",
+    {
+        "object_store": "buckets through Ray's object store (any cluster)",
+        "broadcast": "a torch.distributed broadcast group (NCCL on GPUs)",
+    },
+)
 GROUP_TIMEOUT = timedelta(minutes=5)
 
 
@@ -98,7 +103,11 @@ class WeightSender:
         raise NotImplementedError
 
     def weight_layout(self, bucket_mb: float) -> list[Bucket]:
-        specs = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for piece in self._state_pieces() for name, t in piece.items()}
+        specs = {
+            name: torch.empty(t.shape, dtype=t.dtype, device="meta")
+            for piece in self._state_pieces()
+            for name, t in piece.items()
+        }
         self._layout = bucket_layout(specs, int(bucket_mb * 2**20))
         return self._layout
 

@@ -5,12 +5,11 @@ on CUDA). Each rank trains on its micro-batches; every loss is divided by the
 global batch's token (or sequence) count, so the summed gradient equals the
 gradient of the global-batch loss whatever the number of ranks and micro-batches.
 """
+
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import socket
 import time
 from typing import Any, Iterator, Sequence
 
@@ -24,53 +23,9 @@ from gradus.trainer.loss import completion_logprobs, micro_batch_loss, per_token
 from gradus.trainer.models import add_lora, load_model, streamed_state
 from gradus.trainer import engine_checkpoint
 from gradus.trainer.schedules import lr_multiplier
+from gradus.trainer.rank_setup import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV, deepspeed_config, free_port
+from gradus.trainer.rank_setup import return_freed_blocks, share_fp32_master
 from gradus.trainer.sync import WeightSender
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-FIXED_MMAP_THRESHOLD = 1 << 20
-MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc's variable; set in the driver's environment, it decides for every rank
-
-
-def return_freed_blocks(threshold: int = FIXED_MMAP_THRESHOLD) -> bool:
-    """Make glibc's malloc return every freed block of `threshold` bytes or more to
-    the OS (and trim the heap beyond 128 KiB), as MALLOC_MMAP_THRESHOLD_ does when
-    set at start-up. By default glibc raises its mmap threshold each time a large
-    block is freed, after which ZeRO-3's per-layer gathers, activations and sync
-    pieces come from the heap and stay resident once freed (a 0.17B ZeRO-3 rank
-    peaked at 3.8 GiB instead of 2.5). The price is that every such block is mapped
-    and zero-filled again at each use: ~30% of a 135M model's update on CPU. False
-    where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        done = libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 128 << 10) == 1
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return done
-
-
-def share_fp32_master(optimizer: Any) -> None:
-    """ZeRO-3 keeps an fp32 master copy of each rank's partition, and means to reuse
-    the partition itself when it is already fp32 on the optimizer's device; but
-    DeepSpeed (0.19) compares the partition's torch.device with a device *name*,
-    which is never equal, so an fp32 run holds both (4 more bytes per parameter and
-    rank). Point the master at the partition before the first step, as DeepSpeed's
-    own branch does: the same values, updated in place."""
-    if optimizer.offload_optimizer or optimizer.swap_optimizer:
-        return
-    for i, (part, master) in enumerate(zip(optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat)):
-        if part is None or part.dtype != master.dtype or part.device != master.device or part.data_ptr() == master.data_ptr():
-            continue
-        part.requires_grad = True
-        part.ds_id, part.grad = master.ds_id, master.grad
-        optimizer.fp32_partitioned_groups_flat[i] = part
 
 
 class TrainerWorker(WeightSender):
@@ -86,7 +41,14 @@ class TrainerWorker(WeightSender):
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(
-        self, master: tuple[str, int], model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None
+        self,
+        master: tuple[str, int],
+        model_path: str,
+        dtype: str,
+        cfg: TrainerConfig,
+        seed: int,
+        total_steps: int,
+        norm_len: int | None = None,
     ) -> int:
         """Build model (sharded from the start under ZeRO-3), optimizer, LR schedule,
         engine and, for full fine-tuning with kl_coef > 0, the frozen reference
@@ -98,8 +60,12 @@ class TrainerWorker(WeightSender):
         from transformers import AutoConfig
 
         os.environ.update(
-            RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR=master[0], MASTER_PORT=str(master[1]),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR=master[0],
+            MASTER_PORT=str(master[1]),
         )
         torch.manual_seed(seed)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -116,7 +82,9 @@ class TrainerWorker(WeightSender):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora:
             model = add_lora(model, cfg.lora)
-        trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA only the adapters get optimizer state
+        trainable = [
+            p for p in model.parameters() if p.requires_grad
+        ]  # with LoRA only the adapters get optimizer state
         if "offload_optimizer" in ds_config["zero_optimization"]:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -128,7 +96,9 @@ class TrainerWorker(WeightSender):
         updates = total_steps * cfg.ppo_epochs * cfg.mini_batches
         multiplier = lr_multiplier(cfg.lr_schedule, updates, cfg.warmup_steps, cfg.min_lr_ratio, cfg.decay_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
         if self.stage == 0:
             self.engine.clip_fp32_gradients = self._clip_keeping_norm
             if self.world_size == 1:  # averaging over one rank is the identity, minus a flatten and copy
@@ -158,8 +128,12 @@ class TrainerWorker(WeightSender):
         if self.world_size > 1 or stage not in (1, 2) or self._offload().get("optimizer") == "cpu":
             return stage
         if say:
-            print(f"gradus: trainer.zero_stage={stage} on one rank partitions nothing: running ZeRO stage 0 (the same update, "
-                  "without flat gradient copies or a second fp32 copy of the weights)", flush=True)
+            print(
+                f"gradus: trainer.zero_stage={stage} on one rank partitions nothing: "
+                "running ZeRO stage 0 (the same update, "
+                "without flat gradient copies or a second fp32 copy of the weights)",
+                flush=True,
+            )
         return 0
 
     def _allocator(self) -> int | None:
@@ -172,7 +146,10 @@ class TrainerWorker(WeightSender):
         if MMAP_THRESHOLD_ENV in os.environ:
             value = os.environ[MMAP_THRESHOLD_ENV]
             if not value.isdigit():
-                raise ValueError(f"{MMAP_THRESHOLD_ENV}={value!r} in the driver's environment: give bytes as an integer, e.g. 1048576")
+                raise ValueError(
+                    f"{MMAP_THRESHOLD_ENV}={value!r} in the driver's environment: "
+                    "give bytes as an integer, e.g. 1048576"
+                )
             return int(value)
         saving = self.stage == 3 or self.cfg.gradient_checkpointing or "cpu" in self._offload().values()
         return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
@@ -183,7 +160,9 @@ class TrainerWorker(WeightSender):
         from deepspeed.runtime.utils import clip_grad_norm_
 
         engine = self.engine
-        engine._global_grad_norm = float(clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+        engine._global_grad_norm = float(
+            clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+        )
 
     def _offload(self) -> dict[str, str]:
         """trainer.offload where it applies: on CUDA (a CPU-only run keeps model and
@@ -199,29 +178,9 @@ class TrainerWorker(WeightSender):
     def _ds_config(self, training: bool = True) -> dict[str, Any]:
         """The policy engine's DeepSpeed config, or (training=False) the optimizer-free
         reference engine's."""
-        offload = self._offload()
-        zero: dict[str, Any] = {"stage": self.stage}
-        if zero["stage"] == 3:  # DeepSpeed's defaults (1e9 live / reuse distance) keep a < 1B model whole on every rank
-            h2, live = self.hidden**2, self._piece_params()  # buckets as HF's "auto" values
-            zero.update(stage3_max_live_parameters=live, stage3_max_reuse_distance=live, stage3_prefetch_bucket_size=int(0.9 * h2),
-                        stage3_param_persistence_threshold=10 * self.hidden, reduce_bucket_size=h2)
-        if offload.get("params") == "cpu":
-            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-        if offload.get("optimizer") == "cpu" and training:
-            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        config = {
-            "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: micro-batches are sized by tokens
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": zero,
-            "steps_per_print": 10**9,
-        }
-        if training:
-            config.update({
-                "managed_gradient_accumulation": False,  # we own the boundary: any number of micro-batches, then step()
-                "gradient_clipping": self.cfg.grad_clip,
-                "zero_force_ds_cpu_optimizer": False,
-            })
-        return config
+        return deepspeed_config(
+            self.stage, self.hidden, self._piece_params(), self._offload(), self.cfg.grad_clip, training
+        )
 
     def _reference_model(self, model_path: str, dtype: torch.dtype) -> Any:
         """Full fine-tuning's frozen reference. Under ZeRO-3 a DeepSpeed engine without
@@ -255,8 +214,21 @@ class TrainerWorker(WeightSender):
         start = time.perf_counter()
         cfg, engine = self.cfg, self.engine
         stats = dict.fromkeys(
-            ("loss", "kl", "clip_tokens", "tokens", "entropy_sum", "rollout_gap_sum", "rollout_gap_tokens", "skipped_updates",
-             "stale_tokens", "iw_tokens", "iw_sum", "iw_capped"), 0.0
+            (
+                "loss",
+                "kl",
+                "clip_tokens",
+                "tokens",
+                "entropy_sum",
+                "rollout_gap_sum",
+                "rollout_gap_tokens",
+                "skipped_updates",
+                "stale_tokens",
+                "iw_tokens",
+                "iw_sum",
+                "iw_capped",
+            ),
+            0.0,
         )
         stats["iw_max"] = 0.0
         # One update per batch: the forward itself is at the sampling weights, so
@@ -271,7 +243,12 @@ class TrainerWorker(WeightSender):
             for mini in mini_batches:
                 # Every rank runs the same number of micro-batches (trainer.batching.plan):
                 # ZeRO-2/3 reduce gradients in each backward.
-                finite = all([self._micro_step(micro, mini.num_tokens, mini.num_seqs, single, stats) for micro in mini.micro_batches])
+                finite = all(
+                    [
+                        self._micro_step(micro, mini.num_tokens, mini.num_seqs, single, stats)
+                        for micro in mini.micro_batches
+                    ]
+                )
                 if self._all_finite(finite):
                     engine.step()
                 else:  # a NaN/inf loss or gradient on any rank: drop this update everywhere
@@ -310,11 +287,17 @@ class TrainerWorker(WeightSender):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() == 0.0
 
-    def _micro_step(self, micro: Sequence[TrainSample], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]) -> bool:
+    def _micro_step(
+        self, micro: Sequence[TrainSample], num_tokens: int, num_seqs: int, single: bool, stats: dict[str, float]
+    ) -> bool:
         """Forward and backward of one micro-batch; False if its loss was not finite."""
         ref = self._ref_logprobs if self._ref_cache else None
-        loss = micro_batch_loss(self.engine, micro, self.loss, self.share_prompts, num_tokens, num_seqs, single, stats, ref)
-        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)  # DeepSpeed averages over ranks; we normalise globally
+        loss = micro_batch_loss(
+            self.engine, micro, self.loss, self.share_prompts, num_tokens, num_seqs, single, stats, ref
+        )
+        self.engine.backward(
+            loss * self.world_size, scale_wrt_gas=False
+        )  # DeepSpeed averages over ranks; we normalise globally
         return bool(torch.isfinite(loss))
 
     def _reference(self, micro: Sequence[TrainSample]) -> dict[str, torch.Tensor]:
@@ -368,13 +351,22 @@ class TrainerWorker(WeightSender):
         model (a collective); with LoRA each piece's merged weights are new tensors,
         so they never all exist at once. Otherwise one piece of the parameters as they are."""
         zero3 = self.stage == 3
-        piece_bytes = self._piece_params() * next(self.engine.module.parameters()).element_size() if zero3 or self.lora else float("inf")
+        piece_bytes = (
+            self._piece_params() * next(self.engine.module.parameters()).element_size()
+            if zero3 or self.lora
+            else float("inf")
+        )
         return streamed_state(self.engine.module, self.lora, zero3, piece_bytes)
 
     def export_weights(self) -> dict[str, np.ndarray] | None:
         """Full HF-named float32 weights on rank 0, None on other ranks; call on all
         ranks. A tied lm_head is sent too: vLLM unties it when weights are reloaded."""
-        out = {name: t.detach().float().cpu().numpy().copy() for piece in self._state_pieces() for name, t in piece.items() if self.rank == 0}
+        out = {
+            name: t.detach().float().cpu().numpy().copy()
+            for piece in self._state_pieces()
+            for name, t in piece.items()
+            if self.rank == 0
+        }
         return out if self.rank == 0 else None
 
     def save_model(self, directory: str, tokenizer_from: str) -> None:
@@ -383,11 +375,18 @@ class TrainerWorker(WeightSender):
         from a CPU copy it assembles piece by piece; call on all ranks."""
         from transformers import AutoTokenizer
 
-        state = {name: t.detach().to("cpu", copy=True) for piece in self._state_pieces() for name, t in piece.items() if self.rank == 0}
+        state = {
+            name: t.detach().to("cpu", copy=True)
+            for piece in self._state_pieces()
+            for name, t in piece.items()
+            if self.rank == 0
+        }
         if self.rank == 0:
             module = self.engine.module
             base = module.get_base_model() if self.lora else module
-            if getattr(base.config, "tie_word_embeddings", False):  # the copies no longer share storage: drop the tied head as HF does
+            if getattr(
+                base.config, "tie_word_embeddings", False
+            ):  # the copies no longer share storage: drop the tied head as HF does
                 head = base.get_output_embeddings()
                 state.pop(next(f"{name}.weight" for name, m in base.named_modules() if m is head), None)
             base.save_pretrained(directory, state_dict=state)

@@ -6,7 +6,7 @@
 # only: reach it through `ssh -L 8265:localhost:8265 HEAD`. --dashboard-host=IP
 # (or GRADUS_DASHBOARD_HOST) widens the bind, for networks you control.
 # Token authentication stays on: the head's token (~/.ray/auth_token, made here
-# if missing) must reach every node and `gradus submit` (README: cluster section).
+# if missing) must reach every node and `gradus submit` (docs/reference/cluster.md).
 set -euo pipefail
 port=6379
 dashboard_host=${GRADUS_DASHBOARD_HOST:-127.0.0.1}

@@ -1,6 +1,7 @@
 """Loading a run config: defaults <- YAML preset (and its `base` chain) <- dotted
 CLI overrides, then renamed keys migrated, paths made absolute and the whole
 validated (validate.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -95,7 +96,11 @@ def _migrate(cfg: Config) -> None:
     old, importance = cfg.trainer.importance_cap, cfg.trainer.importance
     if old is not None:
         explicit = importance.cap != ImportanceConfig().cap
-        print(f"gradus: trainer.importance_cap is now trainer.importance.cap; using cap={importance.cap if explicit else old}", flush=True)
+        print(
+            "gradus: trainer.importance_cap is now trainer.importance.cap; "
+            f"using cap={importance.cap if explicit else old}",
+            flush=True,
+        )
         importance.cap, cfg.trainer.importance_cap = (importance.cap if explicit else old), None
 
 

@@ -1,5 +1,6 @@
 """Every pick-by-name of a run config with the registry it picks from: the one
 table that validation checks and `gradus list` prints."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,15 +50,28 @@ def picks(cfg: Config) -> list[tuple[str, str, Registry[Any]]]:
     t = cfg.trainer
     out = []
     for i, dist in enumerate(cfg.data.distributions):
-        out += [(f"data.distributions.{i}.source", dist.source, SOURCES), (f"data.distributions.{i}.verifier", dist.verifier, VERIFIERS)]
+        out += [
+            (f"data.distributions.{i}.source", dist.source, SOURCES),
+            (f"data.distributions.{i}.verifier", dist.verifier, VERIFIERS),
+        ]
     out += [("curriculum.kind", cfg.curriculum.kind, CURRICULA)]
-    out += [(f"curriculum.filters.{i}.kind", str(spec.get("kind")), FILTERS) for i, spec in enumerate(cfg.curriculum.filters)]
+    out += [
+        (f"curriculum.filters.{i}.kind", str(spec.get("kind")), FILTERS)
+        for i, spec in enumerate(cfg.curriculum.filters)
+    ]
     if cfg.curriculum.budget is not None:
         out.append(("curriculum.budget.kind", str(cfg.curriculum.budget.get("kind")), BUDGETS))
     out.append(("curriculum.prompts.kind", str(cfg.curriculum.prompts.get("kind", "shuffle")), PROMPT_SAMPLERS))
-    plain = {key: registry for key, registry in REGISTRIES.items() if ".N." not in key and not key.startswith("curriculum.")}
-    values = {"trainer.loss_agg": t.loss_agg, "trainer.importance.mode": t.importance.mode, "trainer.importance.on": t.importance.on,
-              "trainer.offload.optimizer": t.offload.optimizer, "trainer.offload.params": t.offload.params}
+    plain = {
+        key: registry for key, registry in REGISTRIES.items() if ".N." not in key and not key.startswith("curriculum.")
+    }
+    values = {
+        "trainer.loss_agg": t.loss_agg,
+        "trainer.importance.mode": t.importance.mode,
+        "trainer.importance.on": t.importance.on,
+        "trainer.offload.optimizer": t.offload.optimizer,
+        "trainer.offload.params": t.offload.params,
+    }
     for key, registry in plain.items():
         section, _, name = key.partition(".")
         value = values[key] if key in values else getattr(getattr(cfg, section), name)

@@ -1,6 +1,7 @@
 """Typed run config: dataclasses hold every default; YAML presets and dotted CLI
 overrides (`trainer.lr=1e-6`) change them. Unknown keys and ill-typed values are
 errors that name the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,23 +15,35 @@ from gradus.launch.errors import GradusError
 from gradus.rollout.rewards import RewardWeights
 from gradus.trainer.config import TrainerConfig, choices
 
-WANDB_MODES = choices("wandb mode", {"offline": "logs in <run_dir>/wandb, no network", "online": "syncs to the wandb server", "disabled": "no wandb"})
-DTYPES = choices("model dtype", {"float32": "the CPU default", "bfloat16": "GPUs that support it", "float16": "older GPUs (loss scaling)"})
+WANDB_MODES = choices(
+    "wandb mode",
+    {"offline": "logs in <run_dir>/wandb, no network", "online": "syncs to the wandb server", "disabled": "no wandb"},
+)
+DTYPES = choices(
+    "model dtype",
+    {"float32": "the CPU default", "bfloat16": "GPUs that support it", "float16": "older GPUs (loss scaling)"},
+)
 DEVICES = choices("device", {"auto": "cuda when the Ray cluster has GPUs, else cpu", "cpu": "CPU only", "cuda": "GPUs"})
 
 
 @dataclass
 class ModelConfig:
-    path: str = "smollm2-135m-instruct"  # an embedded model name (see launch/prepare/model_dirs.py) or a local HF directory
+    path: str = (
+        "smollm2-135m-instruct"  # an embedded model name (see launch/prepare/model_dirs.py) or a local HF directory
+    )
     dtype: str = "float32"  # float32 on CPU: bf16 is emulated and ~4x slower there
 
 
 @dataclass
 class DistributionConfig:
     name: str = ""
-    source: str = "arithmetic"  # a synthetic generator or `file` (curriculum/sources.py), or a plugin path/to/file.py:fn
+    source: str = (
+        "arithmetic"  # a synthetic generator or `file` (curriculum/sources.py), or a plugin path/to/file.py:fn
+    )
     params: dict = field(default_factory=dict)  # the source's knobs, e.g. {digits: 2}
-    verifier: str = "numeric"  # rollout/rewards.py VERIFIERS, or a reward file path/to/reward.py:compute_score (verl's signature)
+    verifier: str = (
+        "numeric"  # rollout/rewards.py VERIFIERS, or a reward file path/to/reward.py:compute_score (verl's signature)
+    )
     verifier_threshold: float = 1.0  # a score >= this counts as correct (unless a reward file returns `acc`)
     budget: Optional[int] = None  # this distribution's base length budget, decayed by curriculum.budget
 
@@ -49,9 +62,13 @@ class CurriculumConfig:
     params: dict = field(default_factory=dict)
     filters: list[dict] = field(default_factory=list)  # e.g. [{kind: nonzero_std}]
     max_refill_rounds: int = 2  # extra generation rounds to replace filtered groups
-    budget: Optional[dict] = None  # length budget schedule, e.g. {kind: exponential, initial: 96, decay: 0.8, every: 5, minimum: 24}
+    budget: Optional[dict] = (
+        None  # length budget schedule, e.g. {kind: exponential, initial: 96, decay: 0.8, every: 5, minimum: 24}
+    )
     budget_prompt: str = ""  # e.g. "{prompt} Answer in at most {budget} tokens."; empty = budget not in the prompt
-    prompts: dict = field(default_factory=lambda: {"kind": "shuffle"})  # row order inside a distribution (curriculum/prompts.py)
+    prompts: dict = field(
+        default_factory=lambda: {"kind": "shuffle"}
+    )  # row order inside a distribution (curriculum/prompts.py)
 
 
 @dataclass
@@ -66,13 +83,15 @@ class RolloutConfig:
     kv_cache_gib: float = 1.0  # vLLM-CPU KV cache size
     max_model_len: int = 512
     threads: int = 2
-    enforce_eager: bool = True  # false: vLLM compiles the model (README: "Notes on the CPU stack")
+    enforce_eager: bool = True  # false: vLLM compiles the model (docs/reference/cpu-stack.md)
     cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
     tensor_parallel_size: int = 1  # CUDA: GPUs per worker (vLLM tensor parallel)
     gpu_memory_utilization: float = 0.5  # CUDA: vLLM's share of each GPU (weights + KV cache)
     resources: dict = field(default_factory=dict)  # custom Ray resources per worker, e.g. {rollout_node: 1}
-    async_generation: bool = False  # generate the next batches while the trainer updates (launch/driver.py)
-    max_staleness: int = 1  # async: a batch is trained at most this many policy versions after the one that generated it
+    async_generation: bool = False  # generate the next batches while the trainer updates (launch/run/driver.py)
+    max_staleness: int = (
+        1  # async: a batch is trained at most this many policy versions after the one that generated it
+    )
 
 
 @dataclass
@@ -81,7 +100,9 @@ class EvalConfig:
     samples: int = 1  # samples per held-out prompt: eval/<name>/avg@<samples>
     temperature: float = 0.0  # 0 = greedy (then samples must be 1: greedy samples are identical)
     k: list[int] = field(default_factory=list)  # eval/<name>/pass@k for each k <= samples (unbiased estimator)
-    at_start: bool = False  # with every > 0: also evaluate the initial policy (<run_dir>/eval_start.json, step -1 in plots)
+    at_start: bool = (
+        False  # with every > 0: also evaluate the initial policy (<run_dir>/eval_start.json, step -1 in plots)
+    )
 
 
 @dataclass
@@ -94,7 +115,9 @@ class WandbConfig:
 class ClusterConfig:
     address: str = ""  # "" = start a local Ray; "auto" or HOST:PORT = join a running cluster (RAY_ADDRESS works too)
     device: str = "auto"  # cpu | cuda | auto (cuda when the Ray cluster has GPUs)
-    colocate: bool = False  # rollout workers share the trainer ranks' placement bundles; on CUDA vLLM sleeps through each update
+    colocate: bool = (
+        False  # rollout workers share the trainer ranks' placement bundles; on CUDA vLLM sleeps through each update
+    )
 
 
 @dataclass
@@ -112,7 +135,8 @@ class RunConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     max_restarts: int = 2  # automatic restarts from the newest checkpoint when a trainer rank dies
     save_final: bool = True  # write the trained policy to <run_dir>/final (a Hugging Face directory) at the end
-    preempt_signal: str = "SIGUSR1"  # warning signal: checkpoint the step in flight and exit 75 (SIGTERM does too, best-effort); "" = only SIGTERM
+    # warning signal: checkpoint the step in flight and exit 75 (SIGTERM does too, best-effort); "" = only SIGTERM
+    preempt_signal: str = "SIGUSR1"
 
 
 @dataclass

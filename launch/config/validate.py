@@ -1,6 +1,7 @@
 """Cross-field checks of a run config that a type alone cannot express, run by
 `load_config` before anything starts: kinds and their parameters (registries,
 plugins by path), settings that cannot learn, memory options."""
+
 from __future__ import annotations
 
 from gradus.launch.config.schema import Config
@@ -14,11 +15,15 @@ SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "k
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
-    from gradus.launch.config.registries import picks  # the registries import torch; `gradus submit` needs them only here
+    from gradus.launch.config.registries import (
+        picks,
+    )  # the registries import torch; `gradus submit` needs them only here
 
     names = [d.name for d in cfg.data.distributions]
     if not names or any(not n for n in names) or len(set(names)) != len(names):
-        raise GradusError(f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})")
+        raise GradusError(
+            f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})"
+        )
     for key, value, registry in picks(cfg):  # a plugin by path is loaded and checked now, before Ray starts
         try:
             registry.get(value)
@@ -26,10 +31,22 @@ def validate(cfg: Config) -> None:
             raise GradusError(f"{key}: {err}") from None
     registries = {key: registry for key, _, registry in picks(cfg)}
     specs = [("curriculum.params", "curriculum.kind", cfg.curriculum.kind, cfg.curriculum.params)]
-    specs += [(f"curriculum.filters.{i}", f"curriculum.filters.{i}.kind", spec["kind"], spec) for i, spec in enumerate(cfg.curriculum.filters)]
+    specs += [
+        (f"curriculum.filters.{i}", f"curriculum.filters.{i}.kind", spec["kind"], spec)
+        for i, spec in enumerate(cfg.curriculum.filters)
+    ]
     if cfg.curriculum.budget is not None:
-        specs.append(("curriculum.budget", "curriculum.budget.kind", cfg.curriculum.budget["kind"], cfg.curriculum.budget))
-    specs.append(("curriculum.prompts", "curriculum.prompts.kind", cfg.curriculum.prompts.get("kind", "shuffle"), cfg.curriculum.prompts))
+        specs.append(
+            ("curriculum.budget", "curriculum.budget.kind", cfg.curriculum.budget["kind"], cfg.curriculum.budget)
+        )
+    specs.append(
+        (
+            "curriculum.prompts",
+            "curriculum.prompts.kind",
+            cfg.curriculum.prompts.get("kind", "shuffle"),
+            cfg.curriculum.prompts,
+        )
+    )
     for key, kind_key, kind, spec in specs:  # checked here, so an ablation cell's typo fails before the first run
         registry = registries[kind_key]
         try:
@@ -43,7 +60,10 @@ def validate(cfg: Config) -> None:
     if cfg.sync.bucket_mb <= 0:
         raise GradusError(f"sync.bucket_mb: must be > 0, got {cfg.sync.bucket_mb}")
     if cfg.cluster.colocate and cfg.rollout.tensor_parallel_size > 1:
-        raise GradusError("cluster.colocate: a colocated rollout worker shares one trainer GPU; set rollout.tensor_parallel_size=1 or cluster.colocate=false")
+        raise GradusError(
+            "cluster.colocate: a colocated rollout worker shares one trainer GPU; "
+            "set rollout.tensor_parallel_size=1 or cluster.colocate=false"
+        )
     for key, value in [
         ("rollout.num_workers", cfg.rollout.num_workers),
         ("rollout.prompts_per_step", cfg.rollout.prompts_per_step),
@@ -60,7 +80,10 @@ def validate(cfg: Config) -> None:
         if value < 1:
             raise GradusError(f"{key}: must be >= 1, got {value}")
     if cfg.run.preempt_signal and cfg.run.preempt_signal not in STOP_SIGNALS:
-        raise GradusError(f"run.preempt_signal: {cfg.run.preempt_signal!r} is not one of {sorted(STOP_SIGNALS)} (or \"\" for SIGTERM only)")
+        raise GradusError(
+            f"run.preempt_signal: {cfg.run.preempt_signal!r} is not one of {sorted(STOP_SIGNALS)} "
+            '(or "" for SIGTERM only)'
+        )
     if cfg.trainer.zero_stage not in (0, 1, 2, 3):
         raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")
     _validate_memory(cfg.trainer)
@@ -68,48 +91,75 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_memory(t: TrainerConfig) -> None:
-    """LoRA and offload settings that cannot work (target modules are checked against the model in launch.driver.Run)."""
+    """LoRA and offload settings that cannot work (target modules are checked against
+    the model in launch.driver.Run)."""
     if t.lora is not None:
         if t.lora.rank <= 0:
-            raise GradusError(f"trainer.lora.rank: must be >= 1, got {t.lora.rank} (leave trainer.lora unset for full fine-tuning)")
+            raise GradusError(
+                f"trainer.lora.rank: must be >= 1, got {t.lora.rank} (leave trainer.lora unset for full fine-tuning)"
+            )
         if t.lora.alpha <= 0 or not 0 <= t.lora.dropout < 1 or not t.lora.target_modules:
-            raise GradusError(f"trainer.lora: need alpha > 0, 0 <= dropout < 1 and at least one target module, got {t.lora}")
+            raise GradusError(
+                f"trainer.lora: need alpha > 0, 0 <= dropout < 1 and at least one target module, got {t.lora}"
+            )
     if t.offload.params == "cpu" and t.zero_stage != 3:
-        raise GradusError(f"trainer.offload.params=cpu needs trainer.zero_stage=3 (got {t.zero_stage}): only ZeRO-3 partitions parameters")
+        raise GradusError(
+            f"trainer.offload.params=cpu needs trainer.zero_stage=3 (got {t.zero_stage}): "
+            "only ZeRO-3 partitions parameters"
+        )
     if t.offload.optimizer == "cpu" and t.zero_stage < 1:
-        raise GradusError("trainer.offload.optimizer=cpu needs trainer.zero_stage >= 1: ZeRO-0 has no optimizer partition to offload")
+        raise GradusError(
+            "trainer.offload.optimizer=cpu needs trainer.zero_stage >= 1: ZeRO-0 has no optimizer partition to offload"
+        )
 
 
 def _validate_learning(cfg: Config) -> None:
     """Settings that start a run which cannot learn, or loss options that contradict each other."""
     t, r, e = cfg.trainer, cfg.rollout, cfg.eval
     if r.group_size < 2:
-        raise GradusError(f"rollout.group_size={r.group_size}: every group advantage would be 0 and nothing is learned; "
-                          "GRPO compares samples of one prompt, use rollout.group_size >= 2")
+        raise GradusError(
+            f"rollout.group_size={r.group_size}: every group advantage would be 0 and nothing is learned; "
+            "GRPO compares samples of one prompt, use rollout.group_size >= 2"
+        )
     if r.temperature <= 0:
-        raise GradusError(f"rollout.temperature={r.temperature}: greedy training samples of a prompt are identical (advantage 0); "
-                          "use a temperature > 0, e.g. 1.0")
+        raise GradusError(
+            f"rollout.temperature={r.temperature}: greedy training samples of a prompt are identical (advantage 0); "
+            "use a temperature > 0, e.g. 1.0"
+        )
     for i, dist in enumerate(cfg.data.distributions):
         allowed = SCORABLE_BY.get(dist.source)
         if allowed is not None and ":" not in dist.verifier and dist.verifier not in allowed:
-            raise GradusError(f"data.distributions.{i} ({dist.name}): verifier {dist.verifier!r} cannot score {dist.source!r} answers "
-                              f"(it would score 0 forever); use verifier: {' or '.join(sorted(allowed))}")
+            raise GradusError(
+                f"data.distributions.{i} ({dist.name}): verifier {dist.verifier!r} "
+                f"cannot score {dist.source!r} answers "
+                f"(it would score 0 forever); use verifier: {' or '.join(sorted(allowed))}"
+            )
     if t.scale_rewards != "group" and t.estimator != "grpo":
-        raise GradusError(f"trainer.scale_rewards={t.scale_rewards} applies to estimator grpo only (drgrpo is grpo with scale_rewards=none)")
+        raise GradusError(
+            f"trainer.scale_rewards={t.scale_rewards} applies to estimator grpo only "
+            "(drgrpo is grpo with scale_rewards=none)"
+        )
     if t.clip_ratio_c is not None and t.clip_ratio_c <= 1:
-        raise GradusError(f"trainer.clip_ratio_c: the dual-clip bound must be > 1 (verl uses 3.0), got {t.clip_ratio_c}")
+        raise GradusError(
+            f"trainer.clip_ratio_c: the dual-clip bound must be > 1 (verl uses 3.0), got {t.clip_ratio_c}"
+        )
     if t.importance.cap <= 0:
         raise GradusError(f"trainer.importance.cap: must be > 0, got {t.importance.cap}")
     if t.importance.on == "all" and t.old_logprobs == "rollout" and (t.ppo_epochs > 1 or t.mini_batches > 1):
-        raise GradusError("trainer.importance.on=all weights tokens by pi_trainer_old / pi_vLLM, which is 1 with "
-                          "trainer.old_logprobs=rollout (used with several updates per batch); use old_logprobs=recompute or importance.on=stale")
+        raise GradusError(
+            "trainer.importance.on=all weights tokens by pi_trainer_old / pi_vLLM, which is 1 with "
+            "trainer.old_logprobs=rollout (used with several updates per batch); "
+            "use old_logprobs=recompute or importance.on=stale"
+        )
     if t.loss_norm_len is not None and t.loss_norm_len < 1:
         raise GradusError(f"trainer.loss_norm_len: must be >= 1, got {t.loss_norm_len}")
     if e.every and cfg.data.eval_size < 1:
         raise GradusError(f"eval.every={e.every} needs held-out rows: set data.eval_size >= 1 or eval.every=0")
     if e.temperature <= 0 and e.samples > 1:
-        raise GradusError(f"eval.samples={e.samples} at eval.temperature=0: greedy samples are identical; set eval.temperature > 0 or eval.samples=1")
+        raise GradusError(
+            f"eval.samples={e.samples} at eval.temperature=0: greedy samples are identical; "
+            "set eval.temperature > 0 or eval.samples=1"
+        )
     bad = [k for k in e.k if not 1 <= k <= e.samples]
     if bad:
         raise GradusError(f"eval.k: pass@k needs 1 <= k <= eval.samples={e.samples}, got {bad}")
-

@@ -6,6 +6,7 @@ Cells run one after another here, or `parallel` at a time as Ray tasks on a
 cluster (each cell's run places its own actors). Re-running skips finished
 cells (done.json) and resumes interrupted ones from their latest checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ class AblationConfig:
     overrides: dict = field(default_factory=dict)  # dotted key -> value, applied to every cell
     curricula: dict = field(default_factory=dict)  # cell name -> dotted overrides, e.g. {dump: {curriculum.kind: ucb}}
     variants: dict = field(default_factory=lambda: {"": {}})  # crossed with every curriculum; "" = as is
-    cells: dict = field(default_factory=dict)  # more cells with their own overrides, not crossed with variants (e.g. dump+pass_rate)
+    cells: dict = field(
+        default_factory=dict
+    )  # more cells with their own overrides, not crossed with variants (e.g. dump+pass_rate)
     reference_cell: str = ""  # report steps and generated tokens to reach this cell's final held-out accuracy
     parallel: int = 1  # cells at once; > 1 runs them as Ray tasks (a cluster: set overrides cluster.address)
 
@@ -65,33 +68,45 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
     raw = yaml.safe_load(path.read_text()) or {}
     spec = build(AblationConfig, raw, "")
     if not spec.curricula:
-        raise GradusError(f"{path}: 'curricula' is empty; name at least one cell, e.g. curricula: {{uniform: {{curriculum.kind: uniform}}}}")
+        raise GradusError(
+            f"{path}: 'curricula' is empty; name at least one cell, "
+            "e.g. curricula: {uniform: {curriculum.kind: uniform}}"
+        )
     if not spec.seeds:
         raise GradusError(f"{path}: 'seeds' is empty; e.g. seeds: [0, 1]")
     cells = {
-        f"{curriculum}+{variant}" if variant else curriculum: _dotted(cell_overrides or {}) + _dotted(variant_overrides or {})
+        f"{curriculum}+{variant}" if variant else curriculum: _dotted(cell_overrides or {})
+        + _dotted(variant_overrides or {})
         for curriculum, cell_overrides in spec.curricula.items()
         for variant, variant_overrides in spec.variants.items()
     }
     cells.update({name: _dotted(overrides or {}) for name, overrides in spec.cells.items()})
     if spec.reference_cell and spec.reference_cell not in cells:
-        raise GradusError(f"{path}: reference_cell {spec.reference_cell!r} is not a cell{nearest(spec.reference_cell, cells)}; cells: {sorted(cells)}")
+        raise GradusError(
+            f"{path}: reference_cell {spec.reference_cell!r} is not a cell{nearest(spec.reference_cell, cells)}; "
+            f"cells: {sorted(cells)}"
+        )
     jobs = []
     for cell, overrides in cells.items():
         for seed in spec.seeds:
             run_dir = Path(spec.out_dir) / cell / f"seed-{seed}"
             try:
-                cfg = load_config(path.parent / spec.base, _dotted(spec.overrides) + overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"])
+                cfg = load_config(
+                    path.parent / spec.base,
+                    _dotted(spec.overrides) + overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"],
+                )
             except GradusError as err:
                 raise GradusError(f"{path}: cell {cell!r}: {err}") from None
             if cfg.eval.every <= 0:
-                raise GradusError(f"{path}: cell {cell!r} has eval.every=0, so no held-out accuracy; add overrides: {{eval.every: 5}}")
+                raise GradusError(
+                    f"{path}: cell {cell!r} has eval.every=0, so no held-out accuracy; add overrides: {{eval.every: 5}}"
+                )
             jobs.append(Job(cell, seed, cfg))
     return spec, jobs
 
 
 def _train(cfg: Config, resume: str | None) -> str:
-    from gradus.launch.run.driver import train
+    from gradus.launch.run.loop import train
 
     return str(train(cfg, overwrite=resume is None, resume=resume))
 
@@ -127,8 +142,10 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
     else:
         _run_parallel(todo, parallel, failure)
     if failed:
-        raise GradusError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The finished runs are kept; "
-                          "run `gradus ablate` again to resume the failed ones from their newest checkpoints")
+        raise GradusError(
+            f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The finished runs are kept; "
+            "run `gradus ablate` again to resume the failed ones from their newest checkpoints"
+        )
     return todo
 
 
@@ -136,7 +153,7 @@ def _run_parallel(todo: list[Job], parallel: int, failure: Callable[[Job, Except
     """`parallel` runs at a time as Ray tasks (each places its own actors)."""
     import ray
 
-    from gradus.launch.run.driver import init_ray
+    from gradus.launch.run.assemble import init_ray
 
     if not todo:
         return
@@ -161,7 +178,12 @@ def _run_parallel(todo: list[Job], parallel: int, failure: Callable[[Job, Except
     collect(list(pending))
 
 
-PUBLISHED = ("metrics.jsonl", START_EVAL, "done.json", "config.yaml")  # per run: enough to recompute every number and plot
+PUBLISHED = (
+    "metrics.jsonl",
+    START_EVAL,
+    "done.json",
+    "config.yaml",
+)  # per run: enough to recompute every number and plot
 
 
 def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -> dict[str, Path]:
@@ -173,10 +195,18 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
         cells.setdefault(job.cell, []).append(out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir)
     reference = None
     if spec.reference_cell:  # the reference cell's mean final held-out accuracy becomes a second target
-        reference = aggregate([run_summary(d, spec.target_accuracy) for d in cells[spec.reference_cell]])["final_accuracy_mean"]
-    table = {cell: aggregate([run_summary(d, spec.target_accuracy, reference) for d in dirs]) for cell, dirs in cells.items()}
-    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, (spec.reference_cell, reference) if spec.reference_cell else None)
-    plot_all({cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}, out_dir / "plots")
+        reference = aggregate([run_summary(d, spec.target_accuracy) for d in cells[spec.reference_cell]])[
+            "final_accuracy_mean"
+        ]
+    table = {
+        cell: aggregate([run_summary(d, spec.target_accuracy, reference) for d in dirs]) for cell, dirs in cells.items()
+    }
+    csv_path, md_path = write_results(
+        out_dir, table, spec.target_accuracy, (spec.reference_cell, reference) if spec.reference_cell else None
+    )
+    plot_all(
+        {cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}, out_dir / "plots"
+    )
     return {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
 
 
@@ -186,7 +216,9 @@ def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path
     recomputed from the repository alone (`gradus ablate FILE --publish DEST`)."""
     unfinished = [f"{j.cell} seed {j.seed}" for j in jobs if not (j.run_dir / "done.json").exists()]
     if unfinished:
-        raise GradusError(f"--publish needs every run finished; not yet: {', '.join(unfinished)} (run `gradus ablate` again first)")
+        raise GradusError(
+            f"--publish needs every run finished; not yet: {', '.join(unfinished)} (run `gradus ablate` again first)"
+        )
     for job in jobs:
         target = Path(dest) / job.cell / f"seed-{job.seed}"
         target.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ training never saw, drawn from its seed) and its final policy (<run_dir>/final);
 a model directory or embedded model name with --config (default: the demo's).
 No Ray: one vLLM engine in this process.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ from typing import Any
 
 from gradus.launch.config.load import load_config
 from gradus.launch.config.schema import Config
-from gradus.launch.run.driver import eval_items, local_scheduler
+from gradus.launch.run.assemble import eval_items, local_scheduler
 from gradus.launch.errors import GradusError
 from gradus.launch.run.metrics import held_out_metrics
 from gradus.launch.prepare.model_dirs import resolve_model
@@ -28,8 +29,11 @@ def target_of(target: str, config: str | None, overrides: list[str]) -> tuple[Co
     if (run_dir / "config.yaml").is_file() and (run_dir / "metrics.jsonl").is_file():
         cfg = load_config(config or run_dir / "config.yaml", overrides)
         if not (run_dir / "final" / "config.json").is_file():
-            raise GradusError(f"{run_dir}: no final policy in {run_dir / 'final'} (written when a run finishes with run.save_final=true); "
-                              f"finish it with `gradus train {run_dir / 'config.yaml'} --resume`")
+            raise GradusError(
+                f"{run_dir}: no final policy in {run_dir / 'final'} "
+                "(written when a run finishes with run.save_final=true); "
+                f"finish it with `gradus train {run_dir / 'config.yaml'} --resume`"
+            )
         return cfg, run_dir / "final", run_dir
     return load_config(config or "configs/default.yaml", overrides), resolve_model(target), None
 
@@ -42,15 +46,27 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
     from gradus.rollout.worker import RolloutWorker
 
     worker = RolloutWorker(
-        str(model), cfg.run.seed, dataclasses.asdict(cfg.reward),
-        dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len, enforce_eager=cfg.rollout.enforce_eager,
+        str(model),
+        cfg.run.seed,
+        dataclasses.asdict(cfg.reward),
+        dtype=cfg.model.dtype,
+        max_model_len=cfg.rollout.max_model_len,
+        enforce_eager=cfg.rollout.enforce_eager,
     )
     groups, seconds = worker.generate(
-        eval_items(rows, cfg.run.seed), n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens, temperature=cfg.eval.temperature,
+        eval_items(rows, cfg.run.seed),
+        n=cfg.eval.samples,
+        max_tokens=cfg.rollout.max_tokens,
+        temperature=cfg.eval.temperature,
         system_prompt=cfg.data.system_prompt,
     )  # the same rows and seeds as the run's own evaluations
     metrics = held_out_metrics(groups, list(rows), cfg.eval.k)
-    result: dict[str, Any] = {"model": str(model), "seconds": seconds, "samples": cfg.eval.samples, "rows": {name: len(rows[name]) for name in rows}}
+    result: dict[str, Any] = {
+        "model": str(model),
+        "seconds": seconds,
+        "samples": cfg.eval.samples,
+        "rows": {name: len(rows[name]) for name in rows},
+    }
     for name in [*rows, "all"]:
         prefix = "eval/" if name == "all" else f"eval/{name}/"
         result.setdefault("accuracy", {})[name] = metrics[prefix + "accuracy"]
@@ -59,10 +75,22 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
     return result
 
 
-def run_eval(target: str, config: str | None = None, overrides: list[str] = (), samples: int | None = None,
-             temperature: float | None = None, out: str | None = None) -> dict[str, Any]:
-    flags = [f"eval.{key}={value}" for key, value in (("samples", samples), ("temperature", temperature)) if value is not None]
-    cfg, model, run_dir = target_of(target, config, [*overrides, *flags])  # validated like a run's: n > 1 needs temperature > 0
+def run_eval(
+    target: str,
+    config: str | None = None,
+    overrides: list[str] = (),
+    samples: int | None = None,
+    temperature: float | None = None,
+    out: str | None = None,
+) -> dict[str, Any]:
+    flags = [
+        f"eval.{key}={value}"
+        for key, value in (("samples", samples), ("temperature", temperature))
+        if value is not None
+    ]
+    cfg, model, run_dir = target_of(
+        target, config, [*overrides, *flags]
+    )  # validated like a run's: n > 1 needs temperature > 0
     result = evaluate(cfg, model)
     path = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
     if path is not None:

@@ -2,6 +2,7 @@
 sampling probability per distribution, reward/accuracy curves, response length
 vs budget. Each function also returns the series it drew, so tests can check
 a plot's content and not only that a file exists."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Summaries of finished runs and of ablation cells (mean +- std over seeds):
 results.csv and a markdown table."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,6 @@ import numpy as np
 
 from gradus.launch.run.metrics import distribution_names
 from gradus.launch.run.rundir import START_EVAL
-
-
 
 
 def read_metrics(run_dir: Path, with_start: bool = False) -> list[dict[str, Any]]:
@@ -56,7 +55,7 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
     for name in distributions(metrics):
         out[f"final_accuracy/{name}"] = final.get(f"eval/{name}/accuracy", math.nan)
     for key in sorted(k for k in final if k.startswith("eval/pass@")):  # overall pass@k for each eval.k
-        out[f"final_{key[len('eval/'):]}"] = final[key]
+        out[f"final_{key[len('eval/') :]}"] = final[key]
     steps, _, reached = reach(metrics, target_accuracy)
     out["steps_to_target"] = steps if reached else math.nan
     if reference is not None:
@@ -64,8 +63,12 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
         out["reached_reference"] = float(hit)
     out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
     out["tokens_generated"] = float(sum(m["tokens/generated"] for m in metrics))
-    informative = sum(m["groups/informative_frac"] * m["groups/generated"] for m in metrics if "groups/informative_frac" in m)
-    out["tokens_per_informative_group"] = out["tokens_generated"] / informative if informative else math.nan  # the compute a curriculum saves
+    informative = sum(
+        m["groups/informative_frac"] * m["groups/generated"] for m in metrics if "groups/informative_frac" in m
+    )
+    out["tokens_per_informative_group"] = (
+        out["tokens_generated"] / informative if informative else math.nan
+    )  # the compute a curriculum saves
     done = Path(run_dir) / "done.json"
     out["wall_seconds"] = json.loads(done.read_text())["wall_seconds"] if done.exists() else math.nan
     return out
@@ -96,8 +99,12 @@ def aggregate(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def write_results(out_dir: Path, cells: dict[str, dict[str, float]], target_accuracy: float,
-                  reference: tuple[str, float] | None = None) -> tuple[Path, Path]:
+def write_results(
+    out_dir: Path,
+    cells: dict[str, dict[str, float]],
+    target_accuracy: float,
+    reference: tuple[str, float] | None = None,
+) -> tuple[Path, Path]:
     """results.csv (every mean, std and interval column) and results.md (the table to paste)."""
     out_dir = Path(out_dir)
     fields = ["cell"] + list(next(iter(cells.values())))
@@ -128,26 +135,58 @@ def _ci(row: dict[str, float], key: str, fmt: str, censored: bool = False) -> st
     return "-" if math.isnan(mean) else f"{'>=' if censored else ''}{mean:{fmt}}{interval}"
 
 
-def markdown_table(cells: dict[str, dict[str, float]], target_accuracy: float, reference: tuple[str, float] | None = None) -> str:
+def markdown_table(
+    cells: dict[str, dict[str, float]], target_accuracy: float, reference: tuple[str, float] | None = None
+) -> str:
     """Mean ± std over seeds per cell; with a reference cell, steps and tokens to
     reach its final accuracy as mean [bootstrap 95% interval] (reached/seeds)."""
     first = next(iter(cells.values()))
-    names = sorted(k[len("final_accuracy/"):-len("_mean")] for k in first if k.startswith("final_accuracy/") and k.endswith("_mean"))
-    passes = sorted((k[len("final_"):-len("_mean")] for k in first if k.startswith("final_pass@") and k.endswith("_mean")), key=lambda k: int(k[5:]))
-    header = (["cell", "seeds", "held-out acc"] + [f"acc {n}" for n in names] + [f"held-out {k}" for k in passes]
-              + [f"steps to acc {target_accuracy:g} (reached)", "mean length", "tokens generated", "tokens per informative group", "wall s"])
+    names = sorted(
+        k[len("final_accuracy/") : -len("_mean")]
+        for k in first
+        if k.startswith("final_accuracy/") and k.endswith("_mean")
+    )
+    passes = sorted(
+        (k[len("final_") : -len("_mean")] for k in first if k.startswith("final_pass@") and k.endswith("_mean")),
+        key=lambda k: int(k[5:]),
+    )
+    header = (
+        ["cell", "seeds", "held-out acc"]
+        + [f"acc {n}" for n in names]
+        + [f"held-out {k}" for k in passes]
+        + [
+            f"steps to acc {target_accuracy:g} (reached)",
+            "mean length",
+            "tokens generated",
+            "tokens per informative group",
+            "wall s",
+        ]
+    )
     if reference:
-        header += [f"steps to {reference[0]}'s final acc {reference[1]:.3f} [95% CI] (reached)", "tokens to it [95% CI]"]
+        header += [
+            f"steps to {reference[0]}'s final acc {reference[1]:.3f} [95% CI] (reached)",
+            "tokens to it [95% CI]",
+        ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell, row in cells.items():
         reach = f"{_pm(row, 'steps_to_target', '.1f')} ({row['reached_target']}/{row['seeds']})"
-        values = ([cell, str(row["seeds"]), _pm(row, "final_accuracy", ".3f")] + [_pm(row, f"final_accuracy/{n}", ".3f") for n in names]
-                  + [_pm(row, f"final_{k}", ".3f") for k in passes]
-                  + [reach, _pm(row, "mean_length", ".1f"), _pm(row, "tokens_generated", ".0f"), _pm(row, "tokens_per_informative_group", ".0f"),
-                     _pm(row, "wall_seconds", ".0f")])
+        values = (
+            [cell, str(row["seeds"]), _pm(row, "final_accuracy", ".3f")]
+            + [_pm(row, f"final_accuracy/{n}", ".3f") for n in names]
+            + [_pm(row, f"final_{k}", ".3f") for k in passes]
+            + [
+                reach,
+                _pm(row, "mean_length", ".1f"),
+                _pm(row, "tokens_generated", ".0f"),
+                _pm(row, "tokens_per_informative_group", ".0f"),
+                _pm(row, "wall_seconds", ".0f"),
+            ]
+        )
         if reference:
             censored = row["reached_reference"] < row["seeds"]
-            values += [f"{_ci(row, 'steps_to_reference', '.1f', censored)} ({row['reached_reference']}/{row['seeds']})",
-                       _ci(row, "tokens_to_reference", ".0f", censored)]
+            values += [
+                f"{_ci(row, 'steps_to_reference', '.1f', censored)} ({row['reached_reference']}/{row['seeds']})",
+                _ci(row, "tokens_to_reference", ".0f", censored),
+            ]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"

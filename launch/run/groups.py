@@ -1,6 +1,7 @@
 """Actor groups (OpenRLHF-style): N Ray actors of one role, placed by a Ray
 placement group and called all at once; the rollout group also owns the
 weight sync from trainer rank 0 (trainer/sync.py transports)."""
+
 from __future__ import annotations
 
 import os
@@ -56,28 +57,48 @@ class TrainerGroup:
     bundles also hold colocated rollout workers: (CPUs, GPU fraction left to them)."""
 
     def __init__(
-        self, world_size: int, threads: int, device: str = "cpu", cpus_per_rank: float = 1.0,
-        resources: dict | None = None, share: tuple[float, float] | None = None,
+        self,
+        world_size: int,
+        threads: int,
+        device: str = "cpu",
+        cpus_per_rank: float = 1.0,
+        resources: dict | None = None,
+        share: tuple[float, float] | None = None,
     ) -> None:
         gpu = 1.0 if device == "cuda" else 0.0
         self.share = share or (0.0, 0.0)
         extra_cpus, gpu_share = self.share
-        self.placement = placement_group([bundle(cpus_per_rank + extra_cpus, gpu, resources or {})] * world_size, strategy="PACK")
+        self.placement = placement_group(
+            [bundle(cpus_per_rank + extra_cpus, gpu, resources or {})] * world_size, strategy="PACK"
+        )
         ray.get(self.placement.ready())
-        env = {"OMP_NUM_THREADS": str(threads), **TRAINER_MALLOC, **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {})}
+        env = {
+            "OMP_NUM_THREADS": str(threads),
+            **TRAINER_MALLOC,
+            **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}),
+        }
         self.ranks = [
             ray.remote(TrainerWorker)
-            .options(num_cpus=cpus_per_rank, num_gpus=gpu - gpu_share, runtime_env={"env_vars": env}, scheduling_strategy=_on(self.placement, r))
+            .options(
+                num_cpus=cpus_per_rank,
+                num_gpus=gpu - gpu_share,
+                runtime_env={"env_vars": env},
+                scheduling_strategy=_on(self.placement, r),
+            )
             .remote(r, world_size, threads)
             for r in range(world_size)
         ]
 
-    def setup(self, model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None) -> int:
+    def setup(
+        self, model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None
+    ) -> int:
         """Every rank's model, optimizer and engine (TrainerWorker.setup); the number of parameters."""
         master = self.address()
         self.max_tokens = cfg.max_tokens_per_micro_batch
         self.kl_in_loss = cfg.kl_coef > 0 and cfg.kl_in == "loss"
-        params = ray.get([r.setup.remote(master, model_path, dtype, cfg, seed, total_steps, norm_len) for r in self.ranks])[0]
+        params = ray.get(
+            [r.setup.remote(master, model_path, dtype, cfg, seed, total_steps, norm_len) for r in self.ranks]
+        )[0]
         self.share_prompts = ray.get(self.ranks[0].shares_prompts.remote())  # as the ranks resolved it for this model
         self.zero_stage = ray.get(self.ranks[0].zero_stage.remote())  # ZeRO-1/2 on one rank run as stage 0
         return params
@@ -86,7 +107,9 @@ class TrainerGroup:
         """Rank 0's node IP and a free port there."""
         return ray.get(self.ranks[0].address.remote())
 
-    def train(self, samples: Sequence[TrainSample], mini_batches: int, max_tokens_per_micro_batch: int, skip: bool = True) -> list[dict[str, float]]:
+    def train(
+        self, samples: Sequence[TrainSample], mini_batches: int, max_tokens_per_micro_batch: int, skip: bool = True
+    ) -> list[dict[str, float]]:
         """Split the batch into mini-batches (one optimiser step each) and those by
         trainer.batching.assign over ranks; with `skip`, samples whose loss term is
         identically zero get no forward or backward (the gradient is the same)."""
@@ -94,7 +117,14 @@ class TrainerGroup:
         for idx in np.array_split(np.arange(len(samples)), mini_batches):
             if all(samples[i].weight == 0 for i in idx):
                 continue  # padding only: no loss to normalise (0/0), so no update, on every rank alike
-            shares = assign([samples[i] for i in idx], len(self.ranks), max_tokens_per_micro_batch, skip, self.kl_in_loss, self.share_prompts)
+            shares = assign(
+                [samples[i] for i in idx],
+                len(self.ranks),
+                max_tokens_per_micro_batch,
+                skip,
+                self.kl_in_loss,
+                self.share_prompts,
+            )
             for rank, share in enumerate(shares):
                 per_rank[rank].append(share)
         return ray.get([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)])
@@ -121,9 +151,12 @@ class TrainerGroup:
         forwards, which a sharded (ZeRO-3) reference needs; PAD slots are ignored."""
         lengths = [len(s.prompt_ids) + len(s.tokens) for s in samples]
         per_rank, padding = plan(lengths, len(self.ranks), self.max_tokens), dummy(samples[0])
-        parts = ray.get([
-            r.sequence_kl.remote([[samples[i] if i != PAD else padding for i in micro] for micro in micros]) for r, micros in zip(self.ranks, per_rank)
-        ])
+        parts = ray.get(
+            [
+                r.sequence_kl.remote([[samples[i] if i != PAD else padding for i in micro] for micro in micros])
+                for r, micros in zip(self.ranks, per_rank)
+            ]
+        )
         kls = [0.0] * len(samples)
         for micros, values in zip(per_rank, parts):
             for micro, row in zip(micros, values):
@@ -164,13 +197,27 @@ class RolloutGroup:
     `colocate_with` the trainer ranks' bundles (worker i on rank i mod world)."""
 
     def __init__(
-        self, n: int, model_path: str, rollout: Any, dtype: str, seed: int, reward: dict, device: str = "cpu",
-        colocate_with: TrainerGroup | None = None, max_restarts: int = 3,
+        self,
+        n: int,
+        model_path: str,
+        rollout: Any,
+        dtype: str,
+        seed: int,
+        reward: dict,
+        device: str = "cpu",
+        colocate_with: TrainerGroup | None = None,
+        max_restarts: int = 3,
     ) -> None:
-        engine_args: dict[str, Any] = {"dtype": dtype, "max_model_len": rollout.max_model_len, "enforce_eager": rollout.enforce_eager}
+        engine_args: dict[str, Any] = {
+            "dtype": dtype,
+            "max_model_len": rollout.max_model_len,
+            "enforce_eager": rollout.enforce_eager,
+        }
         gpus = 0.0
         if device == "cuda":
-            engine_args.update(tensor_parallel_size=rollout.tensor_parallel_size, gpu_memory_utilization=rollout.gpu_memory_utilization)
+            engine_args.update(
+                tensor_parallel_size=rollout.tensor_parallel_size, gpu_memory_utilization=rollout.gpu_memory_utilization
+            )
             gpus = float(rollout.tensor_parallel_size)
         if colocate_with is not None:
             self.placement, self.owns_placement = colocate_with.placement, False
@@ -179,11 +226,15 @@ class RolloutGroup:
             gpus = colocate_with.share[1] / per_bundle if device == "cuda" else 0.0
             engine_args["enable_sleep_mode"] = device == "cuda"
         else:
-            self.placement = placement_group([bundle(rollout.cpus_per_worker, gpus, rollout.resources)] * n, strategy="PACK")
+            self.placement = placement_group(
+                [bundle(rollout.cpus_per_worker, gpus, rollout.resources)] * n, strategy="PACK"
+            )
             self.owns_placement, self.bundles = True, list(range(n))
             ray.get(self.placement.ready())
         self.options = {
-            "num_cpus": rollout.cpus_per_worker, "num_gpus": gpus, "runtime_env": {"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)}
+            "num_cpus": rollout.cpus_per_worker,
+            "num_gpus": gpus,
+            "runtime_env": {"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)},
         }
         self.args = [(model_path, seed + i, reward) for i in range(n)]
         self.engine_args = engine_args
@@ -196,7 +247,11 @@ class RolloutGroup:
 
     def _start(self, i: int) -> Any:
         strategy = _on(self.placement, self.bundles[i])
-        return ray.remote(RolloutActor).options(**self.options, scheduling_strategy=strategy).remote(*self.args[i], **self.engine_args)
+        return (
+            ray.remote(RolloutActor)
+            .options(**self.options, scheduling_strategy=strategy)
+            .remote(*self.args[i], **self.engine_args)
+        )
 
     def ready(self) -> None:
         ray.get([w.ready.remote() for w in self.workers])

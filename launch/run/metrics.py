@@ -1,5 +1,6 @@
 """Per-step metrics: gathered from the step's groups, written to metrics.jsonl and
 wandb, and shown as one progress line."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ REWARD_TERMS = ("reward", "score", "correct", "format", "length", "unused_budget
 def distribution_names(metrics: dict[str, Any]) -> list[str]:
     """The distributions in one step's metrics, from their `dist/<name>/prob`
     keys; names may contain '/' themselves (verl's `openai/gsm8k`, split_by's `mix/kk_3ppl`)."""
-    return [k[len("dist/"):-len("/prob")] for k in metrics if k.startswith("dist/") and k.endswith("/prob")]
+    return [k[len("dist/") : -len("/prob")] for k in metrics if k.startswith("dist/") and k.endswith("/prob")]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -48,7 +49,9 @@ def distribution_metrics(groups: Sequence[Group], kept: Sequence[bool], report: 
         budgets = [g.item.budget for g, _ in pairs if g.item.budget is not None]
         if budgets:
             out[prefix + "budget"] = _mean(budgets)
-        out.update({prefix + key: value for key, value in report.get("rows", {}).get(name, {}).items()})  # prompt-level sampler
+        out.update(
+            {prefix + key: value for key, value in report.get("rows", {}).get(name, {}).items()}
+        )  # prompt-level sampler
     return out
 
 
@@ -66,7 +69,9 @@ def batch_metrics(groups: Sequence[Group]) -> dict[str, float]:
         out["kl/reward_mean"] = _mean([s.kl for s in samples])
     out["verify/errors"] = sum(s.verify_error for s in samples)
     out["verify/timeouts"] = sum(s.verify_timeout for s in samples)
-    extra: dict[str, list[float]] = defaultdict(list)  # a reward file's extra keys, mean over the samples that have them
+    extra: dict[str, list[float]] = defaultdict(
+        list
+    )  # a reward file's extra keys, mean over the samples that have them
     for s in samples:
         for key, value in s.reward_extra.items():
             extra[key].append(value)
@@ -98,27 +103,41 @@ def held_out_metrics(groups: Sequence[Group], names: Sequence[str], ks: Sequence
     return out
 
 
-def training_batch_metrics(samples: Sequence[TrainSample], computed: Sequence[TrainSample], version: int) -> dict[str, float]:
+def training_batch_metrics(
+    samples: Sequence[TrainSample], computed: Sequence[TrainSample], version: int
+) -> dict[str, float]:
     """What the update was given: whether anything was kept, the share of samples
     that needed no forward/backward, and (when something trains) how stale the
     samples were (async: lag = the trained version - the generating one)."""
     trained = [s for s in samples if s.weight > 0]
     out = {
         "train/skipped": float(not trained),  # nothing kept: no update
-        "train/uninformative": float(bool(trained) and not computed),  # kept, all advantage 0: one dummy pass per rank, then the step
+        "train/uninformative": float(
+            bool(trained) and not computed
+        ),  # kept, all advantage 0: one dummy pass per rank, then the step
         "train/skipped_samples_frac": 1.0 - len(computed) / len(samples) if samples else 1.0,
     }
     if trained:
         lags = [s.lag for s in trained]
-        out.update({
-            "async/trained_version": version, "async/generated_version_min": version - max(lags),
-            "async/lag_max": max(lags), "async/lag_mean": sum(lags) / len(lags),
-        })
+        out.update(
+            {
+                "async/trained_version": version,
+                "async/generated_version_min": version - max(lags),
+                "async/lag_max": max(lags),
+                "async/lag_mean": sum(lags) / len(lags),
+            }
+        )
     return out
 
 
 def close_step(
-    metrics: dict[str, Any], groups: Sequence[Group], kept: Sequence[bool], report: dict, version: int, restarts: int, start: float
+    metrics: dict[str, Any],
+    groups: Sequence[Group],
+    kept: Sequence[bool],
+    report: dict,
+    version: int,
+    restarts: int,
+    start: float,
 ) -> None:
     """Add a step's closing metrics to `metrics` (which holds time/generate and
     time/scheduler already): policy version, faults, what was generated (overall
@@ -163,7 +182,9 @@ def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
 class MetricsLogger:
     """metrics.jsonl (always) + wandb (offline by default) + a progress line."""
 
-    def __init__(self, run_dir: Path, wandb_cfg: Any, config: dict, total_steps: int, wandb_id: str | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, wandb_cfg: Any, config: dict, total_steps: int, wandb_id: str | None = None
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.last_eval: dict[str, float] = {}  # the newest held-out evaluation logged
         self.total_steps = total_steps
@@ -177,8 +198,13 @@ class MetricsLogger:
                 # api.wandb.ai from background threads, at the latest at exit.
                 wandb.setup(settings=wandb.Settings(mode="offline"))
             self.wandb = wandb.init(
-                project=wandb_cfg.project, mode=wandb_cfg.mode, dir=str(run_dir), config=config, name=run_dir.name,
-                id=wandb_id, resume="allow" if wandb_id else None,
+                project=wandb_cfg.project,
+                mode=wandb_cfg.mode,
+                dir=str(run_dir),
+                config=config,
+                name=run_dir.name,
+                id=wandb_id,
+                resume="allow" if wandb_id else None,
             )
 
     @property
@@ -188,7 +214,10 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if "eval/accuracy" in metrics:
             self.last_eval = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-        record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}
+        record = {
+            "step": step,
+            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+        }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:

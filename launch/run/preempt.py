@@ -9,6 +9,7 @@ checkpoint and says so. A second signal while the checkpoint is written is
 reported and otherwise ignored: the checkpoint is written under a temporary
 name and renamed when complete, so even SIGKILL cannot leave a half-written one.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Async rollout: a thread that generates the next steps' batches while the
 trainer updates, under a staleness bound (see Prefetcher)."""
+
 from __future__ import annotations
 
 import threading
@@ -21,12 +22,22 @@ class Prefetcher:
     between generation calls on each rollout actor, never inside one."""
 
     def __init__(
-        self, produce: Callable[[int], Any], checkpoint_due: Callable[[int], bool], start: int, steps: int, max_staleness: int,
+        self,
+        produce: Callable[[int], Any],
+        checkpoint_due: Callable[[int], bool],
+        start: int,
+        steps: int,
+        max_staleness: int,
         ready: dict[int, Any] | None = None,
     ) -> None:
         """`produce(step)` generates a step's batch; `checkpoint_due(step)` says
         whether that step ends with a checkpoint (generation never runs past one)."""
-        self.produce, self.checkpoint_due, self.max_staleness, self.steps = produce, checkpoint_due, max_staleness, steps
+        self.produce, self.checkpoint_due, self.max_staleness, self.steps = (
+            produce,
+            checkpoint_due,
+            max_staleness,
+            steps,
+        )
         self.finished = start - 1  # the last step trained, synced and (if due) checkpointed
         self.ready: dict[int, dict] = dict(ready or {})  # batches generated ahead (a preemption checkpoint keeps them)
         self.produced = max(self.ready, default=start - 1)  # the last step whose batch is generated

@@ -1,5 +1,6 @@
 """The run directory: created (or refused) before anything expensive starts,
 checked for checkpoint space, and trimmed back to a checkpoint on resume."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False, resume: bool = False) 
     run_dir = Path(cfg.run.run_dir)
     if (run_dir / "metrics.jsonl").exists() and not resume:
         if not overwrite:
-            raise GradusError(f"run.run_dir {run_dir} already holds a run; pass --overwrite or choose another run.run_dir=...")
+            raise GradusError(
+                f"run.run_dir {run_dir} already holds a run; pass --overwrite or choose another run.run_dir=..."
+            )
         (run_dir / "metrics.jsonl").unlink()
         (run_dir / START_EVAL).unlink(missing_ok=True)
     (run_dir / "done.json").unlink(missing_ok=True)  # complete again only when this run finishes
@@ -38,7 +41,9 @@ def check_disk(cfg: Config, run_dir: Path, model_path: Path) -> None:
     oldest is removed."""
     if cfg.run.checkpoint_every <= 0:
         return
-    model_bytes = sum(f.stat().st_size for f in model_path.glob("*.safetensors")) or sum(f.stat().st_size for f in model_path.glob("*.bin"))
+    model_bytes = sum(f.stat().st_size for f in model_path.glob("*.safetensors")) or sum(
+        f.stat().st_size for f in model_path.glob("*.bin")
+    )
     need = 3 * model_bytes * (cfg.run.keep_checkpoints + 1)
     free = shutil.disk_usage(run_dir).free
     if free < need:
@@ -51,5 +56,7 @@ def check_disk(cfg: Config, run_dir: Path, model_path: Path) -> None:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop lines of steps after `last_step` (logged by a run killed before its next checkpoint)."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+        kept = [
+            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step
+        ]
         path.write_text("".join(line + "\n" for line in kept))

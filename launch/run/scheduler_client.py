@@ -7,6 +7,7 @@ come from (seed, step, round, prompt), so it is the same step as before. Calls
 from a produce() that began before the restart raise SchedulerLost (their
 partial updates went down with the old actor), so two threads (async rollout)
 never mix states."""
+
 from __future__ import annotations
 
 import threading
@@ -103,7 +104,11 @@ class SchedulerClient:
                 ray.get(self.actor.load_state_dict.remote(self.snapshot))
             self.epoch += 1
             self.restarts += 1
-        print(f"gradus: the curriculum scheduler actor died; restarted from the state after the last produced step ({self.restarts}/{self.max_restarts})", flush=True)
+        print(
+            "gradus: the curriculum scheduler actor died; restarted from the state after the last produced step "
+            f"({self.restarts}/{self.max_restarts})",
+            flush=True,
+        )
         return True
 
     def kill(self) -> None:

@@ -1,0 +1,79 @@
+"""What a run is assembled from before its first step: the scheduler's
+arguments (checked in this process first), Ray, held-out items with their
+seeds, and the record of a step's generation half (Produced)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from gradus.curriculum.items import Item
+from gradus.curriculum.prompts import derive_seed
+from gradus.curriculum.scheduler import CurriculumScheduler
+from gradus.launch.config.schema import Config
+from gradus.launch.errors import GradusError
+from gradus.rollout.records import Group
+
+COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
+
+
+def scheduler_args(cfg: Config) -> dict[str, Any]:
+    return {
+        "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
+        "curriculum": cfg.curriculum.kind,
+        "curriculum_params": cfg.curriculum.params,
+        "filters": cfg.curriculum.filters,
+        "budget": cfg.curriculum.budget,
+        "budget_prompt": cfg.curriculum.budget_prompt,
+        "train_size": cfg.data.train_size,
+        "eval_size": cfg.data.eval_size,
+        "seed": cfg.run.seed,
+        "prompts": cfg.curriculum.prompts,
+    }
+
+
+@dataclass
+class Produced:
+    """The generation half of a step: what the trainer half needs, and the
+    scheduler's state after it (a checkpoint taken before the step trains keeps it)."""
+
+    report: dict[str, Any]  # the curriculum's probabilities and scores the batch was drawn with
+    groups: list[Group]  # every group generated, kept or not
+    kept: list[bool]  # the filters' verdict per group
+    stats: dict[str, float]  # generation time, refill rounds, group counts
+    scheduler: dict[str, Any]  # CurriculumScheduler.state_dict() after this batch
+
+
+def local_scheduler(cfg: Config) -> CurriculumScheduler:
+    """The run's scheduler as a plain object; bad data or curriculum parameters
+    (incl. distribution names that split_by produces) become one clear error."""
+    try:
+        scheduler = CurriculumScheduler(**scheduler_args(cfg))
+    except (ValueError, KeyError, TypeError) as err:
+        raise GradusError(str(err).strip("'\"")) from None
+    for note in scheduler.notes:  # e.g. a data.train_size cap that cuts a file
+        print(f"gradus: {note}", flush=True)
+    return scheduler
+
+
+def eval_items(rows: dict[str, list[Item]], seed: int) -> list[Item]:
+    """Every held-out row of every distribution, each with its sampling seed (the
+    same in every evaluation of a run, and in `gradus eval`)."""
+    items = [row for name in rows for row in rows[name]]
+    return [dataclasses.replace(row, seed=derive_seed(seed, "eval", i, bits=31)) for i, row in enumerate(items)]
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by cluster.address (or RAY_ADDRESS), else start a
+    local Ray with enough logical CPUs for every actor."""
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    need = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.trainer.world_size * cfg.trainer.cpus_per_rank
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, log_to_driver=False)
