@@ -20,11 +20,13 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 _MODULES: dict[Path, Any] = {}
+IMPORT_TIMEOUT_S = 120.0  # importing a plugin file (it may import heavy libraries); as the reward process's load
 ALL: dict[str, "Registry"] = {}  # every registry by what it names, in creation order (`gradus list`)
 
 
@@ -73,19 +75,37 @@ def load_plugin(spec: str, what: str = "plugin") -> Any:
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module  # dataclasses and pickle look their module up here
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
+        failure = _import_with_deadline(module_spec.loader, module)
+        if failure is not None:
             del sys.modules[name]
-            raise ValueError(
-                f"{what} {spec!r}: importing {path} failed: {type(err).__name__}: {err}".splitlines()[0]
-            ) from None
+            raise ValueError(f"{what} {spec!r}: importing {path} {failure}".splitlines()[0])
         _MODULES[path] = module
     module = _MODULES[path]
     if not hasattr(module, attr):
         names = [n for n in vars(module) if not n.startswith("_")]
         raise ValueError(f"{what} {spec!r}: {path} defines no {attr!r}{nearest(attr, names)}")
     return getattr(module, attr)
+
+
+def _import_with_deadline(loader: Any, module: Any) -> str | None:
+    """Run a plugin file's top level in a thread, IMPORT_TIMEOUT_S at most: how it
+    failed (any exception, SystemExit included; a hang), or None. The user's code
+    can neither end the process nor hang it; Ctrl-C still reaches the main thread."""
+    outcome: list[str | None] = []
+
+    def run() -> None:
+        try:
+            loader.exec_module(module)
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - sys.exit() or anything else in user code is a failure
+            outcome.append(f"failed: {type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=run, name="gradus-plugin-import", daemon=True)
+    thread.start()
+    thread.join(IMPORT_TIMEOUT_S)
+    if thread.is_alive():
+        return f"did not finish within {IMPORT_TIMEOUT_S:g} s (does it wait or loop at import time?)"
+    return outcome[0] if outcome else "failed"
 
 
 def parameters(factory: Any, skip: int) -> tuple[list[str], list[str], bool]:

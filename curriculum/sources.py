@@ -134,6 +134,16 @@ def read_rows(path: Path) -> list[dict]:
     if path.is_dir():
         from datasets import load_from_disk
 
+        if not any(path.iterdir()):
+            raise ValueError(
+                f"data path {path} is an empty directory; point params.path at a data file or a dataset directory"
+            )
+        if not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
+            raise ValueError(
+                f"data path {path} is a directory but not a Hugging Face dataset (no dataset_info.json or "
+                "dataset_dict.json from save_to_disk); point params.path at a .jsonl, .json or .parquet file in it"
+            )
+
         data = load_from_disk(str(path))
         if hasattr(data, "keys"):  # a DatasetDict: take its train split
             data = data["train"] if "train" in data else data[next(iter(data.keys()))]
@@ -253,6 +263,11 @@ def file(
                 )
             if value is not MISSING:
                 row[key] = value
+        if row.get("answer") is None:
+            raise ValueError(
+                f"{target}: row {index} has a null answer at {mapping['answer']!r}; every training row needs one "
+                "(filter it out with where, or fix the file)"
+            )
         row["prompt"] = as_prompt(row["prompt"], f"{target}: row {index} field {mapping['prompt']!r} (prompt)")
         if split_by is not None:
             value = lookup(record, split_by)

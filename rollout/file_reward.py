@@ -21,6 +21,7 @@ import math
 import numbers
 import os
 import pickle
+import re
 import select
 import struct
 import subprocess
@@ -33,6 +34,8 @@ from typing import Any
 FILE_TIMEOUT_S = 5.0  # per call of a user's reward function
 LOAD_TIMEOUT_S = 120.0  # importing the file (it may import heavy libraries)
 _HEADER = struct.Struct("<Q")
+# Environment variables the reward process does not inherit: credentials by their usual names.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE|AUTH|SESSION", re.IGNORECASE)
 
 
 class RewardError(Exception):
@@ -51,8 +54,9 @@ def normalise(result: Any) -> dict[str, float]:
         out = {"score": float(result)}
     else:
         raise TypeError(f"returned {type(result).__name__}; return a float or a dict with 'score'")
-    if not math.isfinite(out["score"]):
-        raise ValueError(f"returned a non-finite score {out['score']}")
+    bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+    if bad:  # a NaN acc would count as correct (bool(nan) is True)
+        raise ValueError(f"returned non-finite values {bad}")
     return out
 
 
@@ -80,7 +84,8 @@ class RewardHost:
 
     def _start(self) -> None:
         root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}  # the user's code gets no secrets
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gradus.rollout.file_reward"],
             stdin=subprocess.PIPE,
@@ -126,14 +131,13 @@ class RewardHost:
 
 
 HOST = RewardHost()
-_REPORTED: set[str] = set()
 
 
 def file_score(
     spec: str, completion: str, answer: Any, row: dict | None, timeout: float = FILE_TIMEOUT_S
-) -> tuple[dict[str, float], str]:
-    """(result, status) of one call: status "ok", "error" or "timeout" (result {"score": 0.0}).
-    The first error of each file is printed (it is usually a bug in the file)."""
+) -> tuple[dict[str, float], str, str | None]:
+    """(result, status, message) of one call: status "ok", "error" or "timeout"
+    (then result {"score": 0.0} and a one-line message, which the driver shows)."""
     row = row or {}
     kwargs = {
         "data_source": row.get("data_source", row.get("distribution")),
@@ -142,19 +146,11 @@ def file_score(
         "extra_info": row.get("extra_info"),
     }
     try:
-        return HOST.call(spec, kwargs, timeout), "ok"
+        return HOST.call(spec, kwargs, timeout), "ok", None
     except TimeoutError:
-        return {"score": 0.0}, "timeout"
+        return {"score": 0.0}, "timeout", f"reward function {spec} ran past its {timeout:g} s deadline"
     except RewardError as err:
-        if spec not in _REPORTED:
-            _REPORTED.add(spec)
-            print(
-                f"gradus: reward function {spec}: {err} "
-                "(scored 0 and counted in verify/errors; later errors are only counted)",
-                file=sys.stderr,
-                flush=True,
-            )
-        return {"score": 0.0}, "error"
+        return {"score": 0.0}, "error", f"reward function {spec}: {err}"
 
 
 def serve() -> None:

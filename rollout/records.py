@@ -26,6 +26,7 @@ class Sample:
     unused_budget: float = 0.0  # bonus for budget left unused by a correct answer
     verify_error: float = 0.0  # 1.0 if the verifier raised (scored 0)
     verify_timeout: float = 0.0  # 1.0 if the verifier ran past its deadline (scored 0)
+    verify_message: str | None = None  # what went wrong, with an error or a timeout
     reward_extra: dict[str, float] = field(default_factory=dict)  # a reward file's extra numeric keys
     advantage: float = 0.0  # set by the driver once every group of the step is in
     kl: float | None = None  # summed KL to the reference (trainer.kl_in=reward only)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import re
 import signal
 import threading
@@ -101,12 +102,63 @@ def _import_math_verify() -> Any:
     return math_verify
 
 
+MAX_RESULT_DIGITS = 10_000  # a power or factorial whose value would have more digits is refused unevaluated
+_POWER_BASE = re.compile(r"[({]?\s*(\d+(?:\.\d+)?)\s*[)}]?\s*(?:\^|\*\*)\s*")
+_POWER_SIGN = re.compile(r"\s*(?:\^|\*\*)\s*")
+_SIGNED = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_FACTORIAL = re.compile(r"(\d+)\s*!")
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _exponent(text: str, start: int) -> tuple[str, int]:
+    """The exponent written at `start` and where it ends: a {braced} or
+    (parenthesised) group, or a signed number with the rest of its power chain
+    (9**9**9 is 9**(9**9))."""
+    if start < len(text) and text[start] in "{(":
+        close, depth = {"{": "}", "(": ")"}[text[start]], 0
+        for i in range(start, len(text)):
+            depth += text[i] == text[start]
+            depth -= text[i] == close
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        return text[start + 1 :], len(text)
+    match = _SIGNED.match(text, start)
+    if not match:
+        return "", start
+    chain = _POWER_SIGN.match(text, match.end())
+    if chain:
+        _, end = _exponent(text, chain.end())
+        return text[start:end], end
+    return match.group(), match.end()
+
+
+def _log10_bound(text: str, depth: int = 0) -> float:
+    """An upper bound on log10 of the largest number `text` writes with powers
+    (numeric bases and exponents only; sums and products in an exponent are
+    bounded by the product of their numbers) or factorials; inf when the bound
+    itself is beyond floats."""
+    if depth > 8:
+        return math.inf
+    worst = 0.0
+    for match in _FACTORIAL.finditer(text):
+        n = int(match.group(1)) if len(match.group(1)) < 12 else 10**12
+        worst = max(worst, n * math.log10(max(n, 1)))
+    for match in _POWER_BASE.finditer(text):
+        exponent, _ = _exponent(text, match.end())
+        inner = _log10_bound(exponent, depth + 1)
+        numbers = [float(n) for n in _NUMBERS.findall(exponent)] or [0.0]
+        bound = max(sum(numbers), math.prod(max(n, 1.0) for n in numbers))
+        e = math.inf if inner > 300 else max(bound, 10**inner if inner else 0.0)
+        worst = max(worst, e * math.log10(max(float(match.group(1)), 1.0)) if e != math.inf else math.inf)
+    return worst
+
+
 @register("math", setup=_import_math_verify)
 def _math(text: str, answer: Any, tagged: bool) -> float:
     from math_verify import parse
     from math_verify import verify as math_equal
 
-    if not tagged:
+    if not tagged or _log10_bound(text) > MAX_RESULT_DIGITS:  # sympy would spend minutes in C on 9^{9^{7}}
         return 0.0
     gold = parse(f"${answer}$", parsing_timeout=None)
     predicted = parse(f"${text}$" if "$" not in text else text, parsing_timeout=None)
@@ -167,26 +219,26 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def check(kind: str, completion: str, answer: Any, timeout: float = 1.0) -> tuple[float, str]:
-    """A built-in verifier's score and how it ended: "ok", "error" or "timeout".
-    Parse errors (ValueError, KeyError, TypeError, ...) mean an unparseable
-    completion: 0 and "ok". File verifiers count every exception (judge)."""
+def check(kind: str, completion: str, answer: Any, timeout: float = 1.0) -> tuple[float, str, str | None]:
+    """A built-in verifier's score, how it ended ("ok", "error" or "timeout") and
+    what went wrong. Parse errors (ValueError, KeyError, TypeError, ...) mean an
+    unparseable completion: 0 and "ok". File verifiers count every exception (judge)."""
     try:
         verifier = VERIFIERS.entries[kind]
         if kind in SETUP:
             SETUP[kind]()
         tagged_text = extract_answer(completion)
         if tagged_text is not None and len(tagged_text) > MAX_TAG_CHARS:
-            return 0.0, "ok"
+            return 0.0, "ok", None
         text = tagged_text if tagged_text is not None else completion
         with deadline(timeout):
-            return verifier(text, answer, tagged_text is not None), "ok"
+            return verifier(text, answer, tagged_text is not None), "ok", None
     except VerifierTimeout:
-        return 0.0, "timeout"
+        return 0.0, "timeout", f"verifier {kind} ran past its {timeout:g} s deadline"
     except (ParseError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError):
-        return 0.0, "ok"  # an unparseable completion is simply wrong
-    except Exception:  # noqa: BLE001 - a verifier bug must cost a sample, not a run
-        return 0.0, "error"
+        return 0.0, "ok", None  # an unparseable completion is simply wrong
+    except Exception as err:  # noqa: BLE001 - a verifier bug must cost a sample, not a run
+        return 0.0, "error", f"verifier {kind}: {type(err).__name__}: {err}".splitlines()[0][:500]
 
 
 @dataclass
@@ -199,6 +251,7 @@ class Verdict:
     correct: bool
     status: str = "ok"
     extra: dict[str, float] = field(default_factory=dict)
+    message: str | None = None  # what went wrong, for "error" and "timeout"
 
 
 def judge(
@@ -211,12 +264,14 @@ def judge(
 ) -> Verdict:
     """Built-in verifiers in this process; `file.py:fn` ones in the reward process."""
     if is_plugin(kind):
-        result, status = file_score(kind, completion, answer, row, FILE_TIMEOUT_S if timeout is None else timeout)
+        result, status, message = file_score(
+            kind, completion, answer, row, FILE_TIMEOUT_S if timeout is None else timeout
+        )
         value = result.pop("score")
         correct = bool(result["acc"]) if "acc" in result else value >= threshold
-        return Verdict(value, correct, status, result)
-    value, status = check(kind, completion, answer, 1.0 if timeout is None else timeout)
-    return Verdict(value, value >= threshold, status)
+        return Verdict(value, correct, status, result, message)
+    value, status, message = check(kind, completion, answer, 1.0 if timeout is None else timeout)
+    return Verdict(value, value >= threshold, status, message=message)
 
 
 def verify(kind: str, completion: str, answer: Any, row: dict | None = None) -> float:
@@ -237,6 +292,9 @@ class RewardWeights:
     format: float = 0.0  # an <answer> tag is present
     length: float = 0.0  # minus the fraction of tokens over the budget
     unused_budget: float = 0.0  # fraction of the budget left unused, only when correct
+    # Not a weight: a step whose verifier errors + timeouts exceed this share of its samples stops the
+    # run with the first message, instead of training on zeros.
+    max_error_frac: float = 0.5
 
 
 def score(
@@ -270,6 +328,8 @@ def score(
     )
     terms["verify_error"] = float(verdict.status == "error")
     terms["verify_timeout"] = float(verdict.status == "timeout")
+    if verdict.message is not None:
+        terms["verify_message"] = verdict.message
     if verdict.extra:
         terms["reward_extra"] = verdict.extra
     return terms

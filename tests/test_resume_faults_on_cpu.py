@@ -170,7 +170,8 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
     assert [m["step"] for m in _metrics(killed)] == [0, 1, 2], output[-3000:]
     preempted = killed / "checkpoints" / "step-000002"
     assert json.loads((preempted / "state.json").read_text())["step"] == 2
-    assert (preempted / "pending.pkl").exists() == (mode == "async")
+    assert (preempted / "pending.json").exists() == (mode == "async")
+    assert not list(preempted.rglob("*.pt")) and not list(preempted.rglob("*.pkl"))  # JSON and safetensors only
 
     resumed = subprocess.run(
         [*_args(tiny_model, killed, *MODES[mode], *last), "--resume", "auto"],

@@ -128,11 +128,11 @@ def test_timeout_and_errors_are_counted(monkeypatch):
     monkeypatch.setitem(rewards.VERIFIERS.entries, "slow", slow)
     monkeypatch.setitem(rewards.VERIFIERS.entries, "broken", broken)
     start = time.perf_counter()
-    assert rewards.check("slow", "x", "1", timeout=0.2) == (0.0, "timeout")
+    assert rewards.check("slow", "x", "1", timeout=0.2) == (0.0, "timeout", "verifier slow ran past its 0.2 s deadline")
     assert time.perf_counter() - start < 1.0
-    assert rewards.check("broken", "x", "1") == (0.0, "error")
+    assert rewards.check("broken", "x", "1") == (0.0, "error", "verifier broken: RuntimeError: bug")
     terms = score("broken", "x", "1", 3, None, RewardWeights())
-    assert terms["verify_error"] == 1.0 and terms["reward"] == 0.0
+    assert terms["verify_error"] == 1.0 and terms["reward"] == 0.0 and terms["verify_message"].endswith("bug")
 
 
 def test_seeded_generate_calls_stay_under_the_prefill_budget():

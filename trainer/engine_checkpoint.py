@@ -10,13 +10,17 @@ the engine's step counters and each rank's RNG. Loading scatters it into the
 new engine's partitions through DeepSpeed's public safe_get/safe_set API.
 
 <dir>/weights.safetensors   param/<name>, <state key>/<name>   (fp32, full shapes)
-<dir>/trainer_state.pt      optimizer scalars + param groups, LR schedule, engine
+<dir>/trainer_state.json    optimizer scalars + param groups, LR schedule, engine
                             counters, world size and ZeRO stage saved from
-<dir>/rng-<rank>.pt         python/numpy/torch RNG of each rank
+<dir>/rng-<rank>.json       python/numpy/torch RNG of each rank
+
+Only safetensors and JSON: loading a checkpoint runs no code. (Checkpoints of
+earlier versions, with .pt files, load through torch's weights_only loader.)
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 
 WEIGHTS = "weights.safetensors"
-STATE = "trainer_state.pt"
+STATE = "trainer_state.json"
+LEGACY_STATE = "trainer_state.pt"
 
 
 def _base_optimizer(engine: Any) -> torch.optim.Optimizer:
@@ -63,7 +68,22 @@ def _full(engine: Any, param: torch.nn.Parameter, key: str | None) -> torch.Tens
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as JSON values."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
 def save(engine: Any, directory: str, rank: int) -> None:
@@ -79,27 +99,25 @@ def save(engine: Any, directory: str, rank: int) -> None:
             value = _full(engine, param, key)
             if rank == 0:
                 tensors[f"{key or 'param'}/{name}"] = value
-    torch.save(_rng_state(), path / f"rng-{rank}.pt")
+    (path / f"rng-{rank}.json").write_text(json.dumps(_rng_state()))
     if rank != 0:
         return
     save_file(tensors, str(path / WEIGHTS))
     base = _base_optimizer(engine)
-    torch.save(
-        {
-            "optimizer_keys": keys,
-            "optimizer_scalars": scalars,
-            "param_groups": [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups],
-            "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
-            "engine": {
-                "global_steps": engine.global_steps,
-                "global_samples": engine.global_samples,
-                "skipped_steps": engine.skipped_steps,
-            },
-            "world_size": engine.world_size,
-            "zero_stage": engine.zero_optimization_stage(),
+    meta = {
+        "optimizer_keys": keys,
+        "optimizer_scalars": scalars,
+        "param_groups": [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups],
+        "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+        "engine": {
+            "global_steps": engine.global_steps,
+            "global_samples": engine.global_samples,
+            "skipped_steps": engine.skipped_steps,
         },
-        path / STATE,
-    )
+        "world_size": engine.world_size,
+        "zero_stage": engine.zero_optimization_stage(),
+    }
+    (path / STATE).write_text(json.dumps(meta))
 
 
 def _master_params(engine: Any) -> list[list[torch.Tensor]]:
@@ -155,13 +173,18 @@ def _set_state(engine: Any, param: torch.nn.Parameter, key: str, value: torch.Te
         state.copy_(value.to(state.dtype).reshape(state.shape))
 
 
-def load(engine: Any, directory: str, rank: int) -> dict[str, Any]:
+def load(engine: Any, directory: str, rank: int, changes: dict[str, float] | None = None) -> dict[str, Any]:
     """Load a checkpoint written by `save` at any world size and ZeRO stage; a
-    collective. Returns what it was saved from (world_size, zero_stage)."""
+    collective. `changes`: optimizer settings this run sets differently ("lr",
+    "weight_decay"), applied over the checkpoint's. Returns what it was saved
+    from (world_size, zero_stage)."""
     from safetensors import safe_open
 
     path = Path(directory)
-    meta = torch.load(path / STATE, weights_only=False)
+    if (path / STATE).is_file():
+        meta = json.loads((path / STATE).read_text())
+    else:
+        meta = torch.load(path / LEGACY_STATE, weights_only=True)
     keys = meta["optimizer_keys"]
     base = _base_optimizer(engine)
     if keys and not any(base.state.values()):
@@ -175,19 +198,41 @@ def load(engine: Any, directory: str, rank: int) -> dict[str, Any]:
         for key, value in meta["optimizer_scalars"].items():
             entry[key] = torch.tensor(value, dtype=entry[key].dtype) if torch.is_tensor(entry.get(key)) else value
     for group, saved in zip(base.param_groups, meta["param_groups"]):
-        group.update(saved)
+        group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})  # JSON lists: betas
     if meta["lr_scheduler"] is not None:
         engine.lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    _apply(engine, changes or {})
     engine.global_steps, engine.global_samples, engine.skipped_steps = (
         meta["engine"][k] for k in ("global_steps", "global_samples", "skipped_steps")
     )
-    rng = path / f"rng-{rank}.pt"
+    rng = path / f"rng-{rank}.json"
     if rng.is_file():
-        state = torch.load(rng, weights_only=False)
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
+        _set_rng_state(json.loads(rng.read_text()))
+    elif (path / f"rng-{rank}.pt").is_file() and rank == 0:
+        print(
+            "gradus: this checkpoint keeps its RNG pickled (an earlier gradus); it is not unpickled, "
+            "so sampling on the trainer differs from an uninterrupted run",
+            flush=True,
+        )
     return {"world_size": meta["world_size"], "zero_stage": meta["zero_stage"]}
+
+
+def _apply(engine: Any, changes: dict[str, float]) -> None:
+    """A resumed run's own lr / weight_decay over the checkpoint's: the schedule
+    continues from its step with the new base lr."""
+    base, scheduler = _base_optimizer(engine), engine.lr_scheduler
+    if "lr" in changes:
+        if scheduler is not None:
+            scheduler.base_lrs = [changes["lr"]] * len(base.param_groups)
+        for i, group in enumerate(base.param_groups):
+            group["initial_lr"] = changes["lr"]
+            factor = scheduler.lr_lambdas[i](scheduler.last_epoch) if scheduler is not None else 1.0
+            group["lr"] = changes["lr"] * factor
+        if scheduler is not None:
+            scheduler._last_lr = [group["lr"] for group in base.param_groups]
+    if "weight_decay" in changes:
+        for group in base.param_groups:
+            group["weight_decay"] = changes["weight_decay"]
 
 
 def state(engine: Any) -> dict[str, np.ndarray]:

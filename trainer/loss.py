@@ -175,10 +175,14 @@ def _predicting_positions(model: Any, rows_idx: torch.Tensor, pos_idx: torch.Ten
 
 
 def rollout_gap(micro: Sequence[TrainSample], out: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
-    """Sum of |trainer - vLLM| log-prob over tokens: exposes rollout/trainer mismatch."""
+    """Sum of |trainer - vLLM| log-prob over the tokens of trained samples: exposes
+    rollout/trainer mismatch. Zero-weight samples are left out: a rank's dummy
+    pass carries one token of a sample whose vLLM log-prob belongs to the full prompt."""
     vllm = per_token(micro, "logprobs", out["predicts"])
-    stats["rollout_gap_sum"] += float(((out["logp"].detach() - vllm).abs() * out["predicts"]).sum())
-    stats["rollout_gap_tokens"] += float(out["predicts"].sum())
+    trained = torch.tensor([s.weight > 0 for s in micro], device=out["predicts"].device).unsqueeze(-1)
+    mask = out["predicts"] & trained
+    stats["rollout_gap_sum"] += float(((out["logp"].detach() - vllm).abs() * mask).sum())
+    stats["rollout_gap_tokens"] += float(mask.sum())
 
 
 def importance_weights(

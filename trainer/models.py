@@ -116,7 +116,9 @@ def _unit_state(name: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
     prefix = f"{name}." if name else ""
     if isinstance(module, LoraLayer):
         out = {prefix + k: t for k, t in module.get_base_layer().state_dict().items()}
-        out[prefix + "weight"] = out[prefix + "weight"] + module.get_delta_weight(module.active_adapters[0])
+        base = out[prefix + "weight"]  # merged in float32, then in the base weight's dtype (bf16: one rounding)
+        delta = module.get_delta_weight(module.active_adapters[0])
+        out[prefix + "weight"] = (base.float() + delta.float()).to(base.dtype)
         return out
     buffers = {
         k: t for k, t in module._buffers.items() if t is not None and k not in module._non_persistent_buffers_set

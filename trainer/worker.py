@@ -28,6 +28,13 @@ from gradus.trainer.rank_setup import return_freed_blocks, share_fp32_master
 from gradus.trainer.sync import WeightSender
 
 
+# What a rank's train() sums over its micro-batches (train_metrics turns them into train/*)
+RANK_STATS = (
+    "loss kl clip_tokens tokens entropy_sum rollout_gap_sum rollout_gap_tokens skipped_updates "
+    "stale_tokens iw_tokens iw_sum iw_capped iw_max"
+)
+
+
 class TrainerWorker(WeightSender):
     def __init__(self, rank: int, world_size: int, threads: int = 2) -> None:
         torch.set_num_threads(threads)
@@ -213,24 +220,7 @@ class TrainerWorker(WeightSender):
         is this rank's RankShare of it (gradus.trainer.batching.assign)."""
         start = time.perf_counter()
         cfg, engine = self.cfg, self.engine
-        stats = dict.fromkeys(
-            (
-                "loss",
-                "kl",
-                "clip_tokens",
-                "tokens",
-                "entropy_sum",
-                "rollout_gap_sum",
-                "rollout_gap_tokens",
-                "skipped_updates",
-                "stale_tokens",
-                "iw_tokens",
-                "iw_sum",
-                "iw_capped",
-            ),
-            0.0,
-        )
-        stats["iw_max"] = 0.0
+        stats = dict.fromkeys(RANK_STATS.split(), 0.0)
         # One update per batch: the forward itself is at the sampling weights, so
         # the old log-probs are its own (detached) and no extra pass is needed.
         single = cfg.ppo_epochs == 1 and len(mini_batches) == 1
@@ -257,8 +247,11 @@ class TrainerWorker(WeightSender):
                     continue
                 norm = engine.get_global_grad_norm()
                 grad_norms.append(float(norm) if norm is not None else float("nan"))
+        updates = max(cfg.ppo_epochs * len(mini_batches), 1)
         return {
             **stats,
+            "loss": stats["loss"] / updates,  # the mean over optimiser steps (this rank's share), as grad_norm
+            "kl": stats["kl"] / updates,
             "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
             "micro_batches": sum(len(m.micro_batches) for m in mini_batches),
             "lr": float(engine.get_lr()[0]),
@@ -337,9 +330,10 @@ class TrainerWorker(WeightSender):
         so that any world size and ZeRO stage can resume (all ranks call it)."""
         engine_checkpoint.save(self.engine, directory, self.rank)
 
-    def load_checkpoint(self, directory: str) -> dict[str, int]:
-        """Load a checkpoint saved at any world size and ZeRO stage; returns those."""
-        return engine_checkpoint.load(self.engine, directory, self.rank)
+    def load_checkpoint(self, directory: str, changes: dict[str, float] | None = None) -> dict[str, int]:
+        """Load a checkpoint saved at any world size and ZeRO stage (with this run's
+        `changes` to lr / weight_decay applied); returns those."""
+        return engine_checkpoint.load(self.engine, directory, self.rank, changes)
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """Full fp32 weights and optimizer state as a checkpoint holds them (for tests)."""

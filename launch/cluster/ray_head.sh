@@ -21,6 +21,8 @@ done
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 if [ "$RAY_AUTH_MODE" = token ]; then
   ray get-auth-token --generate >/dev/null 2>&1  # `ray start` enables token auth only if a token exists
+  token_file=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
+  [ -f "$token_file" ] && chmod 600 "$token_file"  # whoever reads it can run code on the cluster
 fi
 ip=${GRADUS_NODE_IP:-$(python -c "import ray.util; print(ray.util.get_node_ip_address())")}
 ray start --head --node-ip-address="$ip" --port="$port" --dashboard-host="$dashboard_host" --disable-usage-stats "${args[@]}"

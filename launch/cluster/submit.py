@@ -11,8 +11,38 @@ from pathlib import Path
 from gradus.launch.config.load import load_config
 from gradus.launch.errors import GradusError
 
-# Never uploaded with the working directory: run outputs, VCS, caches.
+# Never uploaded with the working directory: run outputs, VCS, caches, and
+# secrets (environment files, keys, credentials), whatever .gitignore says.
 EXCLUDES = ["runs/", ".git/", "wandb/", "**/__pycache__/", "*.gguf", "*.safetensors"]
+SECRETS = [
+    ".env",
+    ".env.*",
+    "*.env",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".git-credentials",
+    "credentials*",
+    ".aws/",
+    ".ssh/",
+    ".gnupg/",
+    "*.p12",
+    "*.pfx",
+    ".ray/",
+]
+
+
+def excludes(directory: Path) -> list[str]:
+    """What the job must not upload: EXCLUDES, SECRETS and the patterns of the
+    directory's .gitignore (gitignore syntax, as Ray's excludes take it)."""
+    ignore = directory / ".gitignore"
+    patterns = []
+    if ignore.is_file():
+        patterns = [line.strip() for line in ignore.read_text().splitlines()]
+        patterns = [p for p in patterns if p and not p.startswith(("#", "!"))]
+    return list(dict.fromkeys([*EXCLUDES, *SECRETS, *patterns]))
 
 
 def job_command(
@@ -43,7 +73,7 @@ def job_command(
         "submit",
         f"--address={address}",
         "--working-dir=.",
-        f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}",
+        f"--runtime-env-json={json.dumps({'excludes': excludes(Path.cwd())})}",
         *([] if wait else ["--no-wait"]),
         "--",
         *(shlex.quote(word) for word in train),

@@ -53,6 +53,18 @@ def validate(cfg: Config) -> None:
             registry.check_params(str(kind), registry.positional, {k: v for k, v in spec.items() if k != "kind"})
         except (TypeError, ValueError, KeyError) as err:
             raise GradusError(f"{key}: {err.args[0] if err.args else err}") from None
+    for key, value, low in [
+        ("data.eval_size", cfg.data.eval_size, 0),
+        ("curriculum.max_refill_rounds", cfg.curriculum.max_refill_rounds, 0),
+    ]:
+        if value < low:
+            raise GradusError(f"{key}: must be >= {low}, got {value}")
+    if not cfg.trainer.lr > 0:
+        raise GradusError(f"trainer.lr: must be > 0, got {cfg.trainer.lr} (an update with lr 0 changes nothing)")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise GradusError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    if not 0 <= cfg.reward.max_error_frac <= 1:
+        raise GradusError(f"reward.max_error_frac: must be between 0 and 1, got {cfg.reward.max_error_frac}")
     if cfg.data.train_size is not None and cfg.data.train_size < 1:
         raise GradusError(f"data.train_size: must be >= 1 or null (every row of a file), got {cfg.data.train_size}")
     if cfg.rollout.max_staleness < 0:
@@ -101,6 +113,12 @@ def _validate_memory(t: TrainerConfig) -> None:
         if t.lora.alpha <= 0 or not 0 <= t.lora.dropout < 1 or not t.lora.target_modules:
             raise GradusError(
                 f"trainer.lora: need alpha > 0, 0 <= dropout < 1 and at least one target module, got {t.lora}"
+            )
+        if t.lora.dropout > 0 and (t.ppo_epochs > 1 or t.mini_batches > 1):
+            raise GradusError(
+                f"trainer.lora.dropout={t.lora.dropout} with several updates per batch (ppo_epochs={t.ppo_epochs}, "
+                f"mini_batches={t.mini_batches}): the ratio would compare a dropout (train-mode) forward with "
+                "dropout-free old log-probs, a biased update; set trainer.lora.dropout=0 or one update per batch"
             )
     if t.offload.params == "cpu" and t.zero_stage != 3:
         raise GradusError(

@@ -17,7 +17,7 @@ from gradus.curriculum.prompts import derive_seed
 from gradus.curriculum.scheduler import CurriculumScheduler
 from gradus.launch.config.schema import Config
 from gradus.launch.errors import GradusError
-from gradus.rollout.records import Group
+from gradus.rollout.records import Group, Sample
 
 COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
 
@@ -47,6 +47,15 @@ class Produced:
     kept: list[bool]  # the filters' verdict per group
     stats: dict[str, float]  # generation time, refill rounds, group counts
     scheduler: dict[str, Any]  # CurriculumScheduler.state_dict() after this batch
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Produced:
+        """The record back from its dataclasses.asdict form (a checkpoint's pending.json)."""
+        groups = [
+            Group(Item(**g["item"]), g["prompt_ids"], [Sample(**s) for s in g["samples"]], g["version"])
+            for g in data["groups"]
+        ]
+        return cls(data["report"], groups, data["kept"], data["stats"], data["scheduler"])
 
 
 def local_scheduler(cfg: Config) -> CurriculumScheduler:

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -31,6 +31,7 @@ from gradus.launch.run.metrics import MetricsLogger, close_step, held_out_metric
 from gradus.launch.run.prefetch import Prefetcher
 from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
 from gradus.launch.run.scheduler_client import SchedulerClient, SchedulerLost
+from gradus.launch.run.user_errors import UserErrors
 from gradus.rollout.records import Group
 from gradus.trainer.batching import TrainSample, contributes
 from gradus.trainer.grpo import batch_advantages
@@ -42,10 +43,8 @@ class Run:
 
     def __init__(self, cfg: Config, overwrite: bool = False, resume: str | None = None) -> None:
         self.cfg = cfg
-        self.wall_start, self.wall_before = (
-            time.perf_counter(),
-            0.0,
-        )  # wall time: this process's, plus earlier segments' (resume)
+        # wall time: this process's, plus earlier segments' (resume)
+        self.wall_start, self.wall_before = time.perf_counter(), 0.0
         self.scheduler_args = scheduler_args(cfg)
         local_scheduler(cfg)  # data files and curriculum parameters are checked before Ray starts
         self.model_path = str(resolve_model(cfg.model.path))
@@ -54,18 +53,27 @@ class Run:
                 check_lora_targets(self.model_path, cfg.trainer.lora.target_modules)
             except ValueError as err:
                 raise GradusError(str(err)) from None
+        # every resume argument and the checkpoint itself are checked before the run directory is touched
+        self.resume_from = checkpoint.resolve(Path(cfg.run.run_dir), resume) if resume else None
+        self.changes = []
+        if self.resume_from is not None:
+            saved = checkpoint.load_state(self.resume_from).get("config")
+            self.changes = checkpoint.config_changes(saved, to_dict(cfg))
         self.run_dir = prepare_run_dir(cfg, overwrite, resume=resume is not None)
         check_disk(cfg, self.run_dir, Path(self.model_path))
-        self.resume_from = checkpoint.resolve(self.run_dir, resume) if resume else None
+        self.user_errors = UserErrors(self.run_dir, cfg.reward.max_error_frac)
         self.version = 0
         self.start_step = 0
         self.pending: dict[int, Produced] = {}  # batches a stop-signal checkpoint carried (async)
 
-    def start(self) -> None:
+    def start(self, after_ray_init: Callable[[], None] = lambda: None) -> None:
+        """Ray (unless joined), the actor groups, weight sync, a checkpoint's state;
+        `after_ray_init` runs right after ray.init (signal handlers go back on)."""
         cfg = self.cfg
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
             init_ray(cfg)
+        after_ray_init()
         gpus = ray.cluster_resources().get("GPU", 0)
         self.device = cfg.cluster.device if cfg.cluster.device != "auto" else "cuda" if gpus else "cpu"
         if self.device == "cuda" and not gpus:
@@ -124,11 +132,15 @@ class Run:
         """Trainer engine, curriculum and counters from a checkpoint; the rollout
         engines get the checkpoint's weights. Returns the wandb run id."""
         state = checkpoint.load_state(path)
-        saved = self.trainers.load_checkpoint(str(path / "trainer"))
+        applied = {key.split(".")[-1]: new for key, _, new in self.changes if key in checkpoint.APPLIED}
+        saved = self.trainers.load_checkpoint(str(path / "trainer"), applied)
+        for key, old, new in self.changes:
+            effect = "applied to the restored optimizer" if key in checkpoint.APPLIED else "takes effect from here"
+            print(f"gradus: resume changes {key}: {old!r} -> {new!r} ({effect})", flush=True)
         if saved != {"world_size": self.cfg.trainer.world_size, "zero_stage": self.trainers.zero_stage}:
             print(checkpoint.layout_change(saved, self.cfg.trainer.world_size, self.trainers.zero_stage), flush=True)
         self.scheduler.load(state["scheduler"])
-        self.pending = checkpoint.load_pending(path)
+        self.pending = {int(step): Produced.from_json(p) for step, p in checkpoint.load_pending(path).items()}
         self.version, self.start_step = state["version"], state["step"] + 1
         self.wall_before = state.get("wall_seconds", 0.0)
         self.rollout.update_weights(self.version)
@@ -148,8 +160,10 @@ class Run:
             "scheduler": pending[max(pending)].scheduler if pending else self.trained_scheduler,
             "wandb_id": self.logger.run_id,
             "wall_seconds": self.wall_seconds(),
+            "config": to_dict(self.cfg),
         }
-        return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints, pending)
+        carried = {str(s): dataclasses.asdict(p) for s, p in pending.items()}
+        return checkpoint.commit(staging, state, self.cfg.run.keep_checkpoints, carried)
 
     def collect(self, step: int, epoch: int) -> tuple[list[Group], list[bool], dict[str, float]]:
         """Generate until prompts_per_step groups pass the filters or the refill
@@ -241,6 +255,7 @@ class Run:
         start = time.perf_counter()
         produced = prefetch.take(step) if prefetch else self.pending.pop(step, None) or self.produce(step)
         self.trained_scheduler = produced.scheduler
+        self.user_errors.check(step, produced.groups)
         metrics = {**produced.stats, "time/wait_generate": time.perf_counter() - start}
         samples = self.training_batch(produced.groups, produced.kept)
         skip = self.cfg.trainer.skip_uninformative

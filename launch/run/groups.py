@@ -168,9 +168,10 @@ class TrainerGroup:
     def save_checkpoint(self, directory: str) -> None:
         ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])
 
-    def load_checkpoint(self, directory: str) -> dict[str, int]:
-        """Load on every rank; returns the world size and ZeRO stage it was saved from."""
-        return ray.get([r.load_checkpoint.remote(directory) for r in self.ranks])[0]
+    def load_checkpoint(self, directory: str, changes: dict[str, float] | None = None) -> dict[str, int]:
+        """Load on every rank (with this run's lr / weight_decay `changes`); returns
+        the world size and ZeRO stage it was saved from."""
+        return ray.get([r.load_checkpoint.remote(directory, changes) for r in self.ranks])[0]
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """Rank 0's view of the full weights and optimizer state (all ranks take part)."""

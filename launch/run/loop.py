@@ -12,7 +12,7 @@ from gradus.launch.run import checkpoint_dirs as checkpoint
 from gradus.launch.run.driver import Run
 from gradus.launch.run.faults import WORKER_DIED
 from gradus.launch.run.prefetch import Prefetcher
-from gradus.launch.run.preempt import Preempted, StopSignals
+from gradus.launch.run.preempt import Preempted, StartupStopped, StopSignals
 
 
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Path:
@@ -25,11 +25,14 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
     due = functools.partial(checkpoint.checkpoint_due, cfg.run.checkpoint_every, cfg.run.steps)
     with StopSignals(cfg.run.preempt_signal) as stop:
         for attempt in range(cfg.run.max_restarts + 1):
-            run = Run(cfg, overwrite if attempt == 0 else True, resume)
+            try:
+                run = Run(cfg, overwrite if attempt == 0 else True, resume)
+            except StartupStopped as err:  # nothing started yet: nothing to clean up
+                raise Preempted(f"stopped on {err} during start-up, before any step") from None
             prefetch = None
             try:
-                run.start()
-                stop.arm()  # ray.init replaced the SIGTERM handler (a SIGTERM during start-up ends the run at once)
+                run.start(after_ray_init=stop.arm)  # ray.init replaces the SIGTERM handler: ours go back on
+                stop.started()
                 if cfg.rollout.async_generation:
                     prefetch = Prefetcher(
                         run.produce, due, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending
@@ -49,6 +52,10 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                 return run.run_dir
             except Preempted:
                 raise
+            except StartupStopped as err:
+                raise Preempted(
+                    f"stopped on {err} during start-up, before any step; {checkpoint.describe_latest(run.run_dir)}"
+                ) from None
             except Exception as err:
                 if stop.requested:  # SIGTERM reached the workers first
                     raise Preempted(

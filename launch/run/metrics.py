@@ -230,9 +230,15 @@ class MetricsLogger:
             for name in distribution_names(m)
             if not math.isnan(m.get(f"dist/{name}/accuracy", math.nan))
         )
+        failures = " | ".join(
+            f"{m[key]:.0f} verifier {what}"
+            for key, what in (("verify/errors", "errors"), ("verify/timeouts", "timeouts"))
+            if m.get(key)
+        )
         return (
             f"step {step + 1}/{self.total_steps} | reward {m['reward/mean']:.3f} | acc {m['accuracy']:.2f} "
-            f"[{accs}] (acc@prob) | {m['perf/gen_tokens_per_s']:.0f} tok/s | {m['time/step']:.1f}s"
+            + (f"| {failures} " if failures else "")
+            + f"[{accs}] (acc@prob) | {m['perf/gen_tokens_per_s']:.0f} tok/s | {m['time/step']:.1f}s"
         )
 
     def close(self) -> None:

@@ -27,16 +27,27 @@ class Preempted(Exception):
     """The run stopped on a signal; the message says which checkpoint a resume continues from."""
 
 
+class StartupStopped(Exception):
+    """A stop signal arrived before the first step: start-up is abandoned."""
+
+
 class StopSignals:
     """While active, the warning signal and SIGTERM record a stop request instead
     of killing the process (handlers can only be set from the main thread; from
-    any other thread this does nothing)."""
+    any other thread this does nothing). Until `started()` there is no step to
+    finish: a signal then raises StartupStopped in the main thread at once, so
+    start-up ends promptly and its cleanup (Ray) runs."""
 
     def __init__(self, warning: str) -> None:
         names = [warning] if warning else []
         self.signals = [getattr(signal, name) for name in dict.fromkeys([*names, "SIGTERM"])]
         self.requested: str | None = None
         self.previous: dict[int, object] = {}
+        self.starting = True
+
+    def started(self) -> None:
+        """The first step begins: from now on a signal lets the step in flight finish."""
+        self.starting = False
 
     def __enter__(self) -> StopSignals:
         self.arm()
@@ -59,6 +70,9 @@ class StopSignals:
             _say(f"{name} while stopping on {self.requested}: already stopping, the checkpoint is written atomically")
             return
         self.requested = name
+        if self.starting:
+            _say(f"{name} during start-up: stopping (no step has run), shutting down Ray")
+            raise StartupStopped(name)
         _say(f"{name}: finishing the step in flight, then checkpointing it and exiting with code {EXIT_PREEMPTED}")
 
 
