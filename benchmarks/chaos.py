@@ -3,10 +3,11 @@ over several seeds, each compared with the same run left alone.
 
     python benchmarks/chaos.py [--seeds 3] [--steps 8] [--checkpoint-every 3] [--async] [--out chaos.json]
 
-Fault kinds (each seed shuffles all five onto distinct steps; a fault fires
-once the run has logged that many steps and at least one step since the
-previous fault, after a seeded delay of 0-2 s; steps take ~2 s here):
+Fault kinds (each seed draws a step for each of the six from the whole run; a
+fault fires once the run has logged that many steps and at least one step since
+the previous fault, after a seeded delay of 0-2 s; steps take ~2 s here):
   rollout   SIGKILL a vLLM rollout worker (mid-generate: generation is most of a step)
+  hang      SIGSTOP a vLLM rollout worker: the watchdog (run.call_timeout_s) must notice and replace it
   trainer   SIGKILL a DeepSpeed trainer rank (the run restarts from its checkpoint)
   scheduler SIGKILL the curriculum scheduler actor (restarted from the per-step snapshot)
   sigkill   SIGKILL the driver's whole process tree, then `gradus train --resume auto`
@@ -14,8 +15,10 @@ previous fault, after a seeded delay of 0-2 s; steps take ~2 s here):
 Reported per seed: faults injected, whether the run completed, steps lost
 (steps finished but not in the checkpoint a restart or resume continued from),
 and whether every step's curriculum probabilities (exactly) and reward, loss,
-accuracy and grad norm (1e-6) equal the uninterrupted run's. Uses `ray stop
---force` after a driver SIGKILL: run it alone on the machine. Not a test (minutes).
+accuracy and grad norm (1e-6) equal the uninterrupted run's. Victims are found
+among the driver's own descendants only (never another run's actors); a driver
+SIGKILL takes its whole process group. Exits 1 if any run did not complete or
+any step differs or misses a compared metric. Not a test (minutes).
 """
 
 from __future__ import annotations
@@ -32,8 +35,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ["rollout", "trainer", "scheduler", "sigkill", "sigterm"]
-ACTORS = {"rollout": "ray::RolloutActor", "trainer": "ray::TrainerWorker", "scheduler": "ray::CurriculumScheduler"}
+KINDS = ["rollout", "hang", "trainer", "scheduler", "sigkill", "sigterm"]
+ACTORS = {
+    "rollout": "ray::RolloutActor",
+    "hang": "ray::RolloutActor",
+    "trainer": "ray::TrainerWorker",
+    "scheduler": "ray::CurriculumScheduler",
+}
+CALL_TIMEOUT_S = 90  # the watchdog's deadline here: a hung worker is noticed within it (a fresh vLLM starts in ~30 s)
 COMPARED = ("reward/mean", "accuracy", "train/loss", "train/grad_norm", "length/tokens_mean")
 
 
@@ -50,6 +59,7 @@ def command(model: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
         f"run.steps={args.steps}",
         f"run.checkpoint_every={args.checkpoint_every}",
         "run.max_restarts=3",
+        f"run.call_timeout_s={CALL_TIMEOUT_S}",
         "run.save_final=false",
         "wandb.mode=disabled",
         "rollout.max_tokens=64",
@@ -68,9 +78,23 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def pids(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def pids(driver: int, title: str) -> list[int]:
+    """This run's processes whose title starts with `title`: descendants of its
+    driver (the local Ray it started, and so every actor), never another run's."""
+    import psutil
+
+    try:
+        family = psutil.Process(driver).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for p in family:
+        try:
+            if " ".join(p.cmdline()).startswith(title) and p.status() != psutil.STATUS_STOPPED:
+                found.append(p.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def latest_checkpoint(run_dir: Path) -> int:
@@ -86,7 +110,7 @@ def latest_checkpoint(run_dir: Path) -> int:
 def schedule(seed: int, steps: int) -> list[tuple[int, str, float]]:
     """(steps logged before the fault fires, kind, delay s): every kind once, on distinct steps."""
     rng = random.Random(seed)
-    at = sorted(rng.sample(range(1, steps - 1), len(KINDS)))
+    at = sorted(rng.choices(range(1, steps - 1), k=len(KINDS)))  # anywhere in the run; a later fault waits a step
     kinds = rng.sample(KINDS, len(KINDS))
     return [(a, k, round(rng.uniform(0, 2), 2)) for a, k in zip(at, kinds)]
 
@@ -109,7 +133,11 @@ def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, l
                 done, kind, delay = faults[0]
                 logged = run_dir / "metrics.jsonl"
                 progressed = logged.exists() and logged.stat().st_mtime > last_fault
-                if len(metrics(run_dir)) < done or not progressed or (kind in ACTORS and not pids(ACTORS[kind])):
+                if (
+                    len(metrics(run_dir)) < done
+                    or not progressed
+                    or (kind in ACTORS and not pids(proc.pid, ACTORS[kind]))
+                ):
                     time.sleep(0.2)
                     continue
                 time.sleep(delay)
@@ -120,15 +148,20 @@ def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, l
                 injected.append(fault)
                 log(f"seed {seed}: {kind} after {fault['after_step']} logged steps")
                 if kind in ACTORS:
-                    for pid in pids(ACTORS[kind])[:1]:
-                        os.kill(pid, signal.SIGKILL)
+                    for pid in pids(proc.pid, ACTORS[kind])[:1]:
+                        os.kill(pid, signal.SIGSTOP if kind == "hang" else signal.SIGKILL)
                 elif kind == "sigterm":
                     proc.send_signal(signal.SIGTERM)
                     fault["exit_code"] = proc.wait()
                 else:
+                    family = pids(proc.pid, "")  # its local Ray and actors, found before the driver goes
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-                    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+                    for pid in family:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
                 # What a restart or resume continues from (a trainer rank's death restarts the run in-process).
                 fault["checkpoint"] = latest_checkpoint(run_dir)
                 fault["steps_lost"] = (
@@ -152,17 +185,21 @@ def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, l
 
 
 def compare(reference: list[dict], run: list[dict]) -> dict:
+    """Step by step against the uninterrupted run; a compared metric missing from
+    either run's step is a mismatch (never skipped)."""
     same_probs = len(run) == len(reference) and all(
-        [a[k] for k in sorted(a) if k.endswith("/prob")] == [b[k] for k in sorted(a) if k.endswith("/prob")]
+        [a[k] for k in sorted(a) if k.endswith("/prob")] == [b.get(k) for k in sorted(a) if k.endswith("/prob")]
         for a, b in zip(reference, run)
     )
-    worst = max(
-        (abs(a[k] - b[k]) for a, b in zip(reference, run) for k in COMPARED if k in a and k in b), default=float("nan")
+    missing = sorted(
+        {f"step {a['step']}: {k}" for a, b in zip(reference, run) for k in COMPARED if k not in a or k not in b}
     )
+    worst = max((abs(a[k] - b[k]) for a, b in zip(reference, run) for k in COMPARED if k in a and k in b), default=0.0)
     return {
         "probabilities_equal": same_probs,
         "metrics_max_abs_diff": worst,
-        "metrics_equal": len(run) == len(reference) and worst <= 1e-6,
+        "missing_metrics": missing,
+        "metrics_equal": len(run) == len(reference) and not missing and worst <= 1e-6,
     }
 
 
@@ -176,7 +213,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     started = time.time()
-    log = lambda msg: print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)  # noqa: E731
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if args.model:
@@ -231,6 +271,12 @@ def main() -> None:
         )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+    failed = [r["seed"] for r in results if not (r["completed"] and r["probabilities_equal"] and r["metrics_equal"])]
+    if failed:
+        sys.exit(
+            f"chaos: seeds {failed} did not complete or differ from the uninterrupted run (missing metrics: "
+            f"{[m for r in results for m in r['missing_metrics']][:5]})"
+        )
 
 
 if __name__ == "__main__":

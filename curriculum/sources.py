@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from gradus.curriculum.prompts import derive_seed, make_prompt_sampler
+from gradus.curriculum import posteriors  # noqa: F401 - registers pass_rate, thompson and greso
+from gradus.curriculum.noise import CORRUPTIBLE, corrupt_rows
 from gradus.curriculum.registry import Registry, nearest
 
 Row = dict[str, Any]
@@ -282,9 +284,18 @@ def file(
 
 def source_rows(name: str, source: str, params: dict, train_size: int | None, eval_size: int, seed: int) -> list[Row]:
     """A distribution's rows from its source, checked: a file gives all its rows,
-    a generator `train_size` (default DEFAULT_SYNTHETIC_ROWS) + eval_size."""
+    a generator `train_size` (default DEFAULT_SYNTHETIC_ROWS) + eval_size. The
+    built-in generators take `corrupt` (corrupt_rows) beside their own parameters."""
     rng = np.random.default_rng(derive_seed(seed, name, "rows"))
     wanted = None if source == "file" else (train_size or DEFAULT_SYNTHETIC_ROWS) + eval_size
+    params = dict(params)
+    corrupt = params.pop("corrupt", 0)
+    if corrupt and source not in CORRUPTIBLE:
+        raise ValueError(
+            f"distribution {name!r}: corrupt applies to the built-in sources {list(CORRUPTIBLE)}, not {source!r}"
+        )
+    if not isinstance(corrupt, (int, float)) or not 0 <= corrupt <= 1:
+        raise ValueError(f"distribution {name!r}: corrupt must be a fraction between 0 and 1, got {corrupt!r}")
     try:
         rows = SOURCES.build(source, wanted, rng, **params)
     except (TypeError, KeyError) as err:
@@ -300,7 +311,7 @@ def source_rows(name: str, source: str, params: dict, train_size: int | None, ev
         rows[index - 1]["prompt"] = as_prompt(
             rows[index - 1]["prompt"], f"distribution {name!r}: source {source!r} row {index} prompt"
         )
-    return rows
+    return corrupt_rows(rows, corrupt, source, name, seed) if corrupt else rows
 
 
 def make_distributions(

@@ -121,3 +121,28 @@ def test_bad_names_and_kinds():
         make_curriculum("td0", ["a"]).update({"z": [1.0]})
     with pytest.raises(TypeError, match="curriculum 'ucb'"):
         make_curriculum("ucb", ["a"], cc=1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_source_that_never_teaches_loses_its_draws(seed):
+    """K = 4 arms, one with every label corrupted (all-equal groups: |advantage| 0),
+    8 prompts x 4 samples a step. DUMP's UCB (c=1, window 300, temperature 0.1)
+    puts that arm below 1/(2K) within 3 steps and keeps it there; SEC's TD(0) at its
+    documented temperature 1.0 does not: with |advantage| ~0.64 elsewhere it
+    settles near 1 / (1 + 3 e^0.64) ~ 0.16 (it needs a lower temperature)."""
+    names, k = ["a", "b", "c", "noise"], 4
+    for kind, expect_below in [("ucb", True), ("td0", False)]:
+        curriculum = make_curriculum(kind, names)
+        rng = np.random.default_rng(seed)
+        history = []
+        for _ in range(40):
+            signals: dict[str, list[float]] = {}
+            for name in curriculum.sample(8, rng):
+                values = [0.0] * 4 if name == "noise" else list(np.abs(rng.normal(0.0, 0.8, 4)))
+                signals.setdefault(name, []).extend(values)
+            curriculum.update(signals)
+            history.append(curriculum.probabilities()["noise"])
+        if expect_below:
+            assert max(history[2:]) < 1 / (2 * k)
+        else:
+            assert min(history[10:]) > 1 / (2 * k) and abs(history[-1] - 0.16) < 0.05

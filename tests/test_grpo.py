@@ -189,3 +189,74 @@ def test_loss_options_defaults():
     assert (seq.clip_low, seq.clip_high, seq.agg) == (3e-4, 0.1, "seq-mean-token-mean")
     with pytest.raises(ValueError, match="loss_norm_len"):
         loss_options(TrainerConfig(loss_agg="seq-mean-token-sum-norm", loss_norm_len=None))
+
+
+def test_dual_clip_gradient():
+    """d loss / d logp per token: a dual-clipped token (A < 0, ratio past clip_ratio_c) has none; an unclipped one
+    has -A * ratio / (number of tokens)."""
+    logp = torch.log(torch.tensor([[10.0, 0.5], [10.0, 1.0]])).requires_grad_()
+    adv, mask = torch.tensor([-1.0, 2.0]), torch.ones(2, 2)
+    policy_loss(logp, torch.zeros(2, 2), adv, mask, clip_ratio_c=3.0).backward()
+    # seq 0: ratio 10 (dual-clipped: constant 3) -> 0; ratio 0.5 clipped at 0.8 (the max picks the clipped side) -> 0
+    # seq 1: ratio 10 clipped at 1.2 (A > 0) -> 0; ratio 1 unclipped -> -A * ratio / 4 = -0.5
+    assert logp.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.0, -0.5])
+
+
+def test_gspo_gradient_spreads_the_sequence_ratio():
+    """GSPO: every token of a sequence shares d ratio_seq / d logp_t = ratio_seq / |seq|; under seq-mean-token-mean
+    (each sequence's token mean of -A * ratio_seq is -A * ratio_seq) each token's gradient is
+    -A * ratio_seq / |seq| / (number of sequences)."""
+    logp, old, adv, mask = _case()
+    logp = logp.clone().requires_grad_()
+    policy_loss(logp, old, adv, mask, agg="seq-mean-token-mean", ratio_level="sequence").backward()
+    r0, r1 = math.sqrt(0.75), 1.1 ** (1 / 3)
+    grad = logp.grad
+    assert grad[0, :2].tolist() == pytest.approx([-1.0 * r0 / 2 / 2] * 2)  # seq 0: 2 tokens, A = 1
+    assert grad[1, :3].tolist() == pytest.approx([2.0 * r1 / 3 / 2] * 3)  # seq 1: 3 tokens, A = -2
+    assert grad[mask == 0].abs().sum().item() == 0.0
+
+
+def test_importance_weights_truncate_versus_mask():
+    """A stale token whose pi_proximal / pi_behaviour is 4 (cap 2): truncate weighs it 2, mask drops it (0); a
+    token at 0.5 keeps 0.5 either way; fresh tokens keep exactly 1."""
+    from gradus.trainer.batching import TrainSample
+    from gradus.trainer.config import ImportanceConfig, TrainerConfig
+    from gradus.trainer.grpo import loss_options
+    from gradus.trainer.loss import importance_weights
+
+    proximal = torch.log(torch.tensor([[4.0, 0.5], [1.0, 1.0]]))
+    micro = [TrainSample([1], [2, 3], [0.0, 0.0], 1.0, lag=1), TrainSample([1], [2, 3], [0.0, 0.0], 1.0, lag=0)]
+    predicts, mask = torch.ones(2, 2, dtype=torch.bool), torch.ones(2, 2)
+    weights = {}
+    for mode in ("truncate", "mask"):
+        opts = loss_options(TrainerConfig(importance=ImportanceConfig(mode=mode, cap=2.0)))
+        stats = dict.fromkeys(("stale_tokens", "iw_tokens", "iw_sum", "iw_capped", "iw_max"), 0.0)
+        weights[mode] = importance_weights(opts, micro, proximal, predicts, mask, stats).tolist()
+        assert stats["iw_capped"] == 1.0 and stats["iw_tokens"] == 2.0 and stats["iw_max"] == pytest.approx(4.0)
+    assert weights["truncate"] == [pytest.approx([2.0, 0.5]), [1.0, 1.0]]
+    assert weights["mask"] == [pytest.approx([0.0, 0.5]), [1.0, 1.0]]
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo"])
+def test_ragged_groups_equal_each_group_alone(estimator):
+    """A group size per prompt: a list of 1-D tensors gives each group what it alone gives;
+    a group of one and an all-equal group get exactly 0."""
+    groups = [
+        torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0]),
+        torch.tensor([0.7]),
+        torch.tensor([0.7] * 3),
+        torch.tensor([1.0, 0.0]),
+    ]
+    out = group_advantages(groups, estimator)
+    assert [tuple(a.shape) for a in out] == [(5,), (1,), (3,), (2,)]
+    for g, a in zip(groups, out):
+        assert torch.equal(a, group_advantages(g[None, :], estimator)[0])
+    assert out[1].tolist() == [0.0] and out[2].tolist() == [0.0] * 3
+    assert out[0].abs().sum() > 0
+
+
+def test_ragged_batch_scale_uses_the_batch_std():
+    groups = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 0.0])]
+    out = group_advantages(groups, "grpo", scale="batch")
+    std = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64).std()
+    assert out[1].tolist() == pytest.approx([0.5 / (std.item() + 1e-6), -0.5 / (std.item() + 1e-6)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradus.trainer.config import TrainerConfig
+from gradus.trainer.config import ImportanceConfig, TrainerConfig
 from gradus.curriculum.items import Item
 from gradus.launch.run.metrics import held_out_metrics, pass_at_k
 from gradus.rollout.records import Group, Sample
@@ -35,16 +35,26 @@ def _batch(n: int = 12, group_size: int = 1) -> list[TrainSample]:
 
 
 def batch_gradient(
-    model, samples: list[TrainSample], cfg, ranks: int, max_tokens: int, skip: bool = False, share: bool = False
+    model,
+    samples: list[TrainSample],
+    cfg,
+    ranks: int,
+    max_tokens: int,
+    skip: bool = False,
+    share: bool = False,
+    single: bool = True,
+    ref=None,
 ) -> dict[str, torch.Tensor]:
     """What the trainer ranks compute together on one mini-batch: every rank's
     micro-batch losses (global denominators) backpropagated and summed, as
-    DeepSpeed's all-reduce does, with the split the ranks get (trainer.batching.assign)."""
+    DeepSpeed's all-reduce does, with the split the ranks get (trainer.batching.assign).
+    `single=False`: the samples' own old_logp (ratios away from 1); `ref`: a KL term in the loss."""
     model.zero_grad()
     stats: dict[str, float] = defaultdict(float)
-    for part in assign(samples, ranks, max_tokens, skip, kl_in_loss=False, share_prompts=share):
+    for part in assign(samples, ranks, max_tokens, skip, kl_in_loss=ref is not None, share_prompts=share):
         for micro in part.micro_batches:
-            micro_batch_loss(model, micro, cfg, share, part.num_tokens, part.num_seqs, True, stats).backward()
+            loss = micro_batch_loss(model, micro, cfg, share, part.num_tokens, part.num_seqs, single, stats, ref)
+            loss.backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
@@ -148,3 +158,91 @@ def test_held_out_metrics_avg_and_pass_at_k():
     assert m["eval/b/pass@2"] == 1.0 and m["eval/b/pass@1"] == pytest.approx(0.75)
     assert m["eval/accuracy"] == m["eval/avg@4"] == pytest.approx(4 / 12)
     assert m["eval/pass@2"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+
+
+def _off_policy(model, samples: list[TrainSample]) -> list[TrainSample]:
+    """The samples with old log-probs 0.4 nats off the model's (ratios ~0.67 and ~1.5:
+        clipping and dual-clip bite), behaviour log-probs 0.1 or 0.5 below those (importance
+    weights 1.1 or 1.65 around a cap of 1.2), every other one stale."""
+    with torch.no_grad():
+        out = completion_logprobs(model, samples)
+    rng = np.random.default_rng(3)
+    changed = []
+    for i, (s, row, mask) in enumerate(zip(samples, out["logp"], out["predicts"])):
+        old = (row[mask] + torch.tensor(rng.choice([-0.4, 0.4], size=int(mask.sum())), dtype=row.dtype)).tolist()
+        behaviour = [v - d for v, d in zip(old, rng.choice([0.1, 0.5], size=len(old)))]  # weights 1.1 or 1.65
+        changed.append(dataclasses.replace(s, old_logp=old, logprobs=behaviour, lag=i % 2))
+    return changed
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"clip_ratio_c": 3.0, "importance": ImportanceConfig(on="all", mode="mask", cap=1.2)},
+        {"ratio_level": "sequence", "clip_low": 0.05, "clip_high": 0.05, "importance": ImportanceConfig(cap=1.2)},
+    ],
+    ids=["dual-clip-importance-mask", "gspo-importance-truncate"],
+)
+def test_split_and_skip_keep_the_gradient_off_policy(tiny_model, options):
+    """Ratios away from 1 (several updates per batch): clipping, dual-clip, GSPO and
+    importance weights all act, and the gradient still does not depend on ranks,
+    micro-batches, skipping or shared prompts."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    samples = _off_policy(model, _batch(16, group_size=4))
+    for s in samples[4:8]:
+        s.advantage = 0.0
+    cfg = loss_options(dataclasses.replace(TrainerConfig(), **options))
+    plain = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000, single=False)
+    on_policy = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000)  # ratio 1: a different update
+    assert _max_rel_diff(plain, on_policy) > 1e-2
+    for ranks, skip, share in [(2, True, False), (3, True, True), (2, False, True)]:
+        assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share, single=False)) <= 1e-5
+
+
+def test_kl_in_the_loss_keeps_zero_advantage_samples(tiny_model):
+    """With a KL term in the loss a zero-advantage sample still has a gradient
+    (its KL): skipping must keep it (batching.contributes); dropping it would change the update."""
+    from transformers import AutoModelForCausalLM
+
+    from gradus.trainer.loss import per_token
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    samples = _batch(16, group_size=4)
+    for s in samples[4:12]:
+        s.advantage = 0.0
+
+    def ref(micro):  # a fixed reference policy: log-prob -2.5 for every token
+        lengths = torch.tensor([len(s.tokens) for s in micro])
+        predicts = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+        return per_token([dataclasses.replace(s, logprobs=[-2.5] * len(s.tokens)) for s in micro], "logprobs", predicts)
+
+    cfg = loss_options(dataclasses.replace(TrainerConfig(), kl_coef=0.5, kl_kind="k3"))
+    plain = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000, ref=ref)
+    assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, 2, 60, skip=True, share=True, ref=ref)) <= 1e-5
+    informative_only = [s for s in samples if s.advantage != 0 or s.weight == 0]
+    dropped = batch_gradient(model, informative_only, cfg, ranks=1, max_tokens=10_000, ref=ref)
+    assert _max_rel_diff(plain, dropped) > 1e-2  # what skipping them would have done
+
+
+def test_rollout_gap_leaves_out_zero_weight_samples(tiny_model):
+    """A rank's dummy pass carries one token whose vLLM log-prob belongs to another
+    prompt: it must not enter train/rollout_logprob_gap."""
+    from transformers import AutoModelForCausalLM
+
+    from gradus.trainer.batching import dummy
+    from gradus.trainer.loss import rollout_gap
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    samples = _batch(4)[:2]
+    with torch.no_grad():
+        out = completion_logprobs(model, samples)
+    for s, row, mask in zip(samples, out["logp"], out["predicts"]):
+        s.logprobs, s.weight = row[mask].tolist(), 1.0  # vLLM agrees with the trainer exactly
+    padded = [*samples, dummy(samples[0])]  # its one token's "vLLM" log-prob is -2.0: a gap of ~2 if counted
+    with torch.no_grad():
+        out = completion_logprobs(model, padded)
+    stats = {"rollout_gap_sum": 0.0, "rollout_gap_tokens": 0.0}
+    rollout_gap(padded, out, stats)
+    assert stats["rollout_gap_sum"] < 1e-4 and stats["rollout_gap_tokens"] == sum(len(s.tokens) for s in samples)

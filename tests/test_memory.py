@@ -116,3 +116,22 @@ def test_streamed_state_pieces_make_up_the_state_dict(tiny_model, lora):
         sum(t.numel() * t.element_size() for t in p.values()) <= bound or len({k.rsplit(".", 1)[0] for k in p}) == 1
         for p in pieces
     )
+
+
+def test_lora_on_bf16_merges_in_float32_and_keeps_the_base_dtype(tiny_model):
+    """peft keeps adapters in float32: W + scale * B @ A is summed in float32 and
+    rounded to bf16 once, so every merged tensor (and sync bucket) has the model's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16), LORA)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 1e-2)
+    merged = merged_state(model)
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
+    expected = (layer.base_layer.weight.float() + (b @ a) * layer.scaling["default"]).to(torch.bfloat16)
+    assert torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], expected)
+    assert not torch.equal(expected, layer.base_layer.weight)  # the adapter moved the weight past bf16 rounding

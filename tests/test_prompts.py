@@ -6,42 +6,48 @@ its contract (`row_id` on items, `observe_rows`)."""
 import numpy as np
 import pytest
 
-from gradus.curriculum.prompts import PassRate, Shuffle
+from gradus.curriculum.posteriors import PassRate
+from gradus.curriculum.prompts import Shuffle
 from gradus.curriculum.scheduler import CurriculumScheduler
 
 ADD1 = {"name": "add1", "source": "arithmetic", "params": {"digits": 1}, "verifier": "numeric"}
 ADD2 = {"name": "add2", "source": "arithmetic", "params": {"digits": 2}, "verifier": "numeric"}
 
 
-def _simulate(prompts: dict, steps: int = 40, n: int = 6, seed: int = 0) -> tuple[CurriculumScheduler, list[int]]:
-    """Rows by row_id % 3: always solved, never solved, solved half the time."""
-    scheduler = CurriculumScheduler([ADD1], train_size=None, eval_size=8, seed=seed, prompts=prompts)
+def _simulate(
+    prompts: dict, steps: int = 40, n: int = 6, seed: int = 0, train_size: int | None = 30, rising: bool = False
+) -> tuple[CurriculumScheduler, list[int], list[bool]]:
+    """A simulated learner: rows by row_id % 3 always solved, never solved, solved
+    half the time (with `rising`, a row's pass rate grows by 0.01 each time it is
+    generated, as training on it would). Returns the scheduler, each drawn row's
+    kind and whether its group was informative (rewards not all equal)."""
+    scheduler = CurriculumScheduler([ADD1], train_size=train_size, eval_size=8, seed=seed, prompts=prompts)
     world = np.random.default_rng(seed)
-    kinds = []
+    kinds, informative, trained = [], [], {}
     for step in range(steps):
-        items = scheduler.next_batch(step, n)
         results = []
-        for item in items:
+        for item in scheduler.next_batch(step, n):
             kind = item["row_id"] % 3
-            p = (1.0, 0.0, 0.5)[kind]
-            results.append(
-                {"distribution": item["distribution"], "row_id": item["row_id"], "correct": list(world.random(4) < p)}
-            )
+            p = min(1.0, (1.0, 0.0, 0.5)[kind] + (0.01 * trained.get(item["row_id"], 0) if rising else 0.0))
+            trained[item["row_id"]] = trained.get(item["row_id"], 0) + 1
+            correct = list(world.random(4) < p)
+            results.append({"distribution": item["distribution"], "row_id": item["row_id"], "correct": correct})
             kinds.append(kind)
+            informative.append(0 < sum(correct) < 4)
         scheduler.observe_rows(results)
-    return scheduler, kinds
+    return scheduler, kinds, informative
 
 
 def test_pass_rate_prefers_the_learnable_rows_and_retires_solved_ones():
-    shuffled, plain = _simulate({"kind": "shuffle"})
-    chosen, picked = _simulate({"kind": "pass_rate", "retire_after": 4, "recheck": 0.05})
+    _, plain, _ = _simulate({"kind": "shuffle"})
+    chosen, picked, _ = _simulate({"kind": "pass_rate", "retire_after": 4, "recheck": 0.05}, steps=80)
     later = picked[len(picked) // 2 :]  # after warm-up
     assert abs(np.mean([k == 2 for k in plain]) - 1 / 3) < 0.1
-    assert np.mean([k == 2 for k in later]) > 0.6
+    assert np.mean([k == 2 for k in later]) > 0.5
     stats = chosen.report(0)["rows"]["add1"]
     retired = chosen.distributions["add1"].sampler.retired()
     kind = np.arange(len(retired)) % 3
-    assert retired[kind == 0].mean() > 0.8 and not retired[kind == 1].any() and retired[kind == 2].mean() < 0.3
+    assert retired[kind == 0].mean() > 0.6 and not retired[kind == 1].any() and retired[kind == 2].mean() < 0.3
     assert stats["rows_retired"] == retired.sum() and stats["rows_seen"] > 0.9 * len(retired)
 
 
@@ -50,14 +56,26 @@ def test_retire_recheck_and_forgetting():
     rng = np.random.default_rng(0)
     sampler.observe(0, [True, True])
     assert not sampler.retired()[0]  # fewer than retire_after samples seen
-    sampler.observe(0, [True, True])
-    assert sampler.retired().tolist() == [True, False, False]
+    for _ in range(4):
+        sampler.observe(0, [True] * 4)
+    assert sampler.retired().tolist() == [True, False, False]  # P(p >= 0.9) >= 0.9 on 18 straight right answers
     assert sampler.take(5, rng) == [0] * 5  # recheck=1: every draw re-tests the retired row
-    sampler.observe(0, [True, False])  # forgotten: back among the active rows
+    sampler.observe(0, [True, False, False, False])  # forgotten: back among the active rows
     assert not sampler.retired().any()
     never = PassRate(3, (0, "x"), retire_after=4, recheck=0.0)
-    never.observe(1, [True] * 4)
-    assert 1 not in never.take(50, rng)
+    for _ in range(6):
+        never.observe(1, [True] * 4)
+    assert never.retired()[1] and 1 not in never.take(50, rng)
+
+
+def test_one_lucky_group_no_longer_retires_a_row():
+    """Rows of pass rate 0.8, one group of 4 each: the old counting rule retired
+    0.8^4 = 41% of them; the posterior needs more evidence than one group."""
+    sampler = PassRate(400, (0, "x"), retire_after=4)
+    world = np.random.default_rng(0)
+    for row in range(400):
+        sampler.observe(row, list(world.random(4) < 0.8))
+    assert sampler.retired().mean() < 0.05
 
 
 def test_a_batch_draws_distinct_rows_while_there_are_enough():
@@ -67,22 +85,73 @@ def test_a_batch_draws_distinct_rows_while_there_are_enough():
 
 
 def test_band_pass_weight():
-    sampler = PassRate(5, (0, "x"), low=0.2, high=0.8, decay=1.0, floor=0.05)
-    for row, correct in [
-        (0, [True] * 4),
-        (1, [False] * 4),
-        (2, [True, False, False, False]),
-        (3, [True, True, False, False]),
-    ]:
-        sampler.observe(row, correct)
-    # p = 1, 0, 0.25, 0.5, unseen -> floor, floor, inside the band, inside, optimistic
-    assert sampler.weights().tolist() == pytest.approx([0.05, 0.05, 1.0, 1.0, 1.0])
-    sampler.observe(2, [False] * 4)  # decay 1: the newest group only -> p = 0, outside
-    assert sampler.weights()[2] == pytest.approx(0.05)
-    half = PassRate(1, (0, "x"), decay=0.5)
-    half.observe(0, [True] * 4)
-    half.observe(0, [False] * 4)
-    assert half.rate[0] == pytest.approx(0.5)  # recency-weighted: 0.5 * 1 + 0.5 * 0
+    sampler = PassRate(5, (0, "x"), low=0.2, high=0.8, floor=0.05)
+    for _ in range(10):
+        for row, correct in [
+            (0, [True] * 4),
+            (1, [False] * 4),
+            (2, [True, False, False, False]),
+            (3, [True, True, False, False]),
+        ]:
+            sampler.observe(row, correct)
+    w = sampler.weights()  # posterior means ~0.95, ~0.05, ~0.26, 0.5, unseen -> low, low, inside, inside, optimistic
+    assert w[0] < 0.3 and w[1] < 0.3 and w[2:].tolist() == [1.0, 1.0, 1.0]
+    assert sampler.posteriors.mean()[3] == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("kind", ["pass_rate", "thompson", "greso"])
+def test_samplers_depend_on_counts_not_on_order(kind):
+    """A group [wrong, right x 7] and a group [right x 7, wrong] are the same evidence."""
+    from gradus.curriculum.prompts import make_prompt_sampler
+
+    states, draws = [], []
+    for group in ([False] + [True] * 7, [True] * 7 + [False]):
+        sampler = make_prompt_sampler(
+            {"kind": kind, "retire_after": 4} if kind == "pass_rate" else {"kind": kind}, 6, (0, "x")
+        )
+        sampler.take(3, np.random.default_rng(1))
+        sampler.observe(2, group)
+        sampler.observe(4, [True] * 8)
+        states.append(sampler.state_dict())
+        draws.append(sampler.take(4, np.random.default_rng(2)))
+    assert states[0] == states[1] and draws[0] == draws[1]
+
+
+def test_thompson_draws_informative_rows():
+    _, _, plain = _simulate({"kind": "shuffle"}, steps=30, rising=True)
+    chosen, kinds, informative = _simulate({"kind": "thompson", "target": 0.5}, steps=30, rising=True)
+    later = informative[len(informative) // 2 :]
+    assert np.mean(later) > 0.6 and np.mean(later) > np.mean(plain[len(plain) // 2 :]) + 0.2
+    stats = chosen.report(30)["rows"]["add1"]
+    assert abs(stats["predicted_zero_var"] - (1 - np.mean(informative[-6:]))) < 0.5  # calibration, one step
+
+
+def test_greso_skips_before_rollout_and_tracks_its_target():
+    """Rows with a run of all-equal groups are skipped before generation; the
+    share of all-equal groups moves toward the target, and the posterior's
+    prediction of it stays calibrated over the run."""
+    _, _, plain = _simulate({"kind": "shuffle"}, steps=60)
+    scheduler, _, informative = _simulate({"kind": "greso", "target": 0.3, "step": 0.05}, steps=60)
+    sampler = scheduler.distributions["add1"].sampler
+    skipped, predicted, realised = [], [], []
+    for step in range(60, 90):  # continue the same run, reading each step's calibration
+        items = scheduler.next_batch(step, 6)
+        skipped.append(sampler.last["skipped_before_rollout"])
+        predicted.append(sampler.last["predicted_zero_var"])
+        results = [
+            {
+                "distribution": "add1",
+                "row_id": i["row_id"],
+                "correct": [i["row_id"] % 3 == 0] * 4 if i["row_id"] % 3 < 2 else [True, False, True, False],
+            }
+            for i in items
+        ]
+        scheduler.observe_rows(results)
+        realised.append(sampler.last["realised_zero_var"])
+    assert sum(skipped) > 20  # rows passed over without generating a token
+    assert 1 - np.mean(informative[len(informative) // 2 :]) < 1 - np.mean(plain) - 0.2  # fewer all-equal groups
+    assert abs(np.mean(predicted) - np.mean(realised)) < 0.15  # calibrated
+    assert abs(np.mean(realised) - 0.3) < 0.15  # p_e adapted: the all-equal share sits near its target
 
 
 def test_all_retired_distribution_moves_probability_elsewhere():
@@ -101,9 +170,11 @@ def test_all_retired_distribution_moves_probability_elsewhere():
     assert 0.03 < names.count("add1") / 400 < 0.2  # 0.5 * 0.1 / (0.5 * 0.1 + 0.5) ~ 0.09: drawn only for rechecks
 
 
-@pytest.mark.parametrize("prompts", [{"kind": "shuffle"}, {"kind": "pass_rate", "retire_after": 4}])
+@pytest.mark.parametrize(
+    "prompts", [{"kind": "shuffle"}, {"kind": "pass_rate", "retire_after": 4}, {"kind": "thompson"}, {"kind": "greso"}]
+)
 def test_state_round_trip_continues_exactly(prompts):
-    first, _ = _simulate(prompts, steps=10)
+    first, _, _ = _simulate(prompts, steps=10, train_size=None)
     state = first.state_dict()
     second = CurriculumScheduler([ADD1], train_size=None, eval_size=8, seed=0, prompts=prompts)
     second.load_state_dict(state)

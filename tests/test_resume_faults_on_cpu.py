@@ -255,3 +255,26 @@ def test_a_call_killed_by_rays_memory_monitor_counts_as_a_dead_worker():
     env = {**os.environ, "RAY_memory_usage_threshold": "0.01", "RAY_memory_monitor_refresh_ms": "100"}
     out = subprocess.run([sys.executable, "-c", MEMORY_KILL], env=env, capture_output=True, text=True, timeout=120)
     assert "died: OutOfMemoryError" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_sigterm_during_start_up_stops_promptly(tiny_model, tmp_path):
+    """No step to finish yet: start-up ends at once, Ray is shut down, exit 75."""
+    run_dir = tmp_path / "starting"
+    proc = subprocess.Popen(
+        _args(tiny_model, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        _wait_for(lambda: (run_dir / "config.yaml").exists(), proc, "the run directory")  # signals are ours by now
+        time.sleep(1.0)  # inside ray.init or the actors' start
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc)
+    assert proc.returncode == 75, output[-2000:]
+    assert "during start-up" in output and "finishing the step in flight" not in output
+    assert not _metrics(run_dir)
+    deadline = time.time() + 15  # Ray's daemons exit with the shutdown
+    while subprocess.run(["pgrep", "-f", os.environ["RAY_TMPDIR"]], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "Ray daemons outlived the stopped start-up"
+        time.sleep(0.5)

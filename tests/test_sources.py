@@ -76,3 +76,31 @@ def test_missing_field_names_file_row_and_field(tmp_path):
         Distribution("x", "file", {"path": str(bad)}, "numeric", 10, 0, seed=0)
     with pytest.raises(ValueError, match="does not exist"):
         Distribution("x", "file", {"path": str(tmp_path / "nope.jsonl")}, "numeric", 10, 0, seed=0)
+
+
+@pytest.mark.parametrize(
+    "source,params,verifier",
+    [("arithmetic", {"digits": 2}, "numeric"), ("countdown", {}, "countdown"), ("kk", {"people": 3}, "kk")],
+)
+def test_corrupt_changes_only_answers_and_follows_the_seed(source, params, verifier):
+    from gradus.curriculum.scheduler import CurriculumScheduler
+
+    def rows(corrupt: float, seed: int = 3) -> list[dict]:
+        spec = {"name": "d", "source": source, "params": {**params, "corrupt": corrupt}, "verifier": verifier}
+        s = CurriculumScheduler([spec], train_size=90, eval_size=10, seed=seed)
+        return s.distributions["d"].train_rows + s.distributions["d"].eval_rows
+
+    clean, noisy = rows(0), rows(0.3)
+    assert [r["prompt"] for r in clean] == [r["prompt"] for r in noisy]  # the rows and their order
+    changed = [i for i, (a, b) in enumerate(zip(clean, noisy)) if a["answer"] != b["answer"]]
+    assert len(changed) == 30  # 0.3 of 100 rows
+    assert rows(0.3) == noisy  # the same rows in every run with that seed; another seed picks others
+    assert [
+        i for i, (a, b) in enumerate(zip(rows(0, seed=4), rows(0.3, seed=4))) if a["answer"] != b["answer"]
+    ] != changed
+    if source == "arithmetic":  # the clean answer now scores 0 against the corrupted label
+        assert all(
+            verify(verifier, f"<answer>{clean[i]['answer']}</answer>", noisy[i]["answer"]) == 0.0 for i in changed
+        )
+    with pytest.raises(ValueError, match="corrupt must be a fraction"):
+        rows(1.5)

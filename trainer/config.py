@@ -32,6 +32,13 @@ IMPORTANCE_MODES = choices(
 IMPORTANCE_SCOPES = choices(
     "importance scope", {"stale": "async samples only (decoupled PPO)", "all": "every token (rollout/trainer mismatch)"}
 )
+OPTIMIZERS = choices(
+    "optimizer",
+    {
+        "adamw": "AdamW (fused): the default",
+        "sgd": "plain SGD: an update proportional to the gradient (exactness checks)",
+    },
+)
 OFFLOAD_DEVICES = choices(
     "offload device", {"none": "keep on the accelerator", "cpu": "DeepSpeed ZeRO offload to CPU memory"}
 )
@@ -70,6 +77,7 @@ class OffloadConfig:
 class TrainerConfig:
     world_size: int = 1  # data-parallel DeepSpeed ranks
     lr: float = 2e-5
+    optimizer: str = "adamw"  # adamw | sgd (OPTIMIZERS)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     lr_schedule: str = "constant"  # constant | linear | cosine | wsd (trainer/schedules.py)

@@ -66,14 +66,20 @@ def _rloo(rewards: torch.Tensor, eps: float, scale: str) -> torch.Tensor:
 
 
 def group_advantages(
-    rewards: torch.Tensor, estimator: str = "grpo", eps: float = 1e-6, scale: str = "group"
-) -> torch.Tensor:
+    rewards: torch.Tensor | Sequence[torch.Tensor], estimator: str = "grpo", eps: float = 1e-6, scale: str = "group"
+) -> torch.Tensor | list[torch.Tensor]:
     """rewards [groups, G] -> float32 advantages [groups, G].
 
     Computed in float64, and a group whose rewards are all equal gets exactly 0:
     in float32 eight rewards of 0.7 leave a mean residue that 1/(std + eps)
     amplifies to |A| = 0.06, a fake signal for the update and the curriculum.
-    `scale` applies to "grpo" only."""
+    `scale` applies to "grpo" only.
+
+    Ragged groups (a group size per prompt): a list of 1-D tensors gives a list
+    of the same shapes, each what its group alone gives (a group of one: 0);
+    with scale="batch" the divisor is the std of every reward of the batch."""
+    if isinstance(rewards, (list, tuple)):
+        return _ragged_advantages(rewards, estimator, eps, scale)
     rewards = torch.as_tensor(rewards)
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [groups, group_size], got shape {tuple(rewards.shape)}")
@@ -85,11 +91,26 @@ def group_advantages(
     return torch.where(uninformative, torch.zeros_like(advantages), advantages).to(torch.float32)
 
 
+def _ragged_advantages(groups: Sequence[torch.Tensor], estimator: str, eps: float, scale: str) -> list[torch.Tensor]:
+    tensors = [torch.as_tensor(g, dtype=torch.float64) for g in groups]
+    if any(t.dim() != 1 for t in tensors):
+        raise ValueError("ragged rewards must be a list of 1-D tensors, one per group")
+    if scale == "batch" and estimator == "grpo":
+        every = torch.cat(tensors) if tensors else torch.zeros(0, dtype=torch.float64)
+        std = every.std() if every.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+        # centred per group (all-equal groups exactly 0), one divisor for the batch
+        return [(group_advantages(t[None, :], "grpo", eps, "none")[0].double() / (std + eps)).float() for t in tensors]
+    return [group_advantages(t[None, :], estimator, eps, scale)[0] for t in tensors]
+
+
 def batch_advantages(
     rewards: Sequence[Sequence[float]], estimator: str = "grpo", scale: str = "group"
 ) -> list[list[float]]:
     """Advantages of every group a step generated, computed together (one batch
-    for scale="batch"), as nested lists in the groups' order."""
+    for scale="batch"), as nested lists in the groups' order; groups may differ in size."""
+    if len({len(r) for r in rewards}) > 1:
+        ragged = [torch.tensor(list(r), dtype=torch.float32) for r in rewards]
+        return [a.tolist() for a in group_advantages(ragged, estimator, scale=scale)]
     return group_advantages(
         torch.tensor([list(r) for r in rewards], dtype=torch.float32), estimator, scale=scale
     ).tolist()

@@ -96,6 +96,8 @@ class TrainerWorker(WeightSender):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             optimizer = DeepSpeedCPUAdam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_mode=True)
+        elif cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             # fused: one pass over the flat partition with no temporaries (CPU and CUDA kernels); the
             # default multi-op AdamW took ~20x longer on CPU and a partition-sized temporary per op

@@ -8,12 +8,20 @@ from typing import Any
 from gradus.curriculum.bandits import CURRICULA
 from gradus.curriculum.budget import BUDGETS
 from gradus.curriculum.filters import FILTERS
+from gradus.curriculum import posteriors  # noqa: F401 - registers pass_rate, thompson and greso
 from gradus.curriculum.prompts import PROMPT_SAMPLERS
 from gradus.curriculum.registry import Registry
 from gradus.curriculum.sources import SOURCES
 from gradus.launch.config.schema import DEVICES, DTYPES, WANDB_MODES, Config
 from gradus.rollout.rewards import VERIFIERS
-from gradus.trainer.config import IMPORTANCE_MODES, IMPORTANCE_SCOPES, KL_PLACEMENTS, OFFLOAD_DEVICES, OLD_LOGPROBS
+from gradus.trainer.config import (
+    IMPORTANCE_MODES,
+    IMPORTANCE_SCOPES,
+    KL_PLACEMENTS,
+    OFFLOAD_DEVICES,
+    OLD_LOGPROBS,
+    OPTIMIZERS,
+)
 from gradus.trainer.grpo import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_PENALTIES, RATIO_LEVELS, REWARD_SCALES
 from gradus.trainer.schedules import LR_SCHEDULES
 from gradus.trainer.sync import TRANSPORTS
@@ -34,6 +42,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "trainer.kl_in": KL_PLACEMENTS,
     "trainer.old_logprobs": OLD_LOGPROBS,
     "trainer.lr_schedule": LR_SCHEDULES,
+    "trainer.optimizer": OPTIMIZERS,
     "trainer.importance.mode": IMPORTANCE_MODES,
     "trainer.importance.on": IMPORTANCE_SCOPES,
     "trainer.offload.optimizer": OFFLOAD_DEVICES,

@@ -134,6 +134,9 @@ class RunConfig:
     checkpoint_every: int = 10  # steps between checkpoints (and one at the end); 0 = none
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     max_restarts: int = 2  # automatic restarts from the newest checkpoint when a trainer rank dies
+    # deadline of any wait on an actor call; past it the actor counts as dead (restart paths). 0: sized from
+    # the run's pace (30 min until the first step ends, then max(5 min, 10 x the longest step))
+    call_timeout_s: float = 0.0
     save_final: bool = True  # write the trained policy to <run_dir>/final (a Hugging Face directory) at the end
     # warning signal: checkpoint the step in flight and exit 75 (SIGTERM does too, best-effort); "" = only SIGTERM
     preempt_signal: str = "SIGUSR1"

@@ -63,6 +63,10 @@ def validate(cfg: Config) -> None:
         raise GradusError(f"trainer.lr: must be > 0, got {cfg.trainer.lr} (an update with lr 0 changes nothing)")
     if not 0 < cfg.rollout.top_p <= 1:
         raise GradusError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.run.call_timeout_s < 0:
+        raise GradusError(
+            f"run.call_timeout_s: must be >= 0 (0 sizes it from the run's pace), got {cfg.run.call_timeout_s}"
+        )
     if not 0 <= cfg.reward.max_error_frac <= 1:
         raise GradusError(f"reward.max_error_frac: must be between 0 and 1, got {cfg.reward.max_error_frac}")
     if cfg.data.train_size is not None and cfg.data.train_size < 1:
@@ -124,6 +128,11 @@ def _validate_memory(t: TrainerConfig) -> None:
         raise GradusError(
             f"trainer.offload.params=cpu needs trainer.zero_stage=3 (got {t.zero_stage}): "
             "only ZeRO-3 partitions parameters"
+        )
+    if t.offload.optimizer == "cpu" and t.optimizer != "adamw":
+        raise GradusError(
+            f"trainer.offload.optimizer=cpu runs DeepSpeed's CPU Adam: it needs trainer.optimizer=adamw, "
+            f"got {t.optimizer}"
         )
     if t.offload.optimizer == "cpu" and t.zero_stage < 1:
         raise GradusError(

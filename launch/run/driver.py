@@ -26,6 +26,7 @@ from gradus.launch.run.assemble import (
     local_scheduler,
     scheduler_args,
 )
+from gradus.launch.run.faults import Watchdog
 from gradus.launch.run.groups import RolloutGroup, TrainerGroup, node_of
 from gradus.launch.run.metrics import MetricsLogger, close_step, held_out_metrics, train_metrics, training_batch_metrics
 from gradus.launch.run.prefetch import Prefetcher
@@ -86,7 +87,8 @@ class Run:
                 "(model and optimizer are in CPU memory already)",
                 flush=True,
             )
-        self.scheduler = SchedulerClient(self.scheduler_args)
+        self.watchdog = Watchdog(cfg.run.call_timeout_s)
+        self.scheduler = SchedulerClient(self.scheduler_args, watchdog=self.watchdog)
         share = None
         if cfg.cluster.colocate:
             per_bundle = -(-cfg.rollout.num_workers // cfg.trainer.world_size)
@@ -101,6 +103,7 @@ class Run:
             cfg.trainer.cpus_per_rank,
             cfg.trainer.resources,
             share,
+            watchdog=self.watchdog,
         )
         self.rollout = RolloutGroup(
             cfg.rollout.num_workers,
@@ -111,6 +114,7 @@ class Run:
             dataclasses.asdict(cfg.reward),
             self.device,
             colocate_with=self.trainers if cfg.cluster.colocate else None,
+            watchdog=self.watchdog,
         )
         self.num_params = self.trainers.setup(
             self.model_path, cfg.model.dtype, cfg.trainer, cfg.run.seed, cfg.run.steps, norm_len=cfg.rollout.max_tokens
@@ -269,6 +273,7 @@ class Run:
         if every and ((step + 1) % every == 0 or step + 1 == self.cfg.run.steps):
             metrics.update(self.evaluate(step))
         self.logger.log(step, metrics)
+        self.watchdog.observe(metrics["time/step"])
         return metrics
 
     def update(

@@ -1,9 +1,57 @@
-"""How Ray reports that a worker process is gone. The driver restarts the run
-from its newest checkpoint, the rollout group replaces the worker and the
-scheduler client restarts the scheduler actor: whichever way the process died."""
+"""How the driver learns that a worker is gone or hung. The driver restarts the
+run from its newest checkpoint, the rollout group replaces the worker and the
+scheduler client restarts the scheduler actor: whichever way the process died,
+and when a call to it outlived the watchdog's deadline (then it is killed first)."""
 
-from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+from __future__ import annotations
 
-# An actor died (crash, kill, lost node: RayActorError), or the process running a
-# call was killed by Ray's memory monitor (OutOfMemoryError) or crashed with it.
-WORKER_DIED = (RayActorError, OutOfMemoryError, WorkerCrashedError, NodeDiedError)
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+
+STARTUP_TIMEOUT_S = 1800.0  # until the first step has finished: model loading, compiling, a cold cache
+FLOOR_TIMEOUT_S = 300.0  # no call is given less than this
+STEP_FACTOR = 10.0  # ... nor less than this many times the longest step so far
+
+
+class HungWorker(Exception):
+    """A call to an actor did not return within the watchdog's deadline; the actor was killed."""
+
+
+# An actor died (crash, kill, lost node: RayActorError), the process running a
+# call was killed by Ray's memory monitor (OutOfMemoryError) or crashed with it,
+# or a call hung past the watchdog (HungWorker).
+WORKER_DIED = (RayActorError, OutOfMemoryError, WorkerCrashedError, NodeDiedError, HungWorker)
+
+
+class Watchdog:
+    """The deadline of every driver-side wait on an actor call (run.call_timeout_s).
+    0 sizes it from the run's own pace: STARTUP_TIMEOUT_S until a step has
+    finished, then max(FLOOR_TIMEOUT_S, STEP_FACTOR x the longest step so far).
+    A call past it is a dead worker: its actors are killed and HungWorker raised,
+    which takes the existing restart paths."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.fixed = seconds
+        self.longest_step = 0.0
+
+    def observe(self, step_seconds: float) -> None:
+        self.longest_step = max(self.longest_step, step_seconds)
+
+    @property
+    def seconds(self) -> float:
+        if self.fixed > 0:
+            return self.fixed
+        return STARTUP_TIMEOUT_S if not self.longest_step else max(FLOOR_TIMEOUT_S, STEP_FACTOR * self.longest_step)
+
+    def get(self, refs: Any, what: str, actors: list[Any] | None = None) -> Any:
+        """ray.get under the deadline; past it, kill `actors` and raise HungWorker naming `what`."""
+        try:
+            return ray.get(refs, timeout=self.seconds)
+        except GetTimeoutError:
+            for actor in actors or []:
+                ray.kill(actor)
+            raise HungWorker(
+                f"{what} did not answer within {self.seconds:.0f} s (run.call_timeout_s); treated as dead"
+            ) from None

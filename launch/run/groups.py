@@ -17,7 +17,8 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from gradus.launch.run.faults import WORKER_DIED
+from gradus.launch.errors import GradusError
+from gradus.launch.run.faults import WORKER_DIED, HungWorker, Watchdog
 from gradus.curriculum.items import Item
 from gradus.rollout.records import Group
 from gradus.rollout.worker import RolloutWorker, engine_env
@@ -42,6 +43,20 @@ def node_of(actor: Any) -> dict[str, str]:
     return ray.get(actor.__ray_call__.remote(where))
 
 
+def placement_ready(placement: PlacementGroup, watchdog: Watchdog, what: str) -> None:
+    """Wait for a placement group's bundles, under the watchdog: a cluster that
+    cannot hold them is a clear error, not a silent hang."""
+    try:
+        watchdog.get(placement.ready(), f"placement of {what}")
+    except HungWorker:
+        remove_placement_group(placement)
+        raise GradusError(
+            f"Ray could not place {what} within {watchdog.seconds:.0f} s: the cluster lacks the CPUs/GPUs or custom "
+            f"resources they ask for (bundles {placement.bundle_specs}, cluster {ray.cluster_resources()}); "
+            "lower rollout.num_workers / trainer.world_size, set cluster.colocate=true, or add nodes"
+        ) from None
+
+
 def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
     return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
 
@@ -64,14 +79,16 @@ class TrainerGroup:
         cpus_per_rank: float = 1.0,
         resources: dict | None = None,
         share: tuple[float, float] | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        self.watchdog = watchdog or Watchdog()
         gpu = 1.0 if device == "cuda" else 0.0
         self.share = share or (0.0, 0.0)
         extra_cpus, gpu_share = self.share
         self.placement = placement_group(
             [bundle(cpus_per_rank + extra_cpus, gpu, resources or {})] * world_size, strategy="PACK"
         )
-        ray.get(self.placement.ready())
+        placement_ready(self.placement, self.watchdog, f"{world_size} trainer rank bundle(s)")
         env = {
             "OMP_NUM_THREADS": str(threads),
             **TRAINER_MALLOC,
@@ -89,6 +106,10 @@ class TrainerGroup:
             for r in range(world_size)
         ]
 
+    def _all(self, refs: Any, method: str) -> Any:
+        """Every rank's answer under the watchdog; a hung rank kills the group (the run restarts)."""
+        return self.watchdog.get(refs, f"trainer ranks ({method})", self.ranks)
+
     def setup(
         self, model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None
     ) -> int:
@@ -96,16 +117,20 @@ class TrainerGroup:
         master = self.address()
         self.max_tokens = cfg.max_tokens_per_micro_batch
         self.kl_in_loss = cfg.kl_coef > 0 and cfg.kl_in == "loss"
-        params = ray.get(
-            [r.setup.remote(master, model_path, dtype, cfg, seed, total_steps, norm_len) for r in self.ranks]
+        params = self._all(
+            [r.setup.remote(master, model_path, dtype, cfg, seed, total_steps, norm_len) for r in self.ranks], "setup"
         )[0]
-        self.share_prompts = ray.get(self.ranks[0].shares_prompts.remote())  # as the ranks resolved it for this model
-        self.zero_stage = ray.get(self.ranks[0].zero_stage.remote())  # ZeRO-1/2 on one rank run as stage 0
+        self.share_prompts = self._all(
+            self.ranks[0].shares_prompts.remote(), "shares_prompts"
+        )  # as the ranks resolved it for this model
+        self.zero_stage = self._all(
+            self.ranks[0].zero_stage.remote(), "zero_stage"
+        )  # ZeRO-1/2 on one rank run as stage 0
         return params
 
     def address(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port there."""
-        return ray.get(self.ranks[0].address.remote())
+        return self._all(self.ranks[0].address.remote(), "address")
 
     def train(
         self, samples: Sequence[TrainSample], mini_batches: int, max_tokens_per_micro_batch: int, skip: bool = True
@@ -127,7 +152,7 @@ class TrainerGroup:
             )
             for rank, share in enumerate(shares):
                 per_rank[rank].append(share)
-        return ray.get([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)])
+        return self._all([r.train.remote(minis) for r, minis in zip(self.ranks, per_rank)], "train")
 
     def export_weights(self) -> Any:
         """An object-store reference to rank 0's full float32 weights as one dict
@@ -135,11 +160,11 @@ class TrainerGroup:
         return [r.export_weights.remote() for r in self.ranks][0]
 
     def weight_layout(self, bucket_mb: float) -> list:
-        return ray.get([r.weight_layout.remote(bucket_mb) for r in self.ranks])[0]
+        return self._all([r.weight_layout.remote(bucket_mb) for r in self.ranks], "weight_layout")[0]
 
     def publish_weights(self) -> list:
         """Object-store references to rank 0's weight buckets (all ranks take part)."""
-        return ray.get([r.publish_weights.remote() for r in self.ranks])[0]
+        return self._all([r.publish_weights.remote() for r in self.ranks], "publish_weights")[0]
 
     def broadcast_weights(self) -> list:
         """Futures of every rank's part in one broadcast sync."""
@@ -151,11 +176,12 @@ class TrainerGroup:
         forwards, which a sharded (ZeRO-3) reference needs; PAD slots are ignored."""
         lengths = [len(s.prompt_ids) + len(s.tokens) for s in samples]
         per_rank, padding = plan(lengths, len(self.ranks), self.max_tokens), dummy(samples[0])
-        parts = ray.get(
+        parts = self._all(
             [
                 r.sequence_kl.remote([[samples[i] if i != PAD else padding for i in micro] for micro in micros])
                 for r, micros in zip(self.ranks, per_rank)
-            ]
+            ],
+            "sequence_kl",
         )
         kls = [0.0] * len(samples)
         for micros, values in zip(per_rank, parts):
@@ -166,22 +192,22 @@ class TrainerGroup:
         return kls
 
     def save_checkpoint(self, directory: str) -> None:
-        ray.get([r.save_checkpoint.remote(directory) for r in self.ranks])
+        self._all([r.save_checkpoint.remote(directory) for r in self.ranks], "save_checkpoint")
 
     def load_checkpoint(self, directory: str, changes: dict[str, float] | None = None) -> dict[str, int]:
         """Load on every rank (with this run's lr / weight_decay `changes`); returns
         the world size and ZeRO stage it was saved from."""
-        return ray.get([r.load_checkpoint.remote(directory, changes) for r in self.ranks])[0]
+        return self._all([r.load_checkpoint.remote(directory, changes) for r in self.ranks], "load_checkpoint")[0]
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """Rank 0's view of the full weights and optimizer state (all ranks take part)."""
-        return ray.get([r.checkpoint_state.remote() for r in self.ranks])[0]
+        return self._all([r.checkpoint_state.remote() for r in self.ranks], "checkpoint_state")[0]
 
     def param_sums(self) -> dict[str, float]:
-        return ray.get([r.param_sums.remote() for r in self.ranks])[0]
+        return self._all([r.param_sums.remote() for r in self.ranks], "param_sums")[0]
 
     def save_model(self, directory: str, tokenizer_from: str) -> None:
-        ray.get([r.save_model.remote(directory, tokenizer_from) for r in self.ranks])
+        self._all([r.save_model.remote(directory, tokenizer_from) for r in self.ranks], "save_model")
 
     def shutdown(self) -> None:
         for rank in self.ranks:
@@ -208,7 +234,9 @@ class RolloutGroup:
         device: str = "cpu",
         colocate_with: TrainerGroup | None = None,
         max_restarts: int = 3,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        self.watchdog = watchdog or Watchdog()
         engine_args: dict[str, Any] = {
             "dtype": dtype,
             "max_model_len": rollout.max_model_len,
@@ -231,7 +259,7 @@ class RolloutGroup:
                 [bundle(rollout.cpus_per_worker, gpus, rollout.resources)] * n, strategy="PACK"
             )
             self.owns_placement, self.bundles = True, list(range(n))
-            ray.get(self.placement.ready())
+            placement_ready(self.placement, self.watchdog, f"{n} rollout worker bundle(s)")
         self.options = {
             "num_cpus": rollout.cpus_per_worker,
             "num_gpus": gpus,
@@ -254,14 +282,21 @@ class RolloutGroup:
             .remote(*self.args[i], **self.engine_args)
         )
 
+    def _all(self, refs: Any, method: str) -> Any:
+        return self.watchdog.get(refs, f"rollout workers ({method})", self.workers)
+
+    def _one(self, i: int, ref: Any, method: str) -> Any:
+        """Worker i's answer under the watchdog; a hung worker is killed (the caller replaces it)."""
+        return self.watchdog.get(ref, f"rollout worker {i} ({method})", [self.workers[i]])
+
     def ready(self) -> None:
-        ray.get([w.ready.remote() for w in self.workers])
+        self._all([w.ready.remote() for w in self.workers], "ready")
 
     def connect(self, trainers: TrainerGroup, transport: str, bucket_mb: float) -> None:
         """Set up weight sync from trainer rank 0 (once both groups are up)."""
         self.trainers, self.transport = trainers, transport
         self.layout = trainers.weight_layout(bucket_mb)
-        ray.get([w.set_weight_layout.remote(self.layout) for w in self.workers])
+        self._all([w.set_weight_layout.remote(self.layout) for w in self.workers], "set_weight_layout")
         if transport == "broadcast":
             self._join()
 
@@ -269,9 +304,10 @@ class RolloutGroup:
         """(Re)build the broadcast group: trainer rank 0 is rank 0, worker i rank i + 1."""
         host, port = self.trainers.address()
         world, backend = 1 + len(self.workers), "nccl" if self.device == "cuda" else "gloo"
-        ray.get(
+        self._all(
             [self.trainers.ranks[0].join_weight_group.remote(host, port, world, backend)]
-            + [w.join_weight_group.remote(host, port, world, i + 1, backend) for i, w in enumerate(self.workers)]
+            + [w.join_weight_group.remote(host, port, world, i + 1, backend) for i, w in enumerate(self.workers)],
+            "join_weight_group",
         )
 
     def _replace(self, i: int) -> None:
@@ -280,9 +316,10 @@ class RolloutGroup:
         ray.kill(self.workers[i])
         self.workers[i] = self._start(i)
         if self.trainers is not None:
-            ray.get(self.workers[i].set_weight_layout.remote(self.layout))
+            self._one(i, self.workers[i].set_weight_layout.remote(self.layout), "set_weight_layout")
             if self.version:
-                ray.get(self.workers[i].fetch_weights.remote(self.trainers.publish_weights(), self.version))
+                refs = self.trainers.publish_weights()
+                self._one(i, self.workers[i].fetch_weights.remote(refs, self.version), "fetch_weights")
             if self.transport == "broadcast":
                 self._join()
         self.restarts += 1
@@ -295,7 +332,7 @@ class RolloutGroup:
         for i, future in futures.items():
             for attempt in range(self.max_restarts + 1):
                 try:
-                    results[i] = ray.get(future)
+                    results[i] = self._one(i, future, "generate")
                     break
                 except WORKER_DIED:
                     if attempt == self.max_restarts:
@@ -318,11 +355,11 @@ class RolloutGroup:
         seconds, dead = [], []
         for i, future in enumerate(receivers):
             try:
-                seconds.append(ray.get(future))
+                seconds.append(self._one(i, future, "update_weights"))
             except WORKER_DIED:
                 dead.append(i)
         try:
-            ray.get(senders)
+            self.trainers._all(senders, "broadcast_weights")
         except RayTaskError:
             if not dead:
                 raise
@@ -331,13 +368,13 @@ class RolloutGroup:
         return max(seconds, default=0.0)
 
     def sleep(self) -> None:
-        ray.get([w.sleep.remote() for w in self.workers])
+        self._all([w.sleep.remote() for w in self.workers], "sleep")
 
     def wake_up(self) -> None:
-        ray.get([w.wake_up.remote() for w in self.workers])
+        self._all([w.wake_up.remote() for w in self.workers], "wake_up")
 
     def param_sums(self) -> list[dict[str, float]]:
-        return ray.get([w.param_sums.remote() for w in self.workers])
+        return self._all([w.param_sums.remote() for w in self.workers], "param_sums")
 
     def shutdown(self) -> None:
         for worker in self.workers:

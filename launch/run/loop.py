@@ -71,9 +71,10 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                             f"a worker died and run.max_restarts={cfg.run.max_restarts} restarts are used up: {err}"
                         ).splitlines()[0]
                     ) from None
-                resume = "latest" if checkpoint.complete(run.run_dir) else None
+                resume = "latest" if checkpoint.newest_valid(run.run_dir) else None
+                why = (str(err).splitlines() or [""])[0][:300]
                 print(
-                    f"gradus: a worker died ({type(err).__name__}); restarting from {resume or 'scratch'} "
+                    f"gradus: a worker died ({type(err).__name__}: {why}); restarting from {resume or 'scratch'} "
                     f"({attempt + 1}/{cfg.run.max_restarts})",
                     flush=True,
                 )

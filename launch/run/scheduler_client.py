@@ -17,7 +17,7 @@ import ray
 
 from gradus.curriculum.items import Item
 from gradus.curriculum.scheduler import remote_scheduler
-from gradus.launch.run.faults import WORKER_DIED
+from gradus.launch.run.faults import WORKER_DIED, Watchdog
 
 
 class SchedulerLost(Exception):
@@ -25,8 +25,9 @@ class SchedulerLost(Exception):
 
 
 class SchedulerClient:
-    def __init__(self, args: dict[str, Any], max_restarts: int = 3) -> None:
+    def __init__(self, args: dict[str, Any], max_restarts: int = 3, watchdog: Watchdog | None = None) -> None:
         self.args, self.max_restarts = args, max_restarts
+        self.watchdog = watchdog or Watchdog()
         self.actor = remote_scheduler(**args)
         self.epoch = 0  # bumped by every restart
         self.restarts = 0
@@ -70,7 +71,7 @@ class SchedulerClient:
             if epoch is not None and epoch != current:
                 raise SchedulerLost
             try:
-                return ray.get(getattr(actor, method).remote(*args))
+                return self.watchdog.get(getattr(actor, method).remote(*args), f"scheduler ({method})", [actor])
             except WORKER_DIED:
                 if not self._restart(current):
                     raise
@@ -101,7 +102,7 @@ class SchedulerClient:
             ray.kill(self.actor)
             self.actor = remote_scheduler(**self.args)
             if self.snapshot is not None:
-                ray.get(self.actor.load_state_dict.remote(self.snapshot))
+                self.watchdog.get(self.actor.load_state_dict.remote(self.snapshot), "scheduler (load_state_dict)")
             self.epoch += 1
             self.restarts += 1
         print(

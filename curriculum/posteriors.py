@@ -1,0 +1,373 @@
+"""Row-level posteriors and the samplers that decide before rollout.
+
+Every row keeps a Beta posterior over its pass rate p: the prior's mean is its
+distribution's running pass rate (0.5 before any evidence) with strength
+`prior_strength`; each observed group adds its successes and failures to the
+row's evidence after multiplying the old evidence by `discount` (old outcomes
+fade as the policy changes). A group enters only through (successes, size), so
+what a sampler does next never depends on the order of samples inside a group.
+
+From the posterior, the chance that a group of n samples is all-equal (no
+gradient signal) is E[p^n + (1-p)^n] = B(a+n, b)/B(a, b) + B(a, b+n)/B(a, b):
+each sampler reports that prediction for the rows it drew beside the share of
+all-equal groups it then saw (`predicted_zero_var`, `realised_zero_var`), and
+`skipped_before_rollout`, rows passed over before any token was generated.
+(Statistics are those of the last step drawn and observed.)
+
+- `pass_rate`: retires a row once P(p >= retire_p) >= confidence (0.9 and 0.9)
+  with at least `retire_after` samples seen, rechecks retired rows with
+  probability `recheck` (a wrong answer lowers the posterior and brings the row
+  back), and draws the others with a band-pass weight on the posterior mean p:
+  1 inside [low, high], max(floor, 4 p (1 - p)) outside, unseen rows inside;
+  `decay` is the share of a row's evidence that fades at each new group. A row
+  of a distribution near p = 0.8 needs ~12 straight right answers to retire
+  (the counting rule it replaces retired a p = 0.8 row after one group of 4
+  with probability 0.41, and decided on the order of samples in a group).
+- `thompson` (MoPPS, Qu et al. 2025): draw p~ from each candidate row's
+  posterior and take the rows whose draw is nearest `target`.
+- `greso` (GRESO, Li et al. 2025, "Act Only When It Pays"): a row whose last z
+  groups were all-equal is kept with probability p_e^z (eq. 1; p_e per kind:
+  all right "easy" or all wrong "hard") and skipped otherwise, before rollout;
+  after each step p_e moves by `step` toward keeping the share of all-equal
+  groups at `target` (eq. 2: down when above it, up when below), within
+  [`min_explore`, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.special import betainc, betaln
+
+from gradus.curriculum.prompts import PROMPT_SAMPLERS, PromptSampler
+
+
+class RowPosteriors:
+    """Discounted Beta evidence per row, with a prior from the distribution's mean."""
+
+    def __init__(self, n_rows: int, prior_strength: float = 2.0, discount: float = 0.9) -> None:
+        if prior_strength <= 0 or not 0 < discount <= 1:
+            raise ValueError("row posteriors: need prior_strength > 0 and 0 < discount <= 1")
+        self.prior_strength, self.discount = float(prior_strength), float(discount)
+        self.wins = np.zeros(n_rows)  # discounted successes
+        self.losses = np.zeros(n_rows)  # discounted failures
+        self.seen = np.zeros(n_rows, dtype=np.int64)  # samples ever observed (undiscounted)
+        self.total_wins = self.total_samples = 0.0  # the distribution's running pass rate
+
+    def observe(self, row: int, successes: int, n: int) -> None:
+        self.wins[row] = self.discount * self.wins[row] + successes
+        self.losses[row] = self.discount * self.losses[row] + (n - successes)
+        self.seen[row] += n
+        self.total_wins += successes
+        self.total_samples += n
+
+    def prior_mean(self) -> float:
+        return (self.total_wins + 1.0) / (self.total_samples + 2.0)
+
+    def params(self) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha, beta) of every row's posterior."""
+        m = self.prior_mean()
+        return self.prior_strength * m + self.wins, self.prior_strength * (1 - m) + self.losses
+
+    def mean(self) -> np.ndarray:
+        a, b = self.params()
+        return a / (a + b)
+
+    def prob_at_least(self, threshold: float) -> np.ndarray:
+        """P(p >= threshold) per row."""
+        a, b = self.params()
+        return 1.0 - betainc(a, b, threshold)
+
+    def zero_var(self, rows: Sequence[int], n: int) -> np.ndarray:
+        """P(a group of n samples is all right or all wrong) for each row."""
+        a, b = (x[np.asarray(rows, dtype=np.int64)] for x in self.params())
+        return np.exp(betaln(a + n, b) - betaln(a, b)) + np.exp(betaln(a, b + n) - betaln(a, b))
+
+    def state_dict(self) -> dict:
+        return {
+            "wins": self.wins.tolist(),
+            "losses": self.losses.tolist(),
+            "seen": self.seen.tolist(),
+            "total": [self.total_wins, self.total_samples],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wins, self.losses = np.asarray(state["wins"], float), np.asarray(state["losses"], float)
+        self.seen = np.asarray(state["seen"], dtype=np.int64)
+        self.total_wins, self.total_samples = (float(v) for v in state["total"])
+
+
+class PosteriorSampler(PromptSampler):
+    """Shared bookkeeping: posteriors, and the calibration of the last step."""
+
+    def __init__(
+        self, n_rows: int, seed: tuple, prior_strength: float = 2.0, discount: float = 0.9, group_size: int = 4
+    ) -> None:
+        super().__init__(n_rows, seed)
+        self.posteriors = RowPosteriors(n_rows, prior_strength, discount)
+        self.group_size = int(group_size)  # for the zero-variance prediction; observe() uses each group's own size
+        self.last = {
+            "skipped_before_rollout": 0.0,
+            "predicted_zero_var": float("nan"),
+            "realised_zero_var": float("nan"),
+        }
+        self._pending_zero: list[bool] = []
+
+    def _drawn(self, rows: Sequence[int], skipped: int) -> None:
+        self.last["skipped_before_rollout"] = float(skipped)
+        self.last["predicted_zero_var"] = (
+            float(np.mean(self.posteriors.zero_var(rows, self.group_size))) if len(rows) else float("nan")
+        )
+        self._pending_zero = []
+
+    def observe(self, row_id: int, correct: Sequence[bool]) -> None:
+        if not len(correct):
+            return
+        successes, n = int(sum(bool(c) for c in correct)), len(correct)
+        self.posteriors.observe(row_id, successes, n)
+        self._pending_zero.append(successes in (0, n))
+        self.last["realised_zero_var"] = float(np.mean(self._pending_zero))
+
+    def stats(self) -> dict[str, float]:
+        seen = self.posteriors.seen > 0
+        mean = self.posteriors.mean()
+        return {
+            "rows_seen": float(seen.sum()),
+            "pass_rate": float(mean[seen].mean()) if seen.any() else float("nan"),
+            **self.last,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "posteriors": self.posteriors.state_dict(),
+            "last": dict(self.last),
+            "pending": list(self._pending_zero),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.posteriors.load_state_dict(state["posteriors"])
+        self.last = {k: float("nan") if v is None else float(v) for k, v in state["last"].items()}
+        self._pending_zero = [bool(v) for v in state["pending"]]
+
+
+@PROMPT_SAMPLERS.register("thompson")
+class Thompson(PosteriorSampler):
+    """MoPPS: rows whose posterior draw lands nearest the target pass rate."""
+
+    def __init__(
+        self,
+        n_rows: int,
+        seed: tuple,
+        target: float = 0.5,
+        prior_strength: float = 2.0,
+        discount: float = 0.9,
+        group_size: int = 4,
+    ) -> None:
+        super().__init__(n_rows, seed, prior_strength, discount, group_size)
+        if not 0 < target < 1:
+            raise ValueError("thompson sampler: need 0 < target < 1")
+        self.target = float(target)
+
+    def take(self, n: int, rng: np.random.Generator | None) -> list[int]:
+        if rng is None:
+            raise ValueError("thompson sampler: draws need the scheduler's rng")
+        out: list[int] = []
+        while len(out) < n:  # without replacement within a call, as far as the rows go
+            a, b = self.posteriors.params()
+            draws = rng.beta(a, b)
+            order = np.argsort(np.abs(draws - self.target), kind="stable")
+            out += [int(i) for i in order[: min(n - len(out), self.n_rows)]]
+        self._drawn(out, skipped=0)
+        return out
+
+
+@PROMPT_SAMPLERS.register("greso")
+class Greso(PosteriorSampler):
+    """GRESO: skip rows with a run of all-equal groups before generating them."""
+
+    def __init__(
+        self,
+        n_rows: int,
+        seed: tuple,
+        target: float = 0.25,
+        step: float = 0.01,
+        min_explore: float = 0.05,
+        explore: float = 0.5,
+        prior_strength: float = 2.0,
+        discount: float = 0.9,
+        group_size: int = 4,
+    ) -> None:
+        super().__init__(n_rows, seed, prior_strength, discount, group_size)
+        if not 0 <= target <= 1 or not 0 < step < 1 or not 0 < min_explore <= explore <= 1:
+            raise ValueError("greso sampler: need 0 <= target <= 1, 0 < step < 1, 0 < min_explore <= explore <= 1")
+        self.target, self.step, self.min_explore = float(target), float(step), float(min_explore)
+        self.explore = {"easy": float(explore), "hard": float(explore)}  # p_e per kind of all-equal group
+        self.streak = np.zeros(n_rows, dtype=np.int64)  # consecutive all-equal groups, newest last
+        self.kind = np.zeros(n_rows, dtype=np.int64)  # 1: the run is all right (easy), 0: all wrong (hard)
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        from gradus.curriculum.prompts import derive_seed
+
+        return np.random.default_rng(derive_seed(*self.seed, "greso", self.epoch)).permutation(self.n_rows)
+
+    def keep_probability(self, row: int) -> float:
+        """p_e^z for a row whose last z groups were all-equal (1 for z = 0)."""
+        p = self.explore["easy" if self.kind[row] else "hard"]
+        return float(p ** self.streak[row])
+
+    def take(self, n: int, rng: np.random.Generator | None) -> list[int]:
+        if rng is None:
+            raise ValueError("greso sampler: draws need the scheduler's rng")
+        self.end_of_step()  # the groups observed since the last draw are all in: adapt p_e first
+        out: list[int] = []
+        skipped = 0
+        while len(out) < n:
+            if self.cursor == self.n_rows:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._order = self._permutation()
+            row = int(self._order[self.cursor])
+            self.cursor += 1
+            if rng.random() < self.keep_probability(row) or skipped >= 20 * self.n_rows:
+                out.append(row)
+            else:
+                skipped += 1
+        self._drawn(out, skipped)
+        return out
+
+    def observe(self, row_id: int, correct: Sequence[bool]) -> None:
+        if not len(correct):
+            return
+        super().observe(row_id, correct)
+        successes = sum(bool(c) for c in correct)
+        if successes in (0, len(correct)):
+            same = self.streak[row_id] > 0 and self.kind[row_id] == int(successes > 0)
+            self.streak[row_id] = self.streak[row_id] + 1 if same else 1
+            self.kind[row_id] = int(successes > 0)
+        else:
+            self.streak[row_id] = 0
+
+    def end_of_step(self) -> None:
+        """Adapt p_e toward the target share of all-equal groups (GRESO eq. 2)."""
+        if not self._pending_zero:
+            return
+        share = float(np.mean(self._pending_zero))
+        for kind in self.explore:
+            moved = self.explore[kind] - self.step if share > self.target else self.explore[kind] + self.step
+            self.explore[kind] = float(min(1.0, max(self.min_explore, moved)))
+
+    def stats(self) -> dict[str, float]:
+        return {**super().stats(), "explore_easy": self.explore["easy"], "explore_hard": self.explore["hard"]}
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "explore": dict(self.explore),
+            "streak": self.streak.tolist(),
+            "kind": self.kind.tolist(),
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.explore = {k: float(v) for k, v in state["explore"].items()}
+        self.streak = np.asarray(state["streak"], dtype=np.int64)
+        self.kind = np.asarray(state["kind"], dtype=np.int64)
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._permutation()
+
+
+@PROMPT_SAMPLERS.register("pass_rate")
+class PassRate(PosteriorSampler):
+    """Retire solved rows, recheck them now and then, prefer the learnable band."""
+
+    def __init__(
+        self,
+        n_rows: int,
+        seed: tuple,
+        retire_after: int = 4,
+        recheck: float = 0.05,
+        low: float = 0.2,
+        high: float = 0.8,
+        decay: float = 0.1,
+        floor: float = 0.05,
+        retire_p: float = 0.9,
+        confidence: float = 0.9,
+        prior_strength: float = 2.0,
+        group_size: int = 4,
+    ) -> None:
+        if (
+            retire_after < 1
+            or not 0 <= recheck <= 1
+            or not 0 <= low <= high <= 1
+            or not 0 < decay <= 1
+            or not 0 < floor <= 1
+            or not 0 < retire_p < 1
+            or not 0 < confidence < 1
+        ):
+            raise ValueError(
+                "pass_rate sampler: need retire_after >= 1, 0 <= recheck <= 1, 0 <= low <= high <= 1, "
+                "0 < decay <= 1, 0 < floor <= 1, 0 < retire_p < 1, 0 < confidence < 1"
+            )
+        # decay: the share of a row's evidence that fades at each of its new groups (the posterior's discount)
+        super().__init__(n_rows, seed, prior_strength, discount=max(1.0 - decay, 0.05), group_size=group_size)
+        self.retire_after, self.recheck, self.low, self.high, self.floor = (
+            int(retire_after),
+            float(recheck),
+            low,
+            high,
+            floor,
+        )
+        self.retire_p, self.confidence = float(retire_p), float(confidence)
+
+    def retired(self) -> np.ndarray:
+        """Rows seen at least retire_after times whose posterior puts P(p >= retire_p) >= confidence."""
+        return (self.posteriors.seen >= self.retire_after) & (
+            self.posteriors.prob_at_least(self.retire_p) >= self.confidence
+        )
+
+    def weights(self) -> np.ndarray:
+        """Band-pass weight per row from its posterior mean (unseen rows: 1, optimistic)."""
+        p = self.posteriors.mean()
+        inside = (self.posteriors.seen == 0) | ((p >= self.low) & (p <= self.high))
+        return np.where(inside, 1.0, np.maximum(self.floor, 4 * p * (1 - p)))
+
+    def take(self, n: int, rng: np.random.Generator | None) -> list[int]:
+        if rng is None:
+            raise ValueError("pass_rate sampler: draws need the scheduler's rng")
+        retired = self.retired()
+        active, dormant = np.flatnonzero(~retired), np.flatnonzero(retired)
+        rechecks = n if not len(active) else int((rng.random(n) < self.recheck).sum()) if len(dormant) else 0
+        out = [int(i) for i in rng.choice(dormant, size=rechecks)] if rechecks else []
+        fresh = n - rechecks
+        while fresh > 0:  # without replacement within a call, as far as the active rows go
+            w = self.weights()[active]
+            picked = rng.choice(active, size=min(fresh, len(active)), replace=False, p=w / w.sum())
+            out += [int(i) for i in picked]
+            fresh -= len(picked)
+        self._drawn(out, skipped=0)
+        return out
+
+    def availability(self) -> float:
+        return self.recheck if self.retired().all() else 1.0
+
+    def stats(self) -> dict[str, float]:
+        return {"rows_retired": float(self.retired().sum()), **super().stats()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "attempts" in state:  # a checkpoint from before the posteriors: its counts become the evidence
+            attempts, successes = np.asarray(state["attempts"], float), np.asarray(state["successes"], float)
+            state = {
+                "posteriors": {
+                    "wins": successes.tolist(),
+                    "losses": (attempts - successes).tolist(),
+                    "seen": attempts.astype(int).tolist(),
+                    "total": [successes.sum(), attempts.sum()],
+                },
+                "last": dict(self.last),
+                "pending": [],
+            }
+        super().load_state_dict(state)
