@@ -20,7 +20,7 @@ import torch
 
 from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.trainer.sync import WeightReceiver, WeightSender
-from gradus.trainer.worker import free_port
+from gradus.trainer.rank_setup import free_port
 
 
 class Source(WeightSender):

@@ -27,8 +27,10 @@ def engine_env(threads: int, kv_cache_gib: float) -> dict[str, str]:
 
 
 def _reload(worker: Any, weights: list) -> None:
-    """Runs inside vLLM's worker: HF-named tensors in, vLLM fuses q/k/v itself."""
-    worker.model_runner.reload_weights(weights_iterator=iter(weights))
+    """Runs inside vLLM's worker: HF-named tensors in, vLLM fuses q/k/v itself.
+    The worker's own reload_weights sets vLLM's config context (its model
+    runner's, called directly, fails in 0.32 outside that context on CUDA)."""
+    worker.reload_weights(weights_iterator=iter(weights))
 
 
 def _engine_param_sums(worker: Any) -> dict[str, float]:
@@ -108,6 +110,9 @@ class RolloutWorker:
 
         self.llm = LLM(model=model_path, seed=seed, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
+        from vllm.platforms import current_platform
+
+        self.chunk_seeded = current_platform.is_cpu()  # the seeded chunked-prefill crash is vLLM-CPU's only
         self.weights = RewardWeights(**(reward or {}))
         self.version = 0
 
@@ -151,7 +156,8 @@ class RolloutWorker:
         ]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         outputs = []
-        for chunk in seeded_chunks(prompt_ids, any(p.seed is not None for p in params), n):
+        seeded = self.chunk_seeded and any(p.seed is not None for p in params)
+        for chunk in seeded_chunks(prompt_ids, seeded, n):
             outputs += self.llm.generate([prompts[i] for i in chunk], [params[i] for i in chunk], use_tqdm=False)
         groups = []
         for item, ids, out in zip(items, prompt_ids, outputs):
@@ -184,9 +190,11 @@ class RolloutWorker:
         self.llm.reset_prefix_cache()
         self.version = version
 
-    def sleep(self) -> None:
-        """Colocated on a GPU: free KV cache and weights' memory for the update."""
-        self.llm.sleep(level=1)
+    def sleep(self, level: int = 2) -> None:
+        """Colocated on a GPU: free KV cache and weights' memory for the update.
+        Level 2 discards the weights instead of copying them to host memory: the
+        update's new weights overwrite them right after wake_up anyway."""
+        self.llm.sleep(level=level)
 
     def wake_up(self) -> None:
         self.llm.wake_up()

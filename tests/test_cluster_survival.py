@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gradus.launch.run.preempt import StopSignals
+from gradus.launch.run.preempt import StartupStopped, StopSignals
 
 RAY_SHIM = '#!/usr/bin/env bash\necho "$*" >> "$RAY_CALLS"\n'
 
@@ -64,6 +64,7 @@ def test_stop_signals_record_the_first_signal_and_restore_handlers(capfd):
     before = signal.getsignal(signal.SIGUSR2)
     with StopSignals("SIGUSR2") as stop:
         assert stop.requested is None
+        stop.started()  # the first step is under way: signals let it finish
         os.kill(os.getpid(), signal.SIGUSR2)
         os.kill(os.getpid(), signal.SIGTERM)  # a second signal does not change the request nor kill the process
         assert stop.requested == "SIGUSR2"
@@ -72,6 +73,14 @@ def test_stop_signals_record_the_first_signal_and_restore_handlers(capfd):
     assert (
         "SIGUSR2: finishing the step in flight" in err and "SIGTERM while stopping on SIGUSR2: already stopping" in err
     )
+
+
+def test_a_stop_signal_during_start_up_stops_it_at_once(capfd):
+    with pytest.raises(StartupStopped, match="SIGUSR2"):
+        with StopSignals("SIGUSR2"):
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(5)  # start-up work: interrupted, not waited for
+    assert "SIGUSR2 during start-up: stopping" in capfd.readouterr().err
 
 
 SBATCH_SHIMS = {

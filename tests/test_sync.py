@@ -5,7 +5,7 @@ import multiprocessing as mp
 
 import torch
 
-from gradus.trainer.worker import free_port
+from gradus.trainer.rank_setup import free_port
 from gradus.trainer.sync import WeightReceiver, WeightSender, bucket_layout, unpack
 
 

@@ -10,7 +10,7 @@ import ray
 from gradus.trainer.batching import TrainSample
 from gradus.trainer.config import TrainerConfig
 from gradus.launch.run.groups import TRAINER_MALLOC, TrainerGroup
-from gradus.trainer.worker import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
+from gradus.trainer.rank_setup import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
 
 pytestmark = pytest.mark.e2e
 

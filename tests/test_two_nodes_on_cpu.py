@@ -16,7 +16,7 @@ import ray
 from gradus.launch.config.load import load_config
 from gradus.launch.run.driver import Run
 from tests.conftest import stop_own_ray
-from gradus.trainer.worker import free_port
+from gradus.trainer.rank_setup import free_port
 
 pytestmark = pytest.mark.e2e
 

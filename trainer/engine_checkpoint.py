@@ -196,7 +196,8 @@ def load(engine: Any, directory: str, rank: int, changes: dict[str, float] | Non
                 _set_state(engine, param, key, weights.get_tensor(f"{key}/{name}"))
     for entry in filter(None, base.state.values()):
         for key, value in meta["optimizer_scalars"].items():
-            entry[key] = torch.tensor(value, dtype=entry[key].dtype) if torch.is_tensor(entry.get(key)) else value
+            old = entry.get(key)  # fused AdamW wants `step` on the parameter's device
+            entry[key] = torch.tensor(value, dtype=old.dtype, device=old.device) if torch.is_tensor(old) else value
     for group, saved in zip(base.param_groups, meta["param_groups"]):
         group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})  # JSON lists: betas
     if meta["lr_scheduler"] is not None:

@@ -5,6 +5,7 @@ config itself. Split from worker.py, which runs the update."""
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 from typing import Any
 
@@ -40,6 +41,22 @@ def return_freed_blocks(threshold: int = FIXED_MMAP_THRESHOLD) -> bool:
     return done
 
 
+def allocator(saving: bool) -> int | None:
+    """The fixed mmap threshold a rank's malloc runs with (None: glibc's default,
+    which keeps freed blocks for reuse). MALLOC_MMAP_THRESHOLD_ in the driver's
+    environment decides; otherwise settings that ask for memory over speed
+    (`saving`: ZeRO-3, offload, gradient checkpointing) also get freed blocks
+    returned to the OS (`return_freed_blocks`), and the others keep the faster default."""
+    if MMAP_THRESHOLD_ENV in os.environ:
+        value = os.environ[MMAP_THRESHOLD_ENV]
+        if not value.isdigit():
+            raise ValueError(
+                f"{MMAP_THRESHOLD_ENV}={value!r} in the driver's environment: give bytes as an integer, e.g. 1048576"
+            )
+        return int(value)
+    return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
+
+
 def share_fp32_master(optimizer: Any) -> None:
     """ZeRO-3 keeps an fp32 master copy of each rank's partition, and means to reuse
     the partition itself when it is already fp32 on the optimizer's device; but
@@ -65,11 +82,20 @@ def share_fp32_master(optimizer: Any) -> None:
 
 
 def deepspeed_config(
-    stage: int, hidden: int, piece_params: int, offload: dict[str, str], grad_clip: float, training: bool = True
+    stage: int,
+    hidden: int,
+    piece_params: int,
+    offload: dict[str, str],
+    grad_clip: float,
+    dtype: str = "float32",
+    training: bool = True,
 ) -> dict[str, Any]:
     """A rank's DeepSpeed config: ZeRO `stage` with buckets sized from the model's
-    `hidden` size, offload where asked, gradient clipping; training=False gives
-    the optimizer-free reference engine's."""
+    `hidden` size, offload where asked, gradient clipping, and the model's dtype:
+    bf16/fp16 parameters with fp32 master weights and optimizer state in
+    DeepSpeed's mixed-precision optimizers (fp16 with dynamic loss scaling), which
+    also makes ZeRO-3's zero.Init build in that dtype. training=False gives the
+    optimizer-free reference engine's."""
     zero: dict[str, Any] = {"stage": stage}
     if zero["stage"] == 3:  # DeepSpeed's defaults (1e9 live / reuse distance) keep a < 1B model whole on every rank
         h2, live = hidden**2, piece_params  # buckets as HF's "auto" values
@@ -99,4 +125,15 @@ def deepspeed_config(
                 "zero_force_ds_cpu_optimizer": False,
             }
         )
+    if dtype == "bfloat16":
+        config["bf16"] = {"enabled": True}
+    elif dtype == "float16":
+        config["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        }
     return config

@@ -79,8 +79,10 @@ def new_group(host: str, port: int, world_size: int, rank: int, backend: str) ->
     """A process group of its own; rank 0 hosts the rendezvous store."""
     store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=GROUP_TIMEOUT)
     prefixed = dist.PrefixStore("gradus-weights", store)
-    if backend == "nccl":
-        return dist.ProcessGroupNCCL(prefixed, rank, world_size)
+    if backend == "nccl":  # with a deadline: a dead receiver frees rank 0 after GROUP_TIMEOUT, not NCCL's 10 minutes
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = GROUP_TIMEOUT
+        return dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
     return dist.ProcessGroupGloo(prefixed, rank, world_size, GROUP_TIMEOUT)
 
 
@@ -88,6 +90,8 @@ def broadcast(group: Any, tensor: torch.Tensor) -> None:
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
     group.broadcast([tensor], opts).wait()
+    if tensor.is_cuda:  # NCCL's wait() orders the stream, not the host: time the transfer itself
+        torch.cuda.synchronize(tensor.device)
 
 
 class WeightSender:

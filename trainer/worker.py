@@ -23,8 +23,8 @@ from gradus.trainer.loss import completion_logprobs, micro_batch_loss, per_token
 from gradus.trainer.models import add_lora, load_model, streamed_state
 from gradus.trainer import engine_checkpoint
 from gradus.trainer.schedules import lr_multiplier
-from gradus.trainer.rank_setup import FIXED_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV, deepspeed_config, free_port
-from gradus.trainer.rank_setup import return_freed_blocks, share_fp32_master
+from gradus.trainer.rank_setup import allocator, deepspeed_config, free_port
+from gradus.trainer.rank_setup import share_fp32_master
 from gradus.trainer.sync import WeightSender
 
 
@@ -36,7 +36,10 @@ RANK_STATS = (
 
 
 class TrainerWorker(WeightSender):
-    def __init__(self, rank: int, world_size: int, threads: int = 2) -> None:
+    def __init__(self, rank: int, world_size: int, threads: int = 2, device: str = "cpu") -> None:
+        """`device`: the run's cluster.device (cuda or cpu), never probed here: a
+        CPU run on a GPU node must not pick NCCL."""
+        self.device = device
         torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
 
@@ -75,13 +78,15 @@ class TrainerWorker(WeightSender):
             MASTER_PORT=str(master[1]),
         )
         torch.manual_seed(seed)
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo")
         self.cfg, self.loss = cfg, loss_options(cfg, norm_len)
         self.lora = cfg.lora is not None
-        torch_dtype = getattr(torch, dtype)
+        torch_dtype, self.dtype = getattr(torch, dtype), dtype
         self.hidden = getattr(AutoConfig.from_pretrained(model_path), "hidden_size", 4096)
         self.stage = self._engine_stage(say=self.rank == 0)
-        self.mmap_threshold = self._allocator()
+        self.mmap_threshold = allocator(
+            self.stage == 3 or cfg.gradient_checkpointing or "cpu" in self._offload().values()
+        )
         ds_config = self._ds_config()
         model = load_model(model_path, torch_dtype, ds_config, cfg.zero_init)
         self.share_prompts = prompt_sharing(model, cfg.share_prompts, say=self.rank == 0)
@@ -120,6 +125,11 @@ class TrainerWorker(WeightSender):
             self.ref = self._reference_model(model_path, torch_dtype)
         return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
+    def free_cache(self) -> None:
+        """Return cached CUDA blocks to the driver (a colocated vLLM wakes up next)."""
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
     def shares_prompts(self) -> bool:
         """Whether this rank encodes each group's prompt once (resolved at setup)."""
         return self.share_prompts
@@ -145,24 +155,6 @@ class TrainerWorker(WeightSender):
             )
         return 0
 
-    def _allocator(self) -> int | None:
-        """The fixed mmap threshold this rank's malloc runs with (None: glibc's
-        default, which keeps freed blocks for reuse). MALLOC_MMAP_THRESHOLD_ in the
-        driver's environment decides; otherwise the settings that ask for memory
-        over speed (ZeRO-3, offload, gradient checkpointing) also get freed blocks
-        returned to the OS (`return_freed_blocks`), and the others keep the faster
-        default."""
-        if MMAP_THRESHOLD_ENV in os.environ:
-            value = os.environ[MMAP_THRESHOLD_ENV]
-            if not value.isdigit():
-                raise ValueError(
-                    f"{MMAP_THRESHOLD_ENV}={value!r} in the driver's environment: "
-                    "give bytes as an integer, e.g. 1048576"
-                )
-            return int(value)
-        saving = self.stage == 3 or self.cfg.gradient_checkpointing or "cpu" in self._offload().values()
-        return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
-
     def _clip_keeping_norm(self) -> None:
         """ZeRO-0's gradient clipping (the engine calls it after reducing), keeping the
         pre-clip norm for train/grad_norm as ZeRO 1-3 do; DeepSpeed's drops it."""
@@ -177,7 +169,7 @@ class TrainerWorker(WeightSender):
         """trainer.offload where it applies: on CUDA (a CPU-only run keeps model and
         optimizer in CPU memory already)."""
         offload = self.cfg.offload
-        return {"optimizer": offload.optimizer, "params": offload.params} if torch.cuda.is_available() else {}
+        return {"optimizer": offload.optimizer, "params": offload.params} if self.device == "cuda" else {}
 
     def _piece_params(self) -> int:
         """Parameters held gathered or merged at once: under one transformer layer
@@ -188,7 +180,7 @@ class TrainerWorker(WeightSender):
         """The policy engine's DeepSpeed config, or (training=False) the optimizer-free
         reference engine's."""
         return deepspeed_config(
-            self.stage, self.hidden, self._piece_params(), self._offload(), self.cfg.grad_clip, training
+            self.stage, self.hidden, self._piece_params(), self._offload(), self.cfg.grad_clip, self.dtype, training
         )
 
     def _reference_model(self, model_path: str, dtype: torch.dtype) -> Any:

@@ -21,7 +21,12 @@ WANDB_MODES = choices(
 )
 DTYPES = choices(
     "model dtype",
-    {"float32": "the CPU default", "bfloat16": "GPUs that support it", "float16": "older GPUs (loss scaling)"},
+    {
+        "auto": "float32 on CPU, bfloat16 on GPUs that support it, else float16",
+        "float32": "full precision (the CPU choice: bf16 is emulated and ~4x slower there)",
+        "bfloat16": "bf16 weights, fp32 master weights and optimizer state",
+        "float16": "fp16 weights, fp32 master weights, dynamic loss scaling",
+    },
 )
 DEVICES = choices("device", {"auto": "cuda when the Ray cluster has GPUs, else cpu", "cpu": "CPU only", "cuda": "GPUs"})
 
@@ -31,7 +36,7 @@ class ModelConfig:
     path: str = (
         "smollm2-135m-instruct"  # an embedded model name (see launch/prepare/model_dirs.py) or a local HF directory
     )
-    dtype: str = "float32"  # float32 on CPU: bf16 is emulated and ~4x slower there
+    dtype: str = "auto"  # DTYPES: auto = float32 on CPU, bf16 on GPUs that support it (fp16 otherwise)
 
 
 @dataclass
@@ -83,10 +88,12 @@ class RolloutConfig:
     kv_cache_gib: float = 1.0  # vLLM-CPU KV cache size
     max_model_len: int = 512
     threads: int = 2
-    enforce_eager: bool = True  # false: vLLM compiles the model (docs/reference/cpu-stack.md)
+    # None: eager on CPU (docs/reference/cpu-stack.md), compiled with CUDA graphs on GPUs
+    enforce_eager: Optional[bool] = None
     cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
     tensor_parallel_size: int = 1  # CUDA: GPUs per worker (vLLM tensor parallel)
-    gpu_memory_utilization: float = 0.5  # CUDA: vLLM's share of each GPU (weights + KV cache)
+    # CUDA: vLLM's share of each GPU (weights + KV cache); None: 0.9 with GPUs of its own, colocated 0.5 split
+    gpu_memory_utilization: Optional[float] = None
     resources: dict = field(default_factory=dict)  # custom Ray resources per worker, e.g. {rollout_node: 1}
     async_generation: bool = False  # generate the next batches while the trainer updates (launch/run/driver.py)
     max_staleness: int = (

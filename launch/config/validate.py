@@ -67,6 +67,10 @@ def validate(cfg: Config) -> None:
         raise GradusError(
             f"run.call_timeout_s: must be >= 0 (0 sizes it from the run's pace), got {cfg.run.call_timeout_s}"
         )
+    if cfg.rollout.gpu_memory_utilization is not None and not 0 < cfg.rollout.gpu_memory_utilization <= 1:
+        raise GradusError(
+            f"rollout.gpu_memory_utilization: must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}"
+        )
     if not 0 <= cfg.reward.max_error_frac <= 1:
         raise GradusError(f"reward.max_error_frac: must be between 0 and 1, got {cfg.reward.max_error_frac}")
     if cfg.data.train_size is not None and cfg.data.train_size < 1:

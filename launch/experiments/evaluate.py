@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from gradus.launch.config.load import load_config
-from gradus.launch.config.schema import Config
+from gradus.launch.config.schema import ClusterConfig, Config
 from gradus.launch.run.assemble import eval_items, local_scheduler
 from gradus.launch.errors import GradusError
 from gradus.launch.run.metrics import held_out_metrics
+from gradus.launch.run.resources import engine_settings, model_dtype, plan
 from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.rollout.worker import engine_env
 
@@ -45,13 +46,14 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
     os.environ.update(engine_env(cfg.rollout.threads, cfg.rollout.kv_cache_gib))
     from gradus.rollout.worker import RolloutWorker
 
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # one engine in this process, on what it has
+    standalone = dataclasses.replace(cfg, cluster=ClusterConfig())  # no Ray here: its own GPUs, no colocation
+    engine = engine_settings(standalone, device, plan(standalone, device))
+    engine.pop("distributed_executor_backend", None)
     worker = RolloutWorker(
-        str(model),
-        cfg.run.seed,
-        dataclasses.asdict(cfg.reward),
-        dtype=cfg.model.dtype,
-        max_model_len=cfg.rollout.max_model_len,
-        enforce_eager=cfg.rollout.enforce_eager,
+        str(model), cfg.run.seed, dataclasses.asdict(cfg.reward), dtype=model_dtype(cfg, device), **engine
     )
     groups, seconds = worker.generate(
         eval_items(rows, cfg.run.seed),

@@ -19,8 +19,6 @@ from gradus.launch.config.schema import Config
 from gradus.launch.errors import GradusError
 from gradus.rollout.records import Group, Sample
 
-COLOCATED_ROLLOUT_GPU_SHARE = 0.5  # of each trainer GPU, split between the rollout workers placed on it
-
 
 def scheduler_args(cfg: Config) -> dict[str, Any]:
     return {
@@ -75,6 +73,17 @@ def eval_items(rows: dict[str, list[Item]], seed: int) -> list[Item]:
     same in every evaluation of a run, and in `gradus eval`)."""
     items = [row for name in rows for row in rows[name]]
     return [dataclasses.replace(row, seed=derive_seed(seed, "eval", i, bits=31)) for i, row in enumerate(items)]
+
+
+def bf16_on_gpus() -> bool:
+    """Whether the cluster's GPUs compute in bf16 (Ampere and later): asked of one GPU, before anything is placed."""
+
+    def probe() -> bool:
+        import torch
+
+        return bool(torch.cuda.is_bf16_supported())
+
+    return bool(ray.get(ray.remote(num_gpus=1, num_cpus=0)(probe).remote(), timeout=300))
 
 
 def init_ray(cfg: Config) -> None:

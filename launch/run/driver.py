@@ -18,18 +18,12 @@ from gradus.launch.config.schema import Config, to_dict
 from gradus.launch.errors import GradusError
 from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.launch.run import checkpoint_dirs as checkpoint
-from gradus.launch.run.assemble import (
-    COLOCATED_ROLLOUT_GPU_SHARE,
-    Produced,
-    eval_items,
-    init_ray,
-    local_scheduler,
-    scheduler_args,
-)
+from gradus.launch.run.assemble import Produced, bf16_on_gpus, eval_items, init_ray, local_scheduler, scheduler_args
 from gradus.launch.run.faults import Watchdog
 from gradus.launch.run.groups import RolloutGroup, TrainerGroup, node_of
 from gradus.launch.run.metrics import MetricsLogger, close_step, held_out_metrics, train_metrics, training_batch_metrics
 from gradus.launch.run.prefetch import Prefetcher
+from gradus.launch.run.resources import check_combinations, engine_settings, model_dtype, plan, preflight
 from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
 from gradus.launch.run.scheduler_client import SchedulerClient, SchedulerLost
 from gradus.launch.run.user_errors import UserErrors
@@ -88,36 +82,41 @@ class Run:
                 flush=True,
             )
         self.watchdog = Watchdog(cfg.run.call_timeout_s)
+        check_combinations(cfg, self.device)
+        placement = plan(cfg, self.device)
+        problem = preflight(placement, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        if problem:
+            raise GradusError(problem)
+        self.dtype = model_dtype(cfg, self.device, bf16_on_gpus() if self.device == "cuda" else True)
         self.scheduler = SchedulerClient(self.scheduler_args, watchdog=self.watchdog)
-        share = None
-        if cfg.cluster.colocate:
-            per_bundle = -(-cfg.rollout.num_workers // cfg.trainer.world_size)
-            share = (
-                per_bundle * cfg.rollout.cpus_per_worker,
-                COLOCATED_ROLLOUT_GPU_SHARE if self.device == "cuda" else 0.0,
-            )
         self.trainers = TrainerGroup(
             cfg.trainer.world_size,
             cfg.trainer.threads,
             self.device,
             cfg.trainer.cpus_per_rank,
             cfg.trainer.resources,
-            share,
+            placement.colocated_share if cfg.cluster.colocate else None,
             watchdog=self.watchdog,
         )
         self.rollout = RolloutGroup(
             cfg.rollout.num_workers,
             self.model_path,
             cfg.rollout,
-            cfg.model.dtype,
+            self.dtype,
             cfg.run.seed,
             dataclasses.asdict(cfg.reward),
             self.device,
+            placement,
+            engine_settings(cfg, self.device, placement),
             colocate_with=self.trainers if cfg.cluster.colocate else None,
             watchdog=self.watchdog,
         )
+        if (
+            cfg.cluster.colocate and self.device == "cuda"
+        ):  # vLLM sizes its memory from what is free: before the trainers
+            self.rollout.ready()
         self.num_params = self.trainers.setup(
-            self.model_path, cfg.model.dtype, cfg.trainer, cfg.run.seed, cfg.run.steps, norm_len=cfg.rollout.max_tokens
+            self.model_path, self.dtype, cfg.trainer, cfg.run.seed, cfg.run.steps, norm_len=cfg.rollout.max_tokens
         )
         self.rollout.ready()
         self.rollout.connect(self.trainers, cfg.sync.transport, cfg.sync.bucket_mb)
@@ -288,7 +287,8 @@ class Run:
             samples, self.cfg.trainer.mini_batches, self.cfg.trainer.max_tokens_per_micro_batch, skip
         )
         metrics = {"time/train": time.perf_counter() - t0}
-        if sleeps:
+        if sleeps:  # the trainers' cached CUDA blocks go back before vLLM takes its memory again
+            self.trainers.free_cache()
             self.rollout.wake_up()
         if prefetch:
             prefetch.before_sync(step)

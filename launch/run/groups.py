@@ -19,22 +19,20 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from gradus.launch.errors import GradusError
 from gradus.launch.run.faults import WORKER_DIED, HungWorker, Watchdog
+from gradus.launch.run.resources import Placement, bundle
 from gradus.curriculum.items import Item
 from gradus.rollout.records import Group
 from gradus.rollout.worker import RolloutWorker, engine_env
 from gradus.trainer.batching import PAD, RankShare, TrainSample, assign, dummy, plan
 from gradus.trainer.config import TrainerConfig
 from gradus.trainer.sync import WeightReceiver
-from gradus.trainer.worker import MMAP_THRESHOLD_ENV, TrainerWorker
+from gradus.trainer.rank_setup import MMAP_THRESHOLD_ENV
+from gradus.trainer.worker import TrainerWorker
 
 
 class RolloutActor(WeightReceiver, RolloutWorker):
     """A vLLM rollout worker that can receive bucketed weights (a worker
     extension, like verl's and OpenRLHF's)."""
-
-
-def bundle(cpus: float, gpus: float, resources: dict) -> dict[str, float]:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **resources}
 
 
 def node_of(actor: Any) -> dict[str, str]:
@@ -62,7 +60,7 @@ def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
 
 
 # A malloc mmap threshold set in the driver's environment reaches every rank
-# (the ranks otherwise choose one by their settings: TrainerWorker._allocator).
+# (the ranks otherwise choose one by their settings: trainer.rank_setup.allocator).
 TRAINER_MALLOC = {MMAP_THRESHOLD_ENV: os.environ[MMAP_THRESHOLD_ENV]} if MMAP_THRESHOLD_ENV in os.environ else {}
 
 
@@ -102,7 +100,7 @@ class TrainerGroup:
                 runtime_env={"env_vars": env},
                 scheduling_strategy=_on(self.placement, r),
             )
-            .remote(r, world_size, threads)
+            .remote(r, world_size, threads, device)
             for r in range(world_size)
         ]
 
@@ -206,6 +204,9 @@ class TrainerGroup:
     def param_sums(self) -> dict[str, float]:
         return self._all([r.param_sums.remote() for r in self.ranks], "param_sums")[0]
 
+    def free_cache(self) -> None:
+        self._all([r.free_cache.remote() for r in self.ranks], "free_cache")
+
     def save_model(self, directory: str, tokenizer_from: str) -> None:
         self._all([r.save_model.remote(directory, tokenizer_from) for r in self.ranks], "save_model")
 
@@ -220,8 +221,10 @@ class RolloutGroup:
     worker that dies is replaced, given the current weights, and its shard
     generated again (up to `max_restarts` times per call).
 
-    Placement: a placement group of its own (one bundle per worker), or with
-    `colocate_with` the trainer ranks' bundles (worker i on rank i mod world)."""
+    Placement (launch/run/resources.py): the plan's rollout groups (one bundle
+    per worker; with tensor parallelism a group per worker whose GPU bundles
+    vLLM's own Ray workers take), or with `colocate_with` the trainer ranks'
+    bundles (worker i on rank i mod world)."""
 
     def __init__(
         self,
@@ -231,42 +234,33 @@ class RolloutGroup:
         dtype: str,
         seed: int,
         reward: dict,
-        device: str = "cpu",
+        device: str,
+        placement: Placement,
+        engine: dict[str, Any],
         colocate_with: TrainerGroup | None = None,
         max_restarts: int = 3,
         watchdog: Watchdog | None = None,
     ) -> None:
         self.watchdog = watchdog or Watchdog()
-        engine_args: dict[str, Any] = {
-            "dtype": dtype,
-            "max_model_len": rollout.max_model_len,
-            "enforce_eager": rollout.enforce_eager,
-        }
-        gpus = 0.0
-        if device == "cuda":
-            engine_args.update(
-                tensor_parallel_size=rollout.tensor_parallel_size, gpu_memory_utilization=rollout.gpu_memory_utilization
-            )
-            gpus = float(rollout.tensor_parallel_size)
+        self.engine_args = {"dtype": dtype, **engine}
+        self.owned: list[PlacementGroup] = []
         if colocate_with is not None:
-            self.placement, self.owns_placement = colocate_with.placement, False
-            self.bundles = [i % len(colocate_with.ranks) for i in range(n)]
-            per_bundle = -(-n // len(colocate_with.ranks))
-            gpus = colocate_with.share[1] / per_bundle if device == "cuda" else 0.0
-            engine_args["enable_sleep_mode"] = device == "cuda"
+            self.slots = [(colocate_with.placement, i % len(colocate_with.ranks)) for i in range(n)]
+            self.engine_args["enable_sleep_mode"] = device == "cuda"
         else:
-            self.placement = placement_group(
-                [bundle(rollout.cpus_per_worker, gpus, rollout.resources)] * n, strategy="PACK"
-            )
-            self.owns_placement, self.bundles = True, list(range(n))
-            placement_ready(self.placement, self.watchdog, f"{n} rollout worker bundle(s)")
+            for group in placement.rollout:
+                self.owned.append(placement_group(group, strategy=placement.rollout_strategy))
+                placement_ready(self.owned[-1], self.watchdog, f"rollout bundle(s) {group}")
+        # vLLM's Ray workers (tensor parallelism) are scheduled into their engine's own group
+        self.capture = colocate_with is None and placement.rollout_strategy == "STRICT_PACK"
+        if colocate_with is None:  # a group per (tensor-parallel) engine at its bundle 0, or one with every worker's
+            self.slots = [(g, 0) for g in self.owned] if self.capture else [(self.owned[0], i) for i in range(n)]
         self.options = {
             "num_cpus": rollout.cpus_per_worker,
-            "num_gpus": gpus,
+            "num_gpus": placement.rollout_actor_gpus,
             "runtime_env": {"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)},
         }
         self.args = [(model_path, seed + i, reward) for i in range(n)]
-        self.engine_args = engine_args
         self.workers = [self._start(i) for i in range(n)]
         self.device = device
         self.max_restarts = max_restarts
@@ -275,7 +269,8 @@ class RolloutGroup:
         self.trainers: TrainerGroup | None = None
 
     def _start(self, i: int) -> Any:
-        strategy = _on(self.placement, self.bundles[i])
+        group, index = self.slots[i]
+        strategy = PlacementGroupSchedulingStrategy(group, index, placement_group_capture_child_tasks=self.capture)
         return (
             ray.remote(RolloutActor)
             .options(**self.options, scheduling_strategy=strategy)
@@ -379,5 +374,5 @@ class RolloutGroup:
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
-        if self.owns_placement:
-            remove_placement_group(self.placement)
+        for group in self.owned:
+            remove_placement_group(group)
