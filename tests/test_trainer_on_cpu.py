@@ -53,7 +53,9 @@ def _train(
     before) and every rank's stats. `then`: a batch with nothing informative,
     trained next, must complete (one dummy pass per rank) without a forward over
     its samples."""
-    cfg = dataclasses.replace(TrainerConfig(), lr=1e-4, threads=1, max_tokens_per_micro_batch=48, **overrides)
+    cfg = dataclasses.replace(
+        TrainerConfig(), **{"lr": 1e-4, "threads": 1, "max_tokens_per_micro_batch": 48, **overrides}
+    )
     group = TrainerGroup(world_size, threads=1)
     try:
         group.setup(str(model), "float32", cfg, seed=0, total_steps=2)
@@ -301,3 +303,30 @@ def test_loss_is_a_mean_over_updates(local_ray, tiny_model):
         _train(tiny_model, 1, batch, **tiny, check_moved=False)[1][0]["loss"] for batch in (_batch()[:6], _batch()[6:])
     ]
     assert four[0]["loss"] == pytest.approx(sum(halves) / 2, rel=1e-3) and abs(sum(halves)) > 1e-3
+
+
+def test_gpu_smoke_tier_a_runs_on_cpu():
+    """benchmarks/gpu_smoke.py's tier A (bf16 with fp32 masters, ZeRO-3 bf16, LoRA +
+    checkpointing, the loss under bf16, checkpoint + resume) on CPU: every check passes,
+    so on a GPU a FAIL points at the machine, not at the script."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--tier", "A", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    lines = [line for line in out.stdout.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
+    assert out.returncode == 0 and [line[:7] for line in lines] == [
+        "PASS A1",
+        "PASS A2",
+        "SKIP A3",
+        "PASS A4",
+        "PASS A5",
+        "PASS A6",
+    ], out.stdout + out.stderr[-3000:]

@@ -123,6 +123,7 @@ def deepspeed_config(
                 "managed_gradient_accumulation": False,
                 "gradient_clipping": grad_clip,
                 "zero_force_ds_cpu_optimizer": False,
+                "zero_allow_untested_optimizer": True,  # plain SGD (trainer.optimizer=sgd) under ZeRO
             }
         )
     if dtype == "bfloat16":

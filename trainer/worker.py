@@ -139,18 +139,25 @@ class TrainerWorker(WeightSender):
         return self.stage
 
     def _engine_stage(self, say: bool) -> int:
-        """trainer.zero_stage, except that ZeRO-1/2 on a single rank (without optimizer
-        offload) run as stage 0: they partition nothing there, and each step would
-        flatten and copy every gradient and keep a second fp32 copy of the weights.
-        The update is the same."""
+        """trainer.zero_stage, except: ZeRO-1/2 on a single rank (fp32, without
+        optimizer offload) run as stage 0, where they partition nothing and each step
+        would flatten and copy every gradient and keep a second fp32 copy of the
+        weights (the same update); and bf16/fp16 run at stage 1 or more, whose
+        optimizer keeps the fp32 master weights that checkpoints read."""
         stage = self.cfg.zero_stage
+        if self.dtype != "float32":
+            if stage == 0 and say:
+                print(
+                    f"gradus: model.dtype={self.dtype} runs ZeRO stage 1 (fp32 master weights in the optimizer)",
+                    flush=True,
+                )
+            return max(stage, 1)
         if self.world_size > 1 or stage not in (1, 2) or self._offload().get("optimizer") == "cpu":
             return stage
         if say:
             print(
-                f"gradus: trainer.zero_stage={stage} on one rank partitions nothing: "
-                "running ZeRO stage 0 (the same update, "
-                "without flat gradient copies or a second fp32 copy of the weights)",
+                f"gradus: trainer.zero_stage={stage} on one rank partitions nothing: running ZeRO stage 0 (the same "
+                "update, without flat gradient copies or a second fp32 copy of the weights)",
                 flush=True,
             )
         return 0

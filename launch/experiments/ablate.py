@@ -22,6 +22,7 @@ from gradus.curriculum.registry import nearest
 from gradus.launch.config.load import load_config
 from gradus.launch.config.schema import Config, build
 from gradus.launch.errors import GradusError
+from gradus.launch.experiments.paired import last_outcomes, write_paired
 from gradus.launch.experiments.plots import plot_all
 from gradus.launch.run.preempt import Preempted
 from gradus.launch.experiments.results import aggregate, read_metrics, run_summary, write_results
@@ -178,12 +179,8 @@ def _run_parallel(todo: list[Job], parallel: int, failure: Callable[[Job, Except
     collect(list(pending))
 
 
-PUBLISHED = (
-    "metrics.jsonl",
-    START_EVAL,
-    "done.json",
-    "config.yaml",
-)  # per run: enough to recompute every number and plot
+# per run: enough to recompute every number and plot; eval/ holds each held-out row's outcomes per evaluation
+PUBLISHED = ("metrics.jsonl", START_EVAL, "done.json", "config.yaml", "eval")
 
 
 def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -> dict[str, Path]:
@@ -207,7 +204,13 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     plot_all(
         {cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}, out_dir / "plots"
     )
-    return {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
+    paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
+    if spec.reference_cell:
+        seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
+        runs = {cell: {s: read_metrics(d) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
+        outcomes = {cell: {s: last_outcomes(d) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
+        paths["paired"] = write_paired(out_dir, spec.reference_cell, runs, outcomes)[1]
+    return paths
 
 
 def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path]:
@@ -223,7 +226,9 @@ def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path
         target = Path(dest) / job.cell / f"seed-{job.seed}"
         target.mkdir(parents=True, exist_ok=True)
         for name in PUBLISHED:
-            if (job.run_dir / name).exists():
+            if (job.run_dir / name).is_dir():
+                shutil.copytree(job.run_dir / name, target / name, dirs_exist_ok=True)
+            elif (job.run_dir / name).exists():
                 shutil.copyfile(job.run_dir / name, target / name)
     return summarize(spec, jobs, Path(dest))
 

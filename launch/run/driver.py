@@ -310,6 +310,22 @@ class Run:
             top_p=1.0,
             system_prompt=cfg.data.system_prompt,
         )
+        outcomes = self.run_dir / "eval" / f"step-{step + 1:06d}.jsonl"  # per row: for bootstraps over rows
+        outcomes.parent.mkdir(exist_ok=True)
+        outcomes.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "distribution": g.distribution,
+                        "row_id": g.item.row_id,
+                        "right": sum(g.correct),
+                        "samples": len(g.samples),
+                    }
+                )
+                + "\n"
+                for g in groups
+            )
+        )
         return {"time/eval": seconds, **held_out_metrics(groups, list(rows), cfg.eval.k)}
 
     def wall_seconds(self) -> float:

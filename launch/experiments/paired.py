@@ -1,0 +1,169 @@
+"""Evidence against a baseline cell that a reviewer can check: ratios of the
+steps, generated tokens and wall time each cell needs to reach the baseline's
+final held-out accuracy, with a paired bootstrap over seeds that resamples the
+baseline's seeds too and recomputes that target in every replicate (seeds share
+held-out rows, so cells are paired by seed), both for the first evaluation at or
+above the target and for the sustained crossing (the first after which every
+later evaluation stays at or above it). Written as paired.md and paired.csv
+beside results.md; every interval says what it resamples."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+Runs = dict[int, list[dict]]  # seed -> that run's metrics.jsonl records
+MEASURES = ("steps", "tokens", "wall")
+
+
+def crossing(metrics: Sequence[dict], target: float, sustained: bool = False) -> tuple[dict[str, float], bool]:
+    """Steps, generated tokens and wall seconds until the first held-out
+    evaluation at or above `target` (`sustained`: the first after which every
+    later one stays at or above it), and whether it was reached. A run that
+    never gets there counts its whole length (censored, a lower bound)."""
+    evals = [i for i, m in enumerate(metrics) if m.get("eval/accuracy") is not None]
+    hit = None
+    for position, i in enumerate(evals):
+        if metrics[i]["eval/accuracy"] >= target and (
+            not sustained or all(metrics[j]["eval/accuracy"] >= target for j in evals[position:])
+        ):
+            hit = i
+            break
+    end = hit if hit is not None else len(metrics) - 1
+    upto = metrics[: end + 1]
+    wall = sum(m.get("time/step", 0.0) for m in upto)
+    return {
+        "steps": float(end + 1),
+        "tokens": float(sum(m.get("tokens/generated", 0.0) for m in upto)),
+        "wall": wall,
+    }, hit is not None
+
+
+def final_accuracy(metrics: Sequence[dict]) -> float:
+    evals = [m["eval/accuracy"] for m in metrics if m.get("eval/accuracy") is not None]
+    return evals[-1] if evals else math.nan
+
+
+def ratios(reference: Runs, cell: Runs, seeds: Sequence[int], sustained: bool) -> dict[str, float]:
+    """Mean over `seeds` of the cell's cost to the reference's mean final accuracy
+    over the same seeds, divided by the reference's own cost to it."""
+    target = float(np.mean([final_accuracy(reference[s]) for s in seeds]))
+    out = {}
+    for measure in MEASURES:
+        mine = np.mean([crossing(cell[s], target, sustained)[0][measure] for s in seeds])
+        theirs = np.mean([crossing(reference[s], target, sustained)[0][measure] for s in seeds])
+        out[measure] = float(mine / theirs) if theirs else math.nan
+    return out
+
+
+def paired_bootstrap(
+    reference: Runs, cell: Runs, sustained: bool = False, resamples: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """Per measure (point estimate, 2.5%, 97.5%): seeds both cells ran, resampled
+    with replacement and paired (the same seeds for both cells in a replicate),
+    the target recomputed from the resampled baseline seeds every time."""
+    seeds = sorted(set(reference) & set(cell))
+    point = ratios(reference, cell, seeds, sustained)
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in MEASURES}
+    for _ in range(resamples if len(seeds) > 1 else 0):
+        sample = [seeds[i] for i in rng.integers(0, len(seeds), size=len(seeds))]
+        for measure, value in ratios(reference, cell, sample, sustained).items():
+            draws[measure].append(value)
+    return {
+        m: (point[m], *(np.percentile(draws[m], [2.5, 97.5]).tolist() if draws[m] else (math.nan, math.nan)))
+        for m in MEASURES
+    }
+
+
+def row_bootstrap(
+    outcomes: dict[int, list[tuple[int, int]]], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """A cell's mean final accuracy over seeds and its 95% interval from
+    resampling held-out rows within each seed (evaluation noise alone):
+    `outcomes[seed]` lists (samples right, samples) per row of the last evaluation."""
+    rng = np.random.default_rng(seed)
+    per_seed = {s: np.asarray(rows, dtype=float) for s, rows in outcomes.items() if rows}
+    point = float(np.mean([r[:, 0].sum() / r[:, 1].sum() for r in per_seed.values()]))
+    replicates = []
+    for _ in range(resamples):
+        accs = []
+        for rows in per_seed.values():
+            pick = rows[rng.integers(0, len(rows), size=len(rows))]
+            accs.append(pick[:, 0].sum() / pick[:, 1].sum())
+        replicates.append(np.mean(accs))
+    low, high = np.percentile(replicates, [2.5, 97.5]).tolist()
+    return point, low, high
+
+
+def last_outcomes(run_dir: Path) -> list[tuple[int, int]]:
+    """(samples right, samples) per held-out row of a run's last evaluation
+    (<run_dir>/eval/step-NNNNNN.jsonl); empty for runs from before these files."""
+    files = sorted((Path(run_dir) / "eval").glob("step-*.jsonl"))
+    if not files:
+        return []
+    rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    return [(int(r["right"]), int(r["samples"])) for r in rows]
+
+
+def write_paired(
+    out_dir: Path,
+    reference_cell: str,
+    runs: dict[str, Runs],
+    outcomes: dict[str, dict[int, list[tuple[int, int]]]] | None = None,
+    resamples: int = 2000,
+) -> tuple[Path, Path]:
+    """paired.csv and paired.md: each cell against `reference_cell`; with per-row
+    `outcomes`, each cell's final accuracy with an interval over held-out rows."""
+    rows = []
+    for cell, cell_runs in runs.items():
+        if cell == reference_cell:
+            continue
+        for sustained in (False, True):
+            result = paired_bootstrap(runs[reference_cell], cell_runs, sustained, resamples)
+            rows.append(
+                {
+                    "cell": cell,
+                    "crossing": "sustained" if sustained else "first",
+                    "seeds": len(set(cell_runs) & set(runs[reference_cell])),
+                    **{f"{m}_{k}": v for m, r in result.items() for k, v in zip(("ratio", "low", "high"), r)},
+                }
+            )
+    csv_path, md_path = Path(out_dir) / "paired.csv", Path(out_dir) / "paired.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["cell"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"Cost to reach `{reference_cell}`'s final held-out accuracy, as a ratio to `{reference_cell}`'s own "
+        "(below 1: cheaper). Point estimate [95% interval]; the interval is a paired bootstrap over seeds that "
+        f"resamples `{reference_cell}`'s seeds too and recomputes the target in each replicate. A run that never "
+        "reaches the target counts its whole length. First: the first evaluation at or above the target; sustained: "
+        "the first after which every later one stays at or above it.",
+        "",
+        "| cell | crossing | seeds | steps | generated tokens | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{r[f'{m}_ratio']:.0%} [{r[f'{m}_low']:.0%}, {r[f'{m}_high']:.0%}]" for m in MEASURES]
+        lines.append(f"| {r['cell']} | {r['crossing']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    with_rows = {cell: o for cell, o in (outcomes or {}).items() if o and all(o.values())}
+    if with_rows:
+        lines += [
+            "",
+            "Final held-out accuracy, mean over seeds [95% interval from resampling held-out rows within "
+            "each seed: evaluation noise alone, not the seeds' spread].",
+            "",
+            "| cell | accuracy |",
+            "|---|---|",
+        ]
+        for cell, o in with_rows.items():
+            point, low, high = row_bootstrap(o, resamples)
+            lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path

@@ -1,0 +1,74 @@
+"""The statistics a published comparison rests on, on hand-made runs whose
+answers are known: first versus sustained crossings, a paired bootstrap that
+resamples the baseline's seeds too, a bootstrap over held-out rows."""
+
+import json
+import math
+
+import pytest
+
+from gradus.launch.experiments.paired import crossing, last_outcomes, paired_bootstrap, row_bootstrap, write_paired
+
+
+def _run(accuracies: dict[int, float], steps: int = 10, tokens: float = 100.0, seconds: float = 2.0) -> list[dict]:
+    return [
+        {
+            "step": s,
+            "tokens/generated": tokens,
+            "time/step": seconds,
+            **({"eval/accuracy": accuracies[s]} if s in accuracies else {}),
+        }
+        for s in range(steps)
+    ]
+
+
+def test_first_and_sustained_crossings():
+    run = _run({1: 0.3, 3: 0.5, 5: 0.4, 7: 0.6, 9: 0.6})
+    first, reached = crossing(run, 0.5)
+    assert reached and first == {"steps": 4.0, "tokens": 400.0, "wall": 8.0}  # touches 0.5 at step 3...
+    sustained, reached = crossing(run, 0.5, sustained=True)
+    assert reached and sustained["steps"] == 8.0  # ...but stays at or above it only from step 7
+    never, reached = crossing(run, 0.9)
+    assert not reached and never["steps"] == 10.0  # censored: the whole run
+
+
+def test_paired_bootstrap_with_a_known_answer():
+    """Every reference seed ends at 0.5 on its last step; every cell seed gets there
+    at step 5 of 10: half the steps, tokens and time, with no spread to resample."""
+    reference = {s: _run({4: 0.3, 9: 0.5}) for s in range(3)}
+    cell = {s: _run({4: 0.5, 9: 0.6}) for s in range(3)}
+    result = paired_bootstrap(reference, cell, resamples=200)
+    assert (
+        result["steps"] == (0.5, 0.5, 0.5) and result["tokens"] == (0.5, 0.5, 0.5) and result["wall"] == (0.5, 0.5, 0.5)
+    )
+
+
+def test_the_target_is_recomputed_from_resampled_baseline_seeds():
+    """The baseline's seeds end at 0.4 and 0.6 (target 0.5); the cell reaches 0.45
+    early and 0.6 only at the end. Replicates drawing the 0.4 seed twice put the
+    target at 0.4 (the cell is early: ratio < 1); holding the target at 0.5 would
+    never show that, so the interval must reach below the point estimate."""
+    reference = {0: _run({4: 0.3, 9: 0.4}), 1: _run({4: 0.3, 9: 0.6})}
+    cell = {0: _run({2: 0.45, 9: 0.6}), 1: _run({2: 0.45, 9: 0.6})}
+    point, low, high = paired_bootstrap(reference, cell, resamples=400)["steps"]
+    assert point == pytest.approx(1.0) and low < 0.5 and high == pytest.approx(1.0)
+
+
+def test_row_bootstrap_and_the_published_files(tmp_path):
+    point, low, high = row_bootstrap({0: [(2, 4)] * 10, 1: [(3, 4)] * 10}, resamples=200)
+    assert (point, low, high) == (pytest.approx(0.625), pytest.approx(0.625), pytest.approx(0.625))
+    spread = row_bootstrap({0: [(0, 4), (4, 4)] * 10}, resamples=500)
+    assert spread[1] < 0.5 < spread[2]
+    run_dir = tmp_path / "run"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "step-000010.jsonl").write_text(
+        "".join(json.dumps({"distribution": "a", "row_id": i, "right": i % 2, "samples": 1}) + "\n" for i in range(4))
+    )
+    assert last_outcomes(run_dir) == [(0, 1), (1, 1), (0, 1), (1, 1)] and last_outcomes(tmp_path) == []
+    reference = {s: _run({9: 0.5}) for s in range(2)}
+    runs = {"uniform": reference, "dump": {s: _run({4: 0.5, 9: 0.5}) for s in range(2)}}
+    _, md = write_paired(tmp_path, "uniform", runs, {"dump": {0: [(1, 2)], 1: [(2, 2)]}}, resamples=100)
+    text = md.read_text()
+    assert "| dump | first | 2 | 50% [50%, 50%] |" in text and "| dump | sustained | 2 |" in text
+    assert "resamples `uniform`'s seeds too" in text and "| dump | 0.750 [" in text
+    assert not math.isnan(float(text.split("| dump | 0.750 [")[1].split(",")[0]))
