@@ -112,6 +112,8 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
             *add3,
             "trainer.lora={rank: 8, target_modules: [q_proj, v_proj, up_proj]}",
             "trainer.gradient_checkpointing=true",
+            "rollout.screen={samples: 2}",  # prompts whose 2 first samples agree stop there: ragged groups
+            "curriculum.prompts={kind: thompson}",
         ],
     )
     run = Run(cfg)
@@ -129,10 +131,16 @@ def test_dump_probabilities_move_and_match_bandit(tiny_model, tmp_path):
         state = run.scheduler.state_dict()
         run.evaluate(3)
         assert run.scheduler.state_dict() == state
+        outcomes = [
+            json.loads(line) for line in (tmp_path / "run" / "eval" / "step-000004.jsonl").read_text().splitlines()
+        ]
+        assert len(outcomes) == 3 * 4 and all(0 <= o["right"] <= o["samples"] == 1 for o in outcomes)
         merged = run.trainers.param_sums()
         run.trainers.save_model(str(tmp_path / "final"), run.model_path)
     finally:
         run.close()
+    assert all("groups/screened_out" in m and "dist/add1/predicted_zero_var" in m for m in logged[1:])
+    assert {m["groups/screened_out"] for m in logged} - {0}  # some prompts stopped at their 2 screening samples
     changed = {n for n in merged if merged[n] != initial[n]}
     assert changed and all(any(f"{t}.weight" in n for t in ("q_proj", "v_proj", "up_proj")) for n in changed)
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))

@@ -129,7 +129,7 @@ def test_what_a_resume_may_change():
     assert {k for k, _, _ in changes if k in ckpt.APPLIED} == {"trainer.lr"}
     for override, key in [
         ("rollout.group_size=8", "rollout.group_size"),
-        ("curriculum.params.c=2.0", "curriculum.params"),
+        ("curriculum.params.c=2.0", "curriculum.bandit.c"),
         ("data.distributions.0.params.digits=5", "data.distributions"),
     ]:
         with pytest.raises(GradusError, match=f"a resume cannot change .*{key}"):

@@ -70,9 +70,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, text = item.split("=", 1)
         _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
     cfg = build(Config, raw, "")
-    _migrate(cfg)
+    legacy = _migrate(cfg)
     _resolve_paths(cfg)
-    validate(cfg)
+    validate(cfg, legacy_curriculum=legacy)
     return cfg
 
 
@@ -83,16 +83,40 @@ def _resolve_paths(cfg: Config) -> None:
         dist.source, dist.verifier = (resolve_plugin(v) if is_plugin(v) else v for v in (dist.source, dist.verifier))
         if dist.source == "file" and isinstance(dist.params.get("path"), str):
             dist.params["path"] = str(Path.cwd() / Path(dist.params["path"]).expanduser())
-    if is_plugin(cfg.curriculum.kind):
-        cfg.curriculum.kind = resolve_plugin(cfg.curriculum.kind)
+    if is_plugin(cfg.curriculum.bandit.get("kind")):
+        cfg.curriculum.bandit["kind"] = resolve_plugin(cfg.curriculum.bandit["kind"])
     for spec in [*cfg.curriculum.filters, cfg.curriculum.budget or {}, cfg.curriculum.prompts]:
         if is_plugin(spec.get("kind")):
             spec["kind"] = resolve_plugin(spec["kind"])
 
 
-def _migrate(cfg: Config) -> None:
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f"gradus: {message}", flush=True)
+
+
+def _migrate(cfg: Config) -> bool:
     """Keys that were renamed keep working, with one note; a value given under
-    the new name wins (a resumed run's config.yaml still holds the old key)."""
+    the new name wins (a resumed run's config.yaml still holds the old key).
+    curriculum.kind/params (the one spec that was {kind, params}) become
+    curriculum.bandit {kind, **params}, the shape of every other spec; they stay
+    readable as bandit's kind and parameters. Returns whether the old keys were used."""
+    cur = cfg.curriculum
+    legacy = cur.kind is not None or cur.params is not None
+    if legacy:
+        _note_once(
+            "curriculum.kind and curriculum.params are now one spec, curriculum.bandit: {kind: ..., **params} "
+            "(the shape of filters, budget and prompts); the old keys still work"
+        )
+        kept = {k: v for k, v in cur.bandit.items() if k != "kind"}
+        if cur.kind not in (None, cur.bandit.get("kind")):  # another kind: its parameters never mix with these
+            kept = {}
+        cur.bandit = {"kind": cur.kind or cur.bandit.get("kind", "uniform"), **kept, **(cur.params or {})}
+    cur.kind, cur.params = cur.bandit.get("kind"), {k: v for k, v in cur.bandit.items() if k != "kind"}
     old, importance = cfg.trainer.importance_cap, cfg.trainer.importance
     if old is not None:
         explicit = importance.cap != ImportanceConfig().cap
@@ -102,13 +126,18 @@ def _migrate(cfg: Config) -> None:
             flush=True,
         )
         importance.cap, cfg.trainer.importance_cap = (importance.cap if explicit else old), None
+    return legacy
 
 
 def _merge(base: dict, update: dict) -> None:
     """Recursive merge so a preset only names what it changes. Lists and `params`
     / `prompts` mappings replace: a kind's parameters never mix with another kind's."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("params", "prompts"):
+        if (
+            isinstance(value, dict)
+            and isinstance(base.get(key), dict)
+            and key not in ("params", "prompts", "bandit", "budget")
+        ):
             _merge(base[key], value)
         else:
             base[key] = value

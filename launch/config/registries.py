@@ -30,7 +30,7 @@ from gradus.trainer.sync import TRANSPORTS
 REGISTRIES: dict[str, Registry[Any]] = {
     "data.distributions.N.source": SOURCES,
     "data.distributions.N.verifier": VERIFIERS,
-    "curriculum.kind": CURRICULA,
+    "curriculum.bandit.kind": CURRICULA,
     "curriculum.filters.N.kind": FILTERS,
     "curriculum.budget.kind": BUDGETS,
     "curriculum.prompts.kind": PROMPT_SAMPLERS,
@@ -54,7 +54,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
 }
 
 
-def picks(cfg: Config) -> list[tuple[str, str, Registry[Any]]]:
+def picks(cfg: Config, legacy_curriculum: bool = False) -> list[tuple[str, str, Registry[Any]]]:
     """(config key, chosen name, registry) for every pick-by-name `cfg` makes."""
     t = cfg.trainer
     out = []
@@ -63,7 +63,8 @@ def picks(cfg: Config) -> list[tuple[str, str, Registry[Any]]]:
             (f"data.distributions.{i}.source", dist.source, SOURCES),
             (f"data.distributions.{i}.verifier", dist.verifier, VERIFIERS),
         ]
-    out += [("curriculum.kind", cfg.curriculum.kind, CURRICULA)]
+    named = "curriculum.kind" if legacy_curriculum else "curriculum.bandit.kind"  # as the config said
+    out += [(named, str(cfg.curriculum.bandit.get("kind")), CURRICULA)]
     out += [
         (f"curriculum.filters.{i}.kind", str(spec.get("kind")), FILTERS)
         for i, spec in enumerate(cfg.curriculum.filters)

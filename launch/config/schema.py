@@ -63,8 +63,10 @@ class DataConfig:
 
 @dataclass
 class CurriculumConfig:
-    kind: str = "uniform"  # curriculum/bandits.py CURRICULA
-    params: dict = field(default_factory=dict)
+    # the distribution-level curriculum, a spec like every other: {kind, **params}, e.g. {kind: ucb, c: 1.0}
+    bandit: dict = field(default_factory=lambda: {"kind": "uniform"})
+    kind: Optional[str] = None  # deprecated: bandit.kind (still read, with a note)
+    params: Optional[dict] = None  # deprecated: the parameters beside bandit.kind
     filters: list[dict] = field(default_factory=list)  # e.g. [{kind: nonzero_std}]
     max_refill_rounds: int = 2  # extra generation rounds to replace filtered groups
     budget: Optional[dict] = (
@@ -95,6 +97,8 @@ class RolloutConfig:
     # CUDA: vLLM's share of each GPU (weights + KV cache); None: 0.9 with GPUs of its own, colocated 0.5 split
     gpu_memory_utilization: Optional[float] = None
     resources: dict = field(default_factory=dict)  # custom Ray resources per worker, e.g. {rollout_node: 1}
+    # {samples: k}: generate k per prompt first; only prompts whose k disagree are completed to group_size
+    screen: Optional[dict] = None
     async_generation: bool = False  # generate the next batches while the trainer updates (launch/run/driver.py)
     max_staleness: int = (
         1  # async: a batch is trained at most this many policy versions after the one that generated it
@@ -216,4 +220,10 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as a plain mapping, as it is written (config.yaml, checkpoints,
+    wandb): without curriculum.kind/params, which only mirror curriculum.bandit."""
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, Config):
+        for alias in ("kind", "params"):
+            out["curriculum"].pop(alias, None)
+    return out

@@ -13,8 +13,9 @@ from gradus.trainer.config import TrainerConfig
 SCORABLE_BY = {"arithmetic": {"numeric", "math"}, "countdown": {"countdown"}, "kk": {"kk"}}
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
+def validate(cfg: Config, legacy_curriculum: bool = False) -> None:
+    """Cross-field checks that a type alone cannot express. `legacy_curriculum`: the
+    config gave curriculum.kind/params (error messages name those keys)."""
     from gradus.launch.config.registries import (
         picks,
     )  # the registries import torch; `gradus submit` needs them only here
@@ -24,13 +25,18 @@ def validate(cfg: Config) -> None:
         raise GradusError(
             f"data.distributions: list at least one distribution, each with a unique non-empty name (got {names})"
         )
-    for key, value, registry in picks(cfg):  # a plugin by path is loaded and checked now, before Ray starts
+    for key, value, registry in picks(
+        cfg, legacy_curriculum
+    ):  # a plugin by path is loaded and checked now, before Ray starts
         try:
             registry.get(value)
         except (KeyError, ValueError) as err:
             raise GradusError(f"{key}: {err}") from None
-    registries = {key: registry for key, _, registry in picks(cfg)}
-    specs = [("curriculum.params", "curriculum.kind", cfg.curriculum.kind, cfg.curriculum.params)]
+    registries = {key: registry for key, _, registry in picks(cfg, legacy_curriculum)}
+    bandit = cfg.curriculum.bandit
+    legacy = legacy_curriculum  # name the keys the config used
+    kind_key = "curriculum.kind" if legacy else "curriculum.bandit.kind"
+    specs = [("curriculum.params" if legacy else "curriculum.bandit", kind_key, bandit.get("kind"), bandit)]
     specs += [
         (f"curriculum.filters.{i}", f"curriculum.filters.{i}.kind", spec["kind"], spec)
         for i, spec in enumerate(cfg.curriculum.filters)
@@ -63,6 +69,19 @@ def validate(cfg: Config) -> None:
         raise GradusError(f"trainer.lr: must be > 0, got {cfg.trainer.lr} (an update with lr 0 changes nothing)")
     if not 0 < cfg.rollout.top_p <= 1:
         raise GradusError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    screen = cfg.rollout.screen
+    if screen is not None:
+        k = screen.get("samples")
+        if set(screen) != {"samples"} or not isinstance(k, int) or not 1 <= k < cfg.rollout.group_size:
+            raise GradusError(
+                f"rollout.screen: give {{samples: k}} with 1 <= k < rollout.group_size="
+                f"{cfg.rollout.group_size}, got {screen}"
+            )
+        if cfg.rollout.async_generation:
+            raise GradusError(
+                "rollout.screen with rollout.async_generation: a sync could land between a prompt's "
+                "screening and its completion (two policies in one group); use one of the two"
+            )
     if cfg.run.call_timeout_s < 0:
         raise GradusError(
             f"run.call_timeout_s: must be >= 0 (0 sizes it from the run's pace), got {cfg.run.call_timeout_s}"

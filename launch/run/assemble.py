@@ -23,8 +23,8 @@ from gradus.rollout.records import Group, Sample
 def scheduler_args(cfg: Config) -> dict[str, Any]:
     return {
         "distributions": [dataclasses.asdict(d) for d in cfg.data.distributions],
-        "curriculum": cfg.curriculum.kind,
-        "curriculum_params": cfg.curriculum.params,
+        "curriculum": cfg.curriculum.bandit["kind"],
+        "curriculum_params": {k: v for k, v in cfg.curriculum.bandit.items() if k != "kind"},
         "filters": cfg.curriculum.filters,
         "budget": cfg.curriculum.budget,
         "budget_prompt": cfg.curriculum.budget_prompt,

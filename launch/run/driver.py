@@ -26,6 +26,7 @@ from gradus.launch.run.prefetch import Prefetcher
 from gradus.launch.run.resources import check_combinations, engine_settings, model_dtype, plan, preflight
 from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
 from gradus.launch.run.scheduler_client import SchedulerClient, SchedulerLost
+from gradus.launch.run.screening import screened
 from gradus.launch.run.user_errors import UserErrors
 from gradus.rollout.records import Group
 from gradus.trainer.batching import TrainSample, contributes
@@ -183,15 +184,24 @@ class Run:
                 dataclasses.replace(item, seed=derive_seed(cfg.run.seed, step, round_, i, bits=31))
                 for i, item in enumerate(self.scheduler.next_batch(step, need, epoch=epoch))
             ]
-            new, seconds = self.rollout.generate(
-                items,
-                n=cfg.rollout.group_size,
-                max_tokens=cfg.rollout.max_tokens,
-                temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p,
-                system_prompt=cfg.data.system_prompt,
-                budget_slack=cfg.rollout.budget_slack,
-            )
+            sampling = {
+                "max_tokens": cfg.rollout.max_tokens,
+                "temperature": cfg.rollout.temperature,
+                "top_p": cfg.rollout.top_p,
+                "system_prompt": cfg.data.system_prompt,
+                "budget_slack": cfg.rollout.budget_slack,
+            }
+            if cfg.rollout.screen:
+                new, seconds, stopped = screened(
+                    lambda batch, n: self.rollout.generate(batch, n=n, **sampling),
+                    items,
+                    cfg.rollout.group_size,
+                    int(cfg.rollout.screen["samples"]),
+                    lambda i, r=round_: derive_seed(cfg.run.seed, step, r, i, "rest", bits=31),
+                )
+                stats["groups/screened_out"] = stats.get("groups/screened_out", 0) + stopped
+            else:
+                new, seconds = self.rollout.generate(items, n=cfg.rollout.group_size, **sampling)
             if cfg.trainer.kl_coef > 0 and cfg.trainer.kl_in == "reward":
                 self.penalise_kl(new)
             kept += self.scheduler.keep(
