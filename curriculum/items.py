@@ -23,6 +23,7 @@ class Item:
     row_id: int | None = None  # the row's index in its distribution's training (or held-out) rows
     budget: int | None = None  # the step's length budget, None without a budget schedule
     seed: int | None = None  # the sampling seed the driver gives the request (reproducible runs)
+    n: int | None = None  # samples to generate for it; None: rollout.group_size (rollout.group_rule sets it)
     extra: dict[str, Any] = field(default_factory=dict)  # every other field of the row
 
     def __getitem__(self, key: str) -> Any:

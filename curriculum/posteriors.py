@@ -35,7 +35,7 @@ all-equal groups it then saw (`predicted_zero_var`, `realised_zero_var`), and
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.special import betainc, betaln
@@ -371,3 +371,21 @@ class PassRate(PosteriorSampler):
                 "pending": [],
             }
         super().load_state_dict(state)
+
+
+def allocate_group_sizes(
+    zero_var: Callable[[int, int], float], rows: Sequence[int], base: int, low: int, high: int
+) -> list[int]:
+    """A group size per row within the step's budget of base x len(rows) samples
+    (CurES/DUET's idea of spending samples per prompt): every row starts at `low`,
+    then each further sample goes to the row whose group is currently the most
+    likely to be all-equal (to teach nothing), up to `high`. `zero_var(row, n)` is
+    that chance for n samples (RowPosteriors.zero_var); ties go to the earlier row."""
+    sizes = [low] * len(rows)
+    for _ in range(max(0, (base - low) * len(rows))):
+        chances = [zero_var(row, n) if n < high else -1.0 for row, n in zip(rows, sizes)]
+        best = int(np.argmax(chances))
+        if chances[best] < 0:
+            break
+        sizes[best] += 1
+    return sizes

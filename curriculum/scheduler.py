@@ -16,6 +16,7 @@ from gradus.curriculum.bandits import make_curriculum
 from gradus.curriculum.budget import make_budget_schedule
 from gradus.curriculum.filters import make_filter
 from gradus.curriculum.items import Item
+from gradus.curriculum.posteriors import allocate_group_sizes
 from gradus.curriculum.sources import Distribution, make_distributions
 
 
@@ -85,6 +86,20 @@ class CurriculumScheduler:
             batch.append(self._item(dist, {**row, "prompt": prompt}, budget))
         self.overhead_s += time.perf_counter() - start
         return batch
+
+    def group_sizes(self, items: Sequence[Item], base: int, low: int, high: int) -> list[int]:
+        """A group size per item within the step's budget of base x len(items)
+        samples (rollout.group_rule): more samples where the row's posterior says a
+        group of the base size is likely all-equal (curriculum/posteriors.py);
+        rows of a sampler without posteriors count as p ~ Beta(1, 1)."""
+
+        def zero_var(i: int, n: int) -> float:
+            posteriors = getattr(self.distributions[items[i].distribution].sampler, "posteriors", None)
+            if posteriors is None or items[i].row_id is None:
+                return 2.0 / (n + 1)  # E[p^n + (1-p)^n] under a uniform p
+            return float(posteriors.zero_var([items[i].row_id], n)[0])
+
+        return allocate_group_sizes(zero_var, range(len(items)), base, low, high)
 
     def budget_for(self, name: str, step: int) -> int | None:
         """The schedule's budget, or a distribution's own base budget decayed by

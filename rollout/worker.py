@@ -145,7 +145,7 @@ class RolloutWorker:
         ]
         params = [
             SamplingParams(
-                n=n,
+                n=item.n or n,
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=cap,
@@ -157,7 +157,7 @@ class RolloutWorker:
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         outputs = []
         seeded = self.chunk_seeded and any(p.seed is not None for p in params)
-        for chunk in seeded_chunks(prompt_ids, seeded, n):
+        for chunk in seeded_chunks(prompt_ids, seeded, max((item.n or n for item in items), default=n)):
             outputs += self.llm.generate([prompts[i] for i in chunk], [params[i] for i in chunk], use_tqdm=False)
         groups = []
         for item, ids, out in zip(items, prompt_ids, outputs):

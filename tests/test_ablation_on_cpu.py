@@ -71,7 +71,7 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert all("±" in line for line in table[2:])
 
     # The PNGs are real images, and what they draw is the seeds' mean of the logged metrics.
-    for name in ("probabilities.png", "rewards.png", "lengths.png"):
+    for name in ("probabilities.png", "rewards.png", "lengths.png", "compute.png"):
         image = imread(paths["plots"] / name)
         assert image.shape[0] > 100 and image.std() > 0.01, name
     cells = {c: [read_metrics(runs[c, s]) for s in (0, 1)] for c in ("uniform", "dump")}
@@ -105,7 +105,12 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
         [sys.executable, "-m", "gradus.launch.cli", "plot", str(run_dir)], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["lengths.png", "probabilities.png", "rewards.png"]
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+        "compute.png",
+        "lengths.png",
+        "probabilities.png",
+        "rewards.png",
+    ]
 
     out = subprocess.run(
         [sys.executable, "-m", "gradus.launch.cli", "eval", str(run_dir)], capture_output=True, text=True, check=False

@@ -43,6 +43,8 @@ def test_two_steps_two_ranks_zero3_weights_synced(tiny_model, tmp_path):
             "reward.length=1.0",
             "curriculum.budget={kind: constant, budget: 4}",
             "rollout.enforce_eager=false",
+            "rollout.group_rule={min: 2, max: 6}",  # a group size per prompt (ragged groups) within 8 x 4 samples
+            "curriculum.prompts={kind: pass_rate}",
         ],
     )
     run = Run(cfg)

@@ -189,3 +189,20 @@ def test_shuffle_is_the_old_epoch_order():
     assert sorted(first) == list(range(5)) and sampler.state_dict() == {"epoch": 0, "cursor": 5}
     sampler.take(1, None)
     assert sampler.state_dict() == {"epoch": 1, "cursor": 1}
+
+
+def test_group_sizes_go_where_a_group_would_teach_nothing():
+    """Within base x rows samples, rows whose posterior says a base-size group is
+    likely all-equal get more samples (up to max), the others fewer (down to min)."""
+    from gradus.curriculum.posteriors import allocate_group_sizes
+
+    scheduler = CurriculumScheduler([ADD1], train_size=30, eval_size=8, seed=0, prompts={"kind": "thompson"})
+    sampler = scheduler.distributions["add1"].sampler
+    for _ in range(5):
+        sampler.observe(0, [True] * 4)  # solved: a group of 4 is almost surely all right
+        sampler.observe(1, [True, False, True, False])  # p ~ 0.5: 4 samples are plenty
+    items = [next(i for i in scheduler.next_batch(0, 30) if i["row_id"] == r) for r in (0, 1)]
+    sizes = scheduler.group_sizes(items, base=4, low=2, high=8)
+    assert sum(sizes) == 8 and sizes[0] > 4 > sizes[1] >= 2
+    assert allocate_group_sizes(lambda row, n: 0.5**n, range(3), base=4, low=2, high=8) == [4, 4, 4]
+    assert allocate_group_sizes(lambda row, n: 0.0 if row else 1.0, range(2), base=4, low=2, high=6) == [6, 2]  # capped

@@ -82,6 +82,20 @@ def validate(cfg: Config, legacy_curriculum: bool = False) -> None:
                 "rollout.screen with rollout.async_generation: a sync could land between a prompt's "
                 "screening and its completion (two policies in one group); use one of the two"
             )
+    rule = cfg.rollout.group_rule
+    if rule is not None:
+        low, high = rule.get("min"), rule.get("max")
+        if (
+            set(rule) != {"min", "max"}
+            or not all(isinstance(v, int) for v in (low, high))
+            or not (2 <= low <= cfg.rollout.group_size <= high)
+        ):
+            raise GradusError(
+                f"rollout.group_rule: give {{min: a, max: b}} with 2 <= a <= rollout.group_size="
+                f"{cfg.rollout.group_size} <= b, got {rule}"
+            )
+        if screen is not None:
+            raise GradusError("rollout.group_rule with rollout.screen: choose one way of sizing groups")
     if cfg.run.call_timeout_s < 0:
         raise GradusError(
             f"run.call_timeout_s: must be >= 0 (0 sizes it from the run's pace), got {cfg.run.call_timeout_s}"

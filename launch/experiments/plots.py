@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -104,7 +105,57 @@ def plot_lengths(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Se
     return drawn
 
 
-PLOTS = {"probabilities.png": plot_probabilities, "rewards.png": plot_rewards, "lengths.png": plot_lengths}
+def compute_curve(run: Sequence[dict], axis: str) -> tuple[list[float], list[float]]:
+    """A run's held-out accuracy against what it spent so far: cumulative
+    generated tokens ("tokens") or wall seconds ("wall"); the before-training
+    evaluation (step -1) sits at 0."""
+    spent, xs, ys = 0.0, [], []
+    for m in run:
+        if m["step"] >= 0:
+            spent += m.get("tokens/generated" if axis == "tokens" else "time/step", 0.0) or 0.0
+        if m.get("eval/accuracy") is not None:
+            xs.append(spent)
+            ys.append(float(m["eval/accuracy"]))
+    return xs, ys
+
+
+def plot_compute(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Series]:
+    """Equal-compute views: held-out accuracy against generated tokens and against
+    wall time, each seed a thin line and the cell's spread over seeds a band
+    (min to max, drawn at the seeds' mean spend per evaluation)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    drawn: dict[str, Series] = {}
+    for cell, runs in cells.items():
+        drawn[cell] = {}
+        color = None
+        for ax, axis, label in ((axes[0], "tokens", "generated tokens"), (axes[1], "wall", "wall seconds")):
+            curves = [compute_curve(r, axis) for r in runs]
+            for xs, ys in curves:
+                (line,) = ax.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
+                color = line.get_color()
+            n = min((len(ys) for _, ys in curves), default=0)
+            if n:
+                x = [float(np.mean([xs[i] for xs, _ in curves])) for i in range(n)]
+                lo = [min(ys[i] for _, ys in curves) for i in range(n)]
+                hi = [max(ys[i] for _, ys in curves) for i in range(n)]
+                mean = [float(np.mean([ys[i] for _, ys in curves])) for i in range(n)]
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15)
+                ax.plot(x, mean, "o-", color=color, label=cell)
+                drawn[cell][axis] = (x, mean)
+            ax.set(xlabel=label, ylabel="held-out accuracy", ylim=(0, 1))
+    axes[0].set_title("accuracy vs generated tokens (band: seeds' range)")
+    axes[1].set_title("accuracy vs wall time")
+    axes[0].legend(fontsize=8)
+    _save(fig, path)
+    return drawn
+
+
+PLOTS = {
+    "probabilities.png": plot_probabilities,
+    "rewards.png": plot_rewards,
+    "lengths.png": plot_lengths,
+    "compute.png": plot_compute,
+}
 
 
 def plot_all(cells: dict[str, list[list[dict]]], out_dir: Path) -> dict[str, dict[str, Series]]:

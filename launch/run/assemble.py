@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from gradus.curriculum.prompts import derive_seed
 from gradus.curriculum.scheduler import CurriculumScheduler
 from gradus.launch.config.schema import Config
 from gradus.launch.errors import GradusError
+from gradus.launch.run.preempt import StartupStopped
 from gradus.rollout.records import Group, Sample
 
 
@@ -88,10 +90,17 @@ def bf16_on_gpus() -> bool:
 
 def init_ray(cfg: Config) -> None:
     """Join the cluster named by cluster.address (or RAY_ADDRESS), else start a
-    local Ray with enough logical CPUs for every actor."""
+    local Ray with enough logical CPUs for every actor. ray.init puts its own
+    SIGTERM handler (sys.exit) in place while it runs: a SIGTERM then is a stop
+    during start-up like any other (StartupStopped), not a bare exit 15."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
     need = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.trainer.world_size * cfg.trainer.cpus_per_rank
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, log_to_driver=False)
+    except SystemExit as err:
+        if err.code == signal.SIGTERM:
+            raise StartupStopped("SIGTERM") from None
+        raise

@@ -62,9 +62,12 @@ class Run:
         self.start_step = 0
         self.pending: dict[int, Produced] = {}  # batches a stop-signal checkpoint carried (async)
 
-    def start(self, after_ray_init: Callable[[], None] = lambda: None) -> None:
+    def start(
+        self, after_ray_init: Callable[[], None] = lambda: None, ready: Callable[[], None] = lambda: None
+    ) -> None:
         """Ray (unless joined), the actor groups, weight sync, a checkpoint's state;
-        `after_ray_init` runs right after ray.init (signal handlers go back on)."""
+        `after_ray_init` runs right after ray.init (signal handlers go back on),
+        `ready` once the expensive start-up is over (actors up, weights synced)."""
         cfg = self.cfg
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
@@ -122,6 +125,7 @@ class Run:
         self.rollout.ready()
         self.rollout.connect(self.trainers, cfg.sync.transport, cfg.sync.bucket_mb)
         self.write_placement()
+        ready()  # from here a stop signal lets the first step finish and checkpoints it
         wandb_id = None
         if self.resume_from is not None:
             wandb_id = self.restore(self.resume_from)
@@ -184,6 +188,10 @@ class Run:
                 dataclasses.replace(item, seed=derive_seed(cfg.run.seed, step, round_, i, bits=31))
                 for i, item in enumerate(self.scheduler.next_batch(step, need, epoch=epoch))
             ]
+            rule = cfg.rollout.group_rule
+            if rule:  # a group size per prompt, within the step's sample budget
+                sizes = self.scheduler.group_sizes(items, cfg.rollout.group_size, rule["min"], rule["max"], epoch=epoch)
+                items = [dataclasses.replace(item, n=size) for item, size in zip(items, sizes)]
             sampling = {
                 "max_tokens": cfg.rollout.max_tokens,
                 "temperature": cfg.rollout.temperature,

@@ -31,8 +31,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                 raise Preempted(f"stopped on {err} during start-up, before any step") from None
             prefetch = None
             try:
-                run.start(after_ray_init=stop.arm)  # ray.init replaces the SIGTERM handler: ours go back on
-                stop.started()
+                run.start(after_ray_init=stop.arm, ready=stop.started)  # ray.init replaces our handlers
                 if cfg.rollout.async_generation:
                     prefetch = Prefetcher(
                         run.produce, due, run.start_step, cfg.run.steps, cfg.rollout.max_staleness, run.pending

@@ -43,6 +43,9 @@ class SchedulerClient:
     def next_batch(self, step: int, n: int, epoch: int | None = None) -> list[Item]:
         return self._call("next_batch", step, n, epoch=epoch)
 
+    def group_sizes(self, items: list[Item], base: int, low: int, high: int, epoch: int | None = None) -> list[int]:
+        return self._call("group_sizes", items, base, low, high, epoch=epoch)
+
     def keep(self, groups: list[dict[str, list]], epoch: int | None = None) -> list[bool]:
         return self._call("keep", groups, epoch=epoch)
 
