@@ -276,3 +276,17 @@ def test_submit_never_uploads_secrets_or_ignored_files(tmp_path, monkeypatch):
     command = job_command("configs/default.yaml", [], "http://head:8265")
     excludes = _json.loads(next(w for w in command if w.startswith("--runtime-env-json=")).split("=", 1)[1])["excludes"]
     assert {".env", "*.pem", ".ssh/", "big_data/", "*.ckpt", "runs/"} <= set(excludes) and "# comment" not in excludes
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, tiny_model, capsys):
+    """Resuming step 1 while step 3 exists (another line of the run): step 3 is moved
+    where no restart looks, so it neither gets resumed later nor counts against keep."""
+    from gradus.launch.run.driver import Run
+
+    run_dir = tmp_path / "run"
+    older, newer = _checkpoint(run_dir, 1), _checkpoint(run_dir, 3)
+    (run_dir / "metrics.jsonl").write_text('{"step": 0}\n')
+    Run(load_config(DEFAULT, [f"run.run_dir={run_dir}", f"model.path={tiny_model}"]), resume=str(older))
+    assert ckpt.complete(run_dir) == [older] and not newer.exists()
+    assert (run_dir / "overwritten-1" / "checkpoints" / newer.name / "state.json").is_file()
+    assert f"checkpoints after {older.name} moved to" in capsys.readouterr().out

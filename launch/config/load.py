@@ -104,7 +104,9 @@ def _migrate(cfg: Config) -> bool:
     the new name wins (a resumed run's config.yaml still holds the old key).
     curriculum.kind/params (the one spec that was {kind, params}) become
     curriculum.bandit {kind, **params}, the shape of every other spec; they stay
-    readable as bandit's kind and parameters. Returns whether the old keys were used."""
+    readable as bandit's kind and parameters. When given they win over bandit (an
+    ablation cell's old-style keys override its preset's bandit). Returns whether
+    the old keys were used."""
     cur = cfg.curriculum
     legacy = cur.kind is not None or cur.params is not None
     if legacy:

@@ -85,7 +85,15 @@ def bf16_on_gpus() -> bool:
 
         return bool(torch.cuda.is_bf16_supported())
 
-    return bool(ray.get(ray.remote(num_gpus=1, num_cpus=0)(probe).remote(), timeout=300))
+    task = ray.remote(num_gpus=1, num_cpus=0)(probe).remote()
+    try:
+        return bool(ray.get(task, timeout=300))
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(task, force=True)
+        raise GradusError(
+            "model.dtype=auto asks one GPU whether it computes in bf16, and no GPU was free within 300 s; "
+            "set model.dtype=bfloat16 or float16"
+        ) from None
 
 
 def init_ray(cfg: Config) -> None:

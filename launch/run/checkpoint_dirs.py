@@ -272,18 +272,25 @@ def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> lis
     return changed
 
 
-def set_aside(run_dir: Path) -> Path | None:
-    """--overwrite: move the earlier run's checkpoints where no resume looks
-    (`<run_dir>/overwritten-N/checkpoints`); returns where, None if there were none."""
+def set_aside(run_dir: Path, after: int | None = None) -> Path | None:
+    """Move checkpoints where no resume looks (`<run_dir>/overwritten-N/checkpoints`):
+    all of them (--overwrite), or with `after` those of later steps than a resume's
+    (another line of the run); returns where, None if there were none."""
     root = checkpoint_root(run_dir)
-    if not root.is_dir():
+    moving = [p for p in complete(run_dir) if after is not None and int(p.name.removeprefix(PREFIX)) > after]
+    if not root.is_dir() or (after is not None and not moving):
         return None
     n = 1
     while (run_dir / f"overwritten-{n}").exists():
         n += 1
     target = run_dir / f"overwritten-{n}" / "checkpoints"
     target.parent.mkdir(parents=True)
-    root.rename(target)
+    if after is None:
+        root.rename(target)
+    else:
+        target.mkdir()
+        for path in moving:
+            path.rename(target / path.name)
     return target
 
 

@@ -21,7 +21,14 @@ from gradus.launch.run import checkpoint_dirs as checkpoint
 from gradus.launch.run.assemble import Produced, bf16_on_gpus, eval_items, init_ray, local_scheduler, scheduler_args
 from gradus.launch.run.faults import Watchdog
 from gradus.launch.run.groups import RolloutGroup, TrainerGroup, node_of
-from gradus.launch.run.metrics import MetricsLogger, close_step, held_out_metrics, train_metrics, training_batch_metrics
+from gradus.launch.run.metrics import (
+    MetricsLogger,
+    close_step,
+    held_out_metrics,
+    train_metrics,
+    training_batch_metrics,
+    write_eval_outcomes,
+)
 from gradus.launch.run.prefetch import Prefetcher
 from gradus.launch.run.resources import check_combinations, engine_settings, model_dtype, plan, preflight
 from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
@@ -55,6 +62,14 @@ class Run:
         if self.resume_from is not None:
             saved = checkpoint.load_state(self.resume_from).get("config")
             self.changes = checkpoint.config_changes(saved, to_dict(cfg))
+            # checkpoints after the one resumed from (another line, or broken ones skipped) would be picked by a
+            # later restart and count against run.keep_checkpoints: set aside, never resumed from
+            newer = checkpoint.set_aside(Path(cfg.run.run_dir), after=checkpoint.load_state(self.resume_from)["step"])
+            if newer is not None:
+                print(
+                    f"gradus: checkpoints after {self.resume_from.name} moved to {newer} (never resumed from)",
+                    flush=True,
+                )
         self.run_dir = prepare_run_dir(cfg, overwrite, resume=resume is not None)
         check_disk(cfg, self.run_dir, Path(self.model_path))
         self.user_errors = UserErrors(self.run_dir, cfg.reward.max_error_frac)
@@ -91,7 +106,8 @@ class Run:
         problem = preflight(placement, [n["Resources"] for n in ray.nodes() if n["Alive"]])
         if problem:
             raise GradusError(problem)
-        self.dtype = model_dtype(cfg, self.device, bf16_on_gpus() if self.device == "cuda" else True)
+        probe = self.device == "cuda" and cfg.model.dtype == "auto"
+        self.dtype = model_dtype(cfg, self.device, bf16_on_gpus() if probe else True)
         self.scheduler = SchedulerClient(self.scheduler_args, watchdog=self.watchdog)
         self.trainers = TrainerGroup(
             cfg.trainer.world_size,
@@ -322,28 +338,14 @@ class Run:
         cfg, rows = self.cfg, self.scheduler.eval_rows()
         groups, seconds = self.rollout.generate(
             eval_items(rows, cfg.run.seed),
+            slow=True,
             n=cfg.eval.samples,
             max_tokens=cfg.rollout.max_tokens,
             temperature=cfg.eval.temperature,
             top_p=1.0,
             system_prompt=cfg.data.system_prompt,
         )
-        outcomes = self.run_dir / "eval" / f"step-{step + 1:06d}.jsonl"  # per row: for bootstraps over rows
-        outcomes.parent.mkdir(exist_ok=True)
-        outcomes.write_text(
-            "".join(
-                json.dumps(
-                    {
-                        "distribution": g.distribution,
-                        "row_id": g.item.row_id,
-                        "right": sum(g.correct),
-                        "samples": len(g.samples),
-                    }
-                )
-                + "\n"
-                for g in groups
-            )
-        )
+        write_eval_outcomes(self.run_dir, step, groups)
         return {"time/eval": seconds, **held_out_metrics(groups, list(rows), cfg.eval.k)}
 
     def wall_seconds(self) -> float:

@@ -45,13 +45,16 @@ class Watchdog:
             return self.fixed
         return STARTUP_TIMEOUT_S if not self.longest_step else max(FLOOR_TIMEOUT_S, STEP_FACTOR * self.longest_step)
 
-    def get(self, refs: Any, what: str, actors: list[Any] | None = None) -> Any:
-        """ray.get under the deadline; past it, kill `actors` and raise HungWorker naming `what`."""
+    def get(self, refs: Any, what: str, actors: list[Any] | None = None, slow: bool = False) -> Any:
+        """ray.get under the deadline; past it, kill `actors` and raise HungWorker naming
+        `what`. `slow`: work that steps do not measure (checkpoints, final saves,
+        held-out evaluation) gets at least the start-up allowance."""
+        seconds = max(self.seconds, STARTUP_TIMEOUT_S) if slow and not self.fixed else self.seconds
         try:
-            return ray.get(refs, timeout=self.seconds)
+            return ray.get(refs, timeout=seconds)
         except GetTimeoutError:
             for actor in actors or []:
                 ray.kill(actor)
             raise HungWorker(
-                f"{what} did not answer within {self.seconds:.0f} s (run.call_timeout_s); treated as dead"
+                f"{what} did not answer within {seconds:.0f} s (run.call_timeout_s); treated as dead"
             ) from None

@@ -106,7 +106,8 @@ class TrainerGroup:
 
     def _all(self, refs: Any, method: str) -> Any:
         """Every rank's answer under the watchdog; a hung rank kills the group (the run restarts)."""
-        return self.watchdog.get(refs, f"trainer ranks ({method})", self.ranks)
+        slow = method in ("save_checkpoint", "load_checkpoint", "save_model", "checkpoint_state", "setup")
+        return self.watchdog.get(refs, f"trainer ranks ({method})", self.ranks, slow=slow)
 
     def setup(
         self, model_path: str, dtype: str, cfg: TrainerConfig, seed: int, total_steps: int, norm_len: int | None = None
@@ -280,9 +281,9 @@ class RolloutGroup:
     def _all(self, refs: Any, method: str) -> Any:
         return self.watchdog.get(refs, f"rollout workers ({method})", self.workers)
 
-    def _one(self, i: int, ref: Any, method: str) -> Any:
+    def _one(self, i: int, ref: Any, method: str, slow: bool = False) -> Any:
         """Worker i's answer under the watchdog; a hung worker is killed (the caller replaces it)."""
-        return self.watchdog.get(ref, f"rollout worker {i} ({method})", [self.workers[i]])
+        return self.watchdog.get(ref, f"rollout worker {i} ({method})", [self.workers[i]], slow=slow)
 
     def ready(self) -> None:
         self._all([w.ready.remote() for w in self.workers], "ready")
@@ -319,15 +320,16 @@ class RolloutGroup:
                 self._join()
         self.restarts += 1
 
-    def generate(self, items: Sequence[Item], **sampling: Any) -> tuple[list[Group], float]:
-        """Groups in item order, and the slowest shard's generation seconds."""
+    def generate(self, items: Sequence[Item], slow: bool = False, **sampling: Any) -> tuple[list[Group], float]:
+        """Groups in item order, and the slowest shard's generation seconds (`slow`:
+        not a training step's batch, e.g. held-out evaluation: the watchdog's longer deadline)."""
         shards = [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), len(self.workers))]
         futures = {i: self.workers[i].generate.remote(shard, **sampling) for i, shard in enumerate(shards) if shard}
         results: dict[int, tuple[list[Group], float]] = {}
         for i, future in futures.items():
             for attempt in range(self.max_restarts + 1):
                 try:
-                    results[i] = self._one(i, future, "generate")
+                    results[i] = self._one(i, future, "generate", slow)
                     break
                 except WORKER_DIED:
                     if attempt == self.max_restarts:

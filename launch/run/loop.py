@@ -38,11 +38,12 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> Pa
                     )
                 for step in range(run.start_step, cfg.run.steps):
                     run.step(step, prefetch)
-                    if due(step) or stop.requested:
+                    requested = stop.requested  # read once: a signal arriving now is handled after the next step
+                    if due(step) or requested:
                         path = run.save(step, prefetch.pending() if prefetch else {})
-                    if stop.requested:
+                    if requested:
                         raise Preempted(
-                            f"stopped on {stop.requested} after step {step + 1}; checkpoint {path}; "
+                            f"stopped on {requested} after step {step + 1}; checkpoint {path}; "
                             "continue with --resume auto"
                         )
                     if prefetch:

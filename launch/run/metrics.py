@@ -151,6 +151,20 @@ def close_step(
     metrics["time/scheduler_frac"] = metrics["time/scheduler"] / metrics["time/step"]
 
 
+def write_eval_outcomes(run_dir: Path, step: int, groups: Sequence[Group]) -> Path:
+    """<run_dir>/eval/step-NNNNNN.jsonl: each held-out row's samples right of n, for
+    bootstraps over rows (launch/experiments/paired.py); NNNNNN = step + 1 (0: the
+    evaluation before training)."""
+    path = run_dir / "eval" / f"step-{step + 1:06d}.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    rows = [
+        {"distribution": g.distribution, "row_id": g.item.row_id, "right": sum(g.correct), "samples": len(g.samples)}
+        for g in groups
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
     """Trainer statistics summed over ranks (per-token ones divided by tokens)."""
     total = {k: sum(r[k] for r in ranks) for k in ranks[0] if isinstance(ranks[0][k], (int, float))}
