@@ -28,9 +28,9 @@ all-equal groups it then saw (`predicted_zero_var`, `realised_zero_var`), and
 - `greso` (GRESO, Li et al. 2025, "Act Only When It Pays"): a row whose last z
   groups were all-equal is kept with probability p_e^z (eq. 1; p_e per kind:
   all right "easy" or all wrong "hard") and skipped otherwise, before rollout;
-  after each step p_e moves by `step` toward keeping the share of all-equal
-  groups at `target` (eq. 2: down when above it, up when below), within
-  [`min_explore`, 1].
+  before each draw (each generation round) p_e moves by `step` toward keeping
+  the share of all-equal groups seen since the previous draw at `target` (eq. 2:
+  down when above it, up when below), within [`min_explore`, 1].
 """
 
 from __future__ import annotations
