@@ -15,6 +15,7 @@ from matplotlib.image import imread
 from gradus.launch.experiments.ablate import PUBLISHED, ablate, load_ablation, publish, run_jobs
 from gradus.launch.experiments.plots import plot_all
 from gradus.launch.experiments.results import read_metrics
+from gradus.launch.experiments.spend import shares
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +72,7 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert all("±" in line for line in table[2:])
 
     # The PNGs are real images, and what they draw is the seeds' mean of the logged metrics.
-    for name in ("probabilities.png", "rewards.png", "lengths.png", "compute.png"):
+    for name in ("probabilities.png", "rewards.png", "lengths.png", "compute.png", "seeds.png"):
         image = imread(paths["plots"] / name)
         assert image.shape[0] > 100 and image.std() > 0.01, name
     cells = {c: [read_metrics(runs[c, s]) for s in (0, 1)] for c in ("uniform", "dump")}
@@ -81,6 +82,17 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert probs == pytest.approx([np.mean([m[s]["dist/add1/prob"] for m in cells["dump"]]) for s in steps])
     assert drawn["probabilities.png"]["uniform"]["add2"][1] == pytest.approx([1 / 3] * 3)
     assert drawn["rewards.png"]["uniform"]["eval/accuracy"][0] == [1, 2]
+    assert drawn["seeds.png"]["dump"]["seed 1"][1] == [
+        m["eval/accuracy"] for m in cells["dump"][1] if "eval/accuracy" in m
+    ]
+    # Where generation went: per distribution, from the logged samples and lengths; the shares add up to all of it.
+    spend = list(csv.DictReader((paths["spend"].parent / "spend.csv").open()))
+    assert {(r["cell"], r["distribution"]) for r in spend} == {
+        (c, d) for c in ("uniform", "dump") for d in ("add1", "add2", "add3")
+    }
+    for cell in ("uniform", "dump"):
+        for run in cells[cell]:
+            assert sum(shares(run, d)[0] for d in ("add1", "add2", "add3")) == pytest.approx(1.0)
     started = {"dump": [read_metrics(runs["dump", s], with_start=True) for s in (0, 1)]}  # eval.at_start (default.yaml)
     assert plot_all(started, tmp_path / "start")["rewards.png"]["dump"]["eval/accuracy"][0] == [-1, 1, 2]
 

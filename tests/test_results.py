@@ -11,7 +11,15 @@ from gradus.launch.experiments import ablate
 from gradus.launch.experiments.ablate import load_ablation, run_jobs
 from gradus.launch.errors import GradusError
 from gradus.launch.run.preempt import Preempted
-from gradus.launch.experiments.results import aggregate, bootstrap_interval, markdown_table, run_summary
+from gradus.launch.experiments.results import (
+    Reference,
+    accuracy_at_budget,
+    aggregate,
+    bootstrap_interval,
+    markdown_table,
+    run_summary,
+)
+from gradus.launch.run.rundir import START_EVAL
 from tests.conftest import ROOT
 
 
@@ -49,6 +57,7 @@ def test_run_summary_reads_final_eval_steps_to_target_length_tokens_wall(tmp_pat
     assert s["steps_to_target"] == 4.0  # step index 3 is the 4th step
     assert s["mean_length"] == 12.0 and s["tokens_generated"] == 500 and s["wall_seconds"] == 12.0
     assert s["tokens_per_informative_group"] == 500 / 4  # every generated token over the 2 + 2 informative groups
+    assert s["informative_share"] == 4 / 40  # of the 5 x 8 generated groups
     assert math.isnan(run_summary(tmp_path / "r", target_accuracy=0.9)["steps_to_target"])
     assert s["final_pass@4"] == 1.0
     row = aggregate([s, run_summary(tmp_path / "r", 0.5)])
@@ -68,6 +77,8 @@ def test_aggregate_mean_std_over_seeds_and_table():
         "mean_length_std": 1.0,
         "tokens_generated_mean": 500.0,
         "tokens_generated_std": 0.0,
+        "informative_share_mean": 0.4,
+        "informative_share_std": 0.05,
         "tokens_per_informative_group_mean": 125.0,
         "tokens_per_informative_group_std": 5.0,
         "wall_seconds_mean": 60.0,
@@ -76,10 +87,12 @@ def test_aggregate_mean_std_over_seeds_and_table():
     table = markdown_table({"dump": full}, 0.5).splitlines()
     assert table[0] == (
         "| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated "
-        "| tokens per informative group"
+        "| informative share of generated groups | tokens per informative group"
         " | wall s |"
     )
-    assert table[2] == "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 125 ± 5 | 60 ± 2 |"
+    assert table[2] == (
+        "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 0.40 ± 0.05 | 125 ± 5 | 60 ± 2 |"
+    )
 
 
 @pytest.mark.parametrize(
@@ -155,13 +168,13 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
 
 def test_reach_reference_and_bootstrap_interval(tmp_path):
     _write_run(tmp_path / "r", [None, 0.2, None, 0.6, 0.5])
-    s = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.2)
+    s = run_summary(tmp_path / "r", target_accuracy=0.5, reference=Reference("uniform", 0.2, 250.0))
     assert (s["steps_to_reference"], s["tokens_to_reference"], s["reached_reference"]) == (
         2.0,
         200.0,
         1.0,
     )  # 100 tokens a step
-    never = run_summary(tmp_path / "r", target_accuracy=0.5, reference=0.9)
+    never = run_summary(tmp_path / "r", target_accuracy=0.5, reference=Reference("uniform", 0.9, 50.0))
     assert (never["steps_to_reference"], never["tokens_to_reference"], never["reached_reference"]) == (
         5.0,
         500.0,
@@ -172,7 +185,20 @@ def test_reach_reference_and_bootstrap_interval(tmp_path):
     assert 1.0 <= low < 3.0 < high <= 6.0
     row = aggregate([s, never])
     assert row["reached_reference"] == 1 and row["steps_to_reference_mean"] == 3.5
-    table = markdown_table({"x": row}, 0.5, ("uniform", 0.2)).splitlines()
+    table = markdown_table({"x": row}, 0.5, Reference("uniform", 0.2, 250.0)).splitlines()
     assert (
         "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "| >=3.5 [2.0, 5.0] (1/2) |" in table[2]
     )
+    assert table[0].endswith("| acc at uniform's half budget (250 tokens) |")
+
+
+def test_accuracy_at_the_reference_half_budget_is_the_last_evaluation_within_it(tmp_path):
+    """100 tokens a step; evaluations after steps 1 (0.2), 3 (0.6) and 4 (0.5), and 0.1 before training."""
+    _write_run(tmp_path / "r", [None, 0.2, None, 0.6, 0.5])
+    (tmp_path / "r" / START_EVAL).write_text(json.dumps({"eval/accuracy": 0.1}))
+    at = {
+        b: run_summary(tmp_path / "r", 0.5, Reference("u", 0.2, b))["accuracy_at_reference_budget"]
+        for b in (50.0, 200.0, 399.0, 400.0, 10_000.0)
+    }
+    assert at == {50.0: 0.1, 200.0: 0.2, 399.0: 0.2, 400.0: 0.6, 10_000.0: 0.5}
+    assert math.isnan(accuracy_at_budget([{"step": 0, "tokens/generated": 100, "eval/accuracy": 0.3}], 50.0))

@@ -25,7 +25,8 @@ from gradus.launch.errors import GradusError
 from gradus.launch.experiments.paired import last_outcomes, write_paired
 from gradus.launch.experiments.plots import plot_all
 from gradus.launch.run.preempt import Preempted
-from gradus.launch.experiments.results import aggregate, read_metrics, run_summary, write_results
+from gradus.launch.experiments.spend import write_spend
+from gradus.launch.experiments.results import Reference, aggregate, read_metrics, run_summary, write_results
 from gradus.launch.run.rundir import START_EVAL
 
 
@@ -184,30 +185,30 @@ PUBLISHED = ("metrics.jsonl", START_EVAL, "done.json", "config.yaml", "eval")
 
 
 def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -> dict[str, Path]:
-    """results.csv, results.md and the plots from the runs under `root`
-    (<root>/<cell>/seed-<n>; default the jobs' run directories), written there."""
+    """results.csv/.md, spend.csv/.md, paired.csv/.md (with a reference cell) and
+    the plots from the runs under `root` (<root>/<cell>/seed-<n>; default the
+    jobs' run directories), written there."""
     out_dir = Path(root or spec.out_dir)
     cells: dict[str, list[Path]] = {}
     for job in jobs:
         cells.setdefault(job.cell, []).append(out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir)
     reference = None
-    if spec.reference_cell:  # the reference cell's mean final held-out accuracy becomes a second target
-        reference = aggregate([run_summary(d, spec.target_accuracy) for d in cells[spec.reference_cell]])[
-            "final_accuracy_mean"
-        ]
+    if spec.reference_cell:  # its final accuracy becomes a second target, half its generated tokens a budget
+        own = aggregate([run_summary(d, spec.target_accuracy) for d in cells[spec.reference_cell]])
+        reference = Reference(spec.reference_cell, own["final_accuracy_mean"], own["tokens_generated_mean"] / 2)
     table = {
         cell: aggregate([run_summary(d, spec.target_accuracy, reference) for d in dirs]) for cell, dirs in cells.items()
     }
-    csv_path, md_path = write_results(
-        out_dir, table, spec.target_accuracy, (spec.reference_cell, reference) if spec.reference_cell else None
-    )
-    plot_all(
-        {cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}, out_dir / "plots"
-    )
+    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference)
+    seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
+    metrics = {cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}
+    plot_all(metrics, out_dir / "plots", seeds)
     paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
-    if spec.reference_cell:
-        seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
-        runs = {cell: {s: read_metrics(d) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
+    paths["spend"] = write_spend(out_dir, metrics)[1]
+    if spec.reference_cell:  # paired over training steps: the before-training evaluation (step -1) left out
+        runs = {
+            cell: {s: [m for m in ms if m["step"] >= 0] for s, ms in zip(seeds[cell], metrics[cell])} for cell in cells
+        }
         outcomes = {cell: {s: last_outcomes(d) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
         paths["paired"] = write_paired(out_dir, spec.reference_cell, runs, outcomes)[1]
     return paths

@@ -15,7 +15,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gradus.launch.experiments.results import distributions  # noqa: E402
+from gradus.launch.experiments.results import compute_curve, distributions  # noqa: E402
 
 Series = dict[str, tuple[list[int], list[float]]]
 
@@ -105,20 +105,6 @@ def plot_lengths(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Se
     return drawn
 
 
-def compute_curve(run: Sequence[dict], axis: str) -> tuple[list[float], list[float]]:
-    """A run's held-out accuracy against what it spent so far: cumulative
-    generated tokens ("tokens") or wall seconds ("wall"); the before-training
-    evaluation (step -1) sits at 0."""
-    spent, xs, ys = 0.0, [], []
-    for m in run:
-        if m["step"] >= 0:
-            spent += m.get("tokens/generated" if axis == "tokens" else "time/step", 0.0) or 0.0
-        if m.get("eval/accuracy") is not None:
-            xs.append(spent)
-            ys.append(float(m["eval/accuracy"]))
-    return xs, ys
-
-
 def plot_compute(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Series]:
     """Equal-compute views: held-out accuracy against generated tokens and against
     wall time, each seed a thin line and the cell's spread over seeds a band
@@ -150,6 +136,36 @@ def plot_compute(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Se
     return drawn
 
 
+def plot_seeds(
+    cells: dict[str, list[list[dict]]], path: Path, seeds: dict[str, list[int]] | None = None
+) -> dict[str, Series]:
+    """Per-seed small multiples: one panel per cell and seed with that run's
+    held-out accuracy against steps beside its cell's mean over seeds (dashed),
+    so a crossing that does not last or one seed carrying a mean shows."""
+    columns = max((len(runs) for runs in cells.values()), default=1)
+    fig, axes = plt.subplots(
+        len(cells), columns, figsize=(2.6 * columns, 2.0 * len(cells)), squeeze=False, sharex=True, sharey=True
+    )
+    fig.suptitle("held-out accuracy per seed (dashed: the cell's mean over seeds)")
+    drawn: dict[str, Series] = {}
+    for row, (cell, runs) in enumerate(cells.items()):
+        mean = mean_curve(runs, "eval/accuracy")
+        names = [f"seed {s}" for s in (seeds or {}).get(cell, range(len(runs)))]
+        drawn[cell] = {}
+        for column, ax in enumerate(axes[row]):
+            if column >= len(runs):
+                ax.axis("off")
+                continue
+            steps, accuracy = mean_curve([runs[column]], "eval/accuracy")
+            ax.plot(*mean, "--", color="grey", linewidth=0.8)
+            ax.plot(steps, accuracy, "o-", markersize=3)
+            ax.set_title(f"{cell}, {names[column]}", fontsize=8)
+            ax.set_ylim(0, 1)
+            drawn[cell][names[column]] = (steps, accuracy)
+    _save(fig, path)
+    return drawn
+
+
 PLOTS = {
     "probabilities.png": plot_probabilities,
     "rewards.png": plot_rewards,
@@ -158,8 +174,14 @@ PLOTS = {
 }
 
 
-def plot_all(cells: dict[str, list[list[dict]]], out_dir: Path) -> dict[str, dict[str, Series]]:
-    """Every plot into out_dir; returns {file name: drawn series}."""
+def plot_all(
+    cells: dict[str, list[list[dict]]], out_dir: Path, seeds: dict[str, list[int]] | None = None
+) -> dict[str, dict[str, Series]]:
+    """Every plot into out_dir (seeds.png, the per-seed panels, for more than one
+    seed; `seeds` names each cell's runs); returns {file name: drawn series}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {name: draw(cells, out_dir / name) for name, draw in PLOTS.items()}
+    drawn = {name: draw(cells, out_dir / name) for name, draw in PLOTS.items()}
+    if any(len(runs) > 1 for runs in cells.values()):
+        drawn["seeds.png"] = plot_seeds(cells, out_dir / "seeds.png", seeds)
+    return drawn

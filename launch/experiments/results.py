@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,13 +43,49 @@ def reach(metrics: Sequence[dict], target: float) -> tuple[float, float, bool]:
     return float(max((m["step"] + 1 for m in metrics), default=0)), tokens, False
 
 
-def run_summary(run_dir: Path, target_accuracy: float, reference: float | None = None) -> dict[str, float]:
+@dataclass(frozen=True)
+class Reference:
+    """The cell an ablation is compared with: its mean final held-out accuracy
+    (a target for the others) and half its mean generated tokens (an equal-compute
+    point at which every cell's held-out accuracy is read)."""
+
+    cell: str
+    accuracy: float
+    budget: float
+
+
+def compute_curve(run: Sequence[dict], axis: str) -> tuple[list[float], list[float]]:
+    """A run's held-out accuracy against what it spent so far: cumulative
+    generated tokens ("tokens") or wall seconds ("wall"); the before-training
+    evaluation (step -1) sits at 0. A step's evaluation follows its update, so
+    it counts that step's spend."""
+    spent, xs, ys = 0.0, [], []
+    for m in run:
+        if m["step"] >= 0:
+            spent += m.get("tokens/generated" if axis == "tokens" else "time/step", 0.0) or 0.0
+        if m.get("eval/accuracy") is not None:
+            xs.append(spent)
+            ys.append(float(m["eval/accuracy"]))
+    return xs, ys
+
+
+def accuracy_at_budget(run: Sequence[dict], budget: float) -> float:
+    """Held-out accuracy of the last evaluation made before the run had generated
+    more than `budget` tokens (the before-training one counts at 0 tokens); a
+    run that never spent that much gives its final accuracy."""
+    within = [y for x, y in zip(*compute_curve(run, "tokens")) if x <= budget]
+    return within[-1] if within else math.nan
+
+
+def run_summary(run_dir: Path, target_accuracy: float, reference: Reference | None = None) -> dict[str, float]:
     """One finished run: final held-out accuracy (avg@n, overall and per distribution) and pass@k,
     the steps and generated tokens until held-out accuracy reached the target
-    (and, with `reference`, that accuracy: a reference cell's final one), mean
-    response length, tokens generated (and per informative group: groups whose
-    rewards were not all equal, over all generated groups), wall seconds."""
-    metrics = read_metrics(run_dir)
+    (and, with a `reference`, its final accuracy, and the accuracy at its half
+    token budget), mean response length, tokens generated, the informative share
+    of generated groups (rewards not all equal) and tokens per informative group,
+    wall seconds."""
+    everything = read_metrics(run_dir, with_start=True)
+    metrics = [m for m in everything if m["step"] >= 0]
     evals = [m for m in metrics if m.get("eval/accuracy") is not None]
     final = evals[-1] if evals else {}
     out = {"final_accuracy": final.get("eval/accuracy", math.nan)}
@@ -59,13 +96,15 @@ def run_summary(run_dir: Path, target_accuracy: float, reference: float | None =
     steps, _, reached = reach(metrics, target_accuracy)
     out["steps_to_target"] = steps if reached else math.nan
     if reference is not None:
-        out["steps_to_reference"], out["tokens_to_reference"], hit = reach(metrics, reference)
+        out["steps_to_reference"], out["tokens_to_reference"], hit = reach(metrics, reference.accuracy)
         out["reached_reference"] = float(hit)
+        out["accuracy_at_reference_budget"] = accuracy_at_budget(everything, reference.budget)
     out["mean_length"] = float(np.mean([m["length/tokens_mean"] for m in metrics]))
     out["tokens_generated"] = float(sum(m["tokens/generated"] for m in metrics))
-    informative = sum(
-        m["groups/informative_frac"] * m["groups/generated"] for m in metrics if "groups/informative_frac" in m
-    )
+    counted = [m for m in metrics if "groups/informative_frac" in m]
+    informative = sum(m["groups/informative_frac"] * m["groups/generated"] for m in counted)
+    generated = sum(m["groups/generated"] for m in counted)
+    out["informative_share"] = informative / generated if generated else math.nan
     out["tokens_per_informative_group"] = (
         out["tokens_generated"] / informative if informative else math.nan
     )  # the compute a curriculum saves
@@ -103,7 +142,7 @@ def write_results(
     out_dir: Path,
     cells: dict[str, dict[str, float]],
     target_accuracy: float,
-    reference: tuple[str, float] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[Path, Path]:
     """results.csv (every mean, std and interval column) and results.md (the table to paste)."""
     out_dir = Path(out_dir)
@@ -136,10 +175,11 @@ def _ci(row: dict[str, float], key: str, fmt: str, censored: bool = False) -> st
 
 
 def markdown_table(
-    cells: dict[str, dict[str, float]], target_accuracy: float, reference: tuple[str, float] | None = None
+    cells: dict[str, dict[str, float]], target_accuracy: float, reference: Reference | None = None
 ) -> str:
     """Mean ± std over seeds per cell; with a reference cell, steps and tokens to
-    reach its final accuracy as mean [bootstrap 95% interval] (reached/seeds)."""
+    reach its final accuracy as mean [bootstrap 95% interval] (reached/seeds),
+    and held-out accuracy at half its generated tokens."""
     first = next(iter(cells.values()))
     names = sorted(
         k[len("final_accuracy/") : -len("_mean")]
@@ -158,14 +198,16 @@ def markdown_table(
             f"steps to acc {target_accuracy:g} (reached)",
             "mean length",
             "tokens generated",
+            "informative share of generated groups",
             "tokens per informative group",
             "wall s",
         ]
     )
     if reference:
         header += [
-            f"steps to {reference[0]}'s final acc {reference[1]:.3f} [95% CI] (reached)",
+            f"steps to {reference.cell}'s final acc {reference.accuracy:.3f} [95% CI] (reached)",
             "tokens to it [95% CI]",
+            f"acc at {reference.cell}'s half budget ({reference.budget:.0f} tokens)",
         ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell, row in cells.items():
@@ -178,6 +220,7 @@ def markdown_table(
                 reach,
                 _pm(row, "mean_length", ".1f"),
                 _pm(row, "tokens_generated", ".0f"),
+                _pm(row, "informative_share", ".2f"),
                 _pm(row, "tokens_per_informative_group", ".0f"),
                 _pm(row, "wall_seconds", ".0f"),
             ]
@@ -187,6 +230,7 @@ def markdown_table(
             values += [
                 f"{_ci(row, 'steps_to_reference', '.1f', censored)} ({row['reached_reference']}/{row['seeds']})",
                 _ci(row, "tokens_to_reference", ".0f", censored),
+                _pm(row, "accuracy_at_reference_budget", ".3f"),
             ]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"

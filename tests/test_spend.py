@@ -1,0 +1,64 @@
+"""Where a cell's generation went (spend.md) and the per-seed panels
+(seeds.png), on hand-made runs (pure: no Ray, no model)."""
+
+import math
+
+import pytest
+
+from gradus.launch.experiments.plots import plot_seeds
+from gradus.launch.experiments.spend import first_below, shares, spend_rows, write_spend
+
+
+def _run(noise_probs: list[float], noise_samples: int = 4) -> list[dict]:
+    """Two distributions; `noise` drawn with the given probabilities, `clean` with the rest."""
+    run = []
+    for step, p in enumerate(noise_probs):
+        run.append(
+            {
+                "step": step,
+                "dist/clean/prob": 1 - p,
+                "dist/noise/prob": p,
+                "dist/clean/samples": 8 - noise_samples,
+                "dist/noise/samples": noise_samples,
+                "dist/clean/length": 10.0,
+                "dist/noise/length": 30.0 if noise_samples else math.nan,
+                "tokens/generated": (8 - noise_samples) * 10 + noise_samples * 30,
+                "eval/accuracy": 0.1 * step,
+            }
+        )
+    return run
+
+
+def test_shares_of_generated_tokens_and_samples():
+    run = _run([0.5, 0.5])  # per step: 4 x 10 clean tokens, 4 x 30 noise tokens
+    assert shares(run, "noise") == pytest.approx((0.75, 0.5))
+    assert shares(run, "clean") == pytest.approx((0.25, 0.5))
+    assert shares(_run([0.5], noise_samples=0), "noise") == (0.0, 0.0)  # nan length of an empty draw counts 0
+
+
+def test_first_step_below_the_level_first_and_sustained():
+    run = _run([0.5, 0.2, 0.3, 0.2, 0.1])
+    assert first_below(run, "noise", 0.25) == 1
+    assert first_below(run, "noise", 0.25, sustained=True) == 3
+    assert first_below(run, "noise", 0.05) is None
+
+
+def test_spend_table_says_by_which_step_every_seed_got_there(tmp_path):
+    cells = {
+        "dump": [_run([0.5, 0.2, 0.2]), _run([0.5, 0.5, 0.2])],
+        "uniform": [_run([0.5, 0.5, 0.5]), _run([0.5, 0.5, 0.5])],
+    }
+    rows = {(r["cell"], r["distribution"]): r for r in spend_rows(cells)}
+    assert rows["dump", "noise"]["level"] == 0.25  # 1/(2K), K = 2
+    assert rows["dump", "noise"]["below"] == "2 (1, 2)" and rows["dump", "noise"]["below_sustained"] == "2 (1, 2)"
+    assert rows["uniform", "noise"]["below"] == "never (-, -)"
+    assert rows["uniform", "noise"]["token_share_mean"] == pytest.approx(0.75)
+    md = write_spend(tmp_path, cells)[1].read_text().splitlines()
+    assert "| dump | noise | 2 | 0.750 ± 0.000 | 0.500 | 2 (1, 2) | 2 (1, 2) |" in md
+
+
+def test_per_seed_panels_draw_each_run_under_its_seed(tmp_path):
+    cells = {"dump": [_run([0.5, 0.5]), _run([0.5, 0.5, 0.5])], "uniform": [_run([0.5])]}
+    drawn = plot_seeds(cells, tmp_path / "seeds.png", {"dump": [3, 7], "uniform": [3]})
+    assert drawn["dump"]["seed 7"] == ([0, 1, 2], pytest.approx([0.0, 0.1, 0.2]))
+    assert list(drawn["uniform"]) == ["seed 3"] and (tmp_path / "seeds.png").stat().st_size > 1000
