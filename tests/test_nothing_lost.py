@@ -290,3 +290,29 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, tiny_m
     assert ckpt.complete(run_dir) == [older] and not newer.exists()
     assert (run_dir / "overwritten-1" / "checkpoints" / newer.name / "state.json").is_file()
     assert f"checkpoints after {older.name} moved to" in capsys.readouterr().out
+
+
+def test_checkpoint_rng_round_trip_includes_the_cuda_generator(monkeypatch):
+    """A rank's RNG file restores python, numpy, torch and (on CUDA) the device
+    generator; a GPU checkpoint resumed on CPU skips the latter. CUDA is faked."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from gradus.trainer import engine_checkpoint
+
+    device = {"state": torch.arange(16, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: device["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t: device.update(state=t))
+    saved = json.loads(json.dumps(engine_checkpoint.rng_state()))
+    draws = (random.random(), float(np.random.rand()), torch.rand(1).item())
+    device["state"] = torch.zeros(16, dtype=torch.uint8)
+    engine_checkpoint.set_rng_state(saved)
+    assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == draws
+    assert device["state"].tolist() == list(range(16))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    device["state"] = torch.zeros(16, dtype=torch.uint8)
+    engine_checkpoint.set_rng_state(saved)
+    assert device["state"].tolist() == [0] * 16 and (random.random(), float(np.random.rand())) == draws[:2]

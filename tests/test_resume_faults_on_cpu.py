@@ -138,8 +138,13 @@ def test_sigkill_then_stop_signal_then_resume_auto_match_uninterrupted_run(tiny_
         )
         for pid in _pids("ray::CurriculumScheduler"):
             os.kill(pid, signal.SIGKILL)
-        _wait_for(
-            lambda: (killed / "checkpoints" / "step-000001" / "state.json").exists(), proc, "the step-2 checkpoint"
+        _wait_for(  # a kill that lands after step 2 used the scheduler is noticed one step later: wait for both
+            lambda: (
+                (killed / "checkpoints" / "step-000001" / "state.json").exists()
+                and "scheduler actor died; restarted" in (tmp_path / "first.log").read_text()
+            ),
+            proc,
+            "the step-2 checkpoint and the scheduler's restart",
         )
         _kill_tree(proc)
     assert len(_metrics(killed)) < 4, "the run finished before it was killed"

@@ -12,7 +12,7 @@ new engine's partitions through DeepSpeed's public safe_get/safe_set API.
 <dir>/weights.safetensors   param/<name>, <state key>/<name>   (fp32, full shapes)
 <dir>/trainer_state.json    optimizer scalars + param groups, LR schedule, engine
                             counters, world size and ZeRO stage saved from
-<dir>/rng-<rank>.json       python/numpy/torch RNG of each rank
+<dir>/rng-<rank>.json       python/numpy/torch (and CUDA) RNG of each rank
 
 Only safetensors and JSON: loading a checkpoint runs no code. (Checkpoints of
 earlier versions, with .pt files, load through torch's weights_only loader.)
@@ -67,23 +67,31 @@ def _full(engine: Any, param: torch.nn.Parameter, key: str | None) -> torch.Tens
     return value.detach().float().cpu().reshape(param.ds_shape if hasattr(param, "ds_shape") else param.shape).clone()
 
 
-def _rng_state() -> dict[str, Any]:
-    """This process's RNG states as JSON values."""
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as JSON values; on CUDA also the rank's own
+    device generator (dropout or sampling on the GPU draws from it)."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state().tolist(),
     }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """The inverse of rng_state; a CUDA state is restored where CUDA is (a GPU
+    checkpoint resumed on CPU has no device generator to set)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
 def save(engine: Any, directory: str, rank: int) -> None:
@@ -99,7 +107,7 @@ def save(engine: Any, directory: str, rank: int) -> None:
             value = _full(engine, param, key)
             if rank == 0:
                 tensors[f"{key or 'param'}/{name}"] = value
-    (path / f"rng-{rank}.json").write_text(json.dumps(_rng_state()))
+    (path / f"rng-{rank}.json").write_text(json.dumps(rng_state()))
     if rank != 0:
         return
     save_file(tensors, str(path / WEIGHTS))
@@ -208,7 +216,7 @@ def load(engine: Any, directory: str, rank: int, changes: dict[str, float] | Non
     )
     rng = path / f"rng-{rank}.json"
     if rng.is_file():
-        _set_rng_state(json.loads(rng.read_text()))
+        set_rng_state(json.loads(rng.read_text()))
     elif (path / f"rng-{rank}.pt").is_file() and rank == 0:
         print(
             "gradus: this checkpoint keeps its RNG pickled (an earlier gradus); it is not unpickled, "
