@@ -7,7 +7,14 @@ import math
 
 import pytest
 
-from gradus.launch.experiments.paired import crossing, last_outcomes, paired_bootstrap, row_bootstrap, write_paired
+from gradus.launch.experiments.paired import (
+    crossing,
+    evaluation_se,
+    last_outcomes,
+    paired_bootstrap,
+    row_bootstrap,
+    write_paired,
+)
 
 
 def _run(accuracies: dict[int, float], steps: int = 10, tokens: float = 100.0, seconds: float = 2.0) -> list[dict]:
@@ -67,8 +74,15 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
     assert last_outcomes(run_dir) == [(0, 1), (1, 1), (0, 1), (1, 1)] and last_outcomes(tmp_path) == []
     reference = {s: _run({9: 0.5}) for s in range(2)}
     runs = {"uniform": reference, "dump": {s: _run({4: 0.5, 9: 0.5}) for s in range(2)}}
-    _, md = write_paired(tmp_path, "uniform", runs, {"dump": {0: [(1, 2)], 1: [(2, 2)]}}, resamples=100)
+    _, md = write_paired(tmp_path, "uniform", runs, {"dump": {0: [(1, 2), (2, 2)], 1: [(2, 2), (1, 2)]}}, resamples=100)
     text = md.read_text()
     assert "| dump | first | 2 | 50% [50%, 50%] |" in text and "| dump | sustained | 2 |" in text
     assert "resamples `uniform`'s seeds too" in text and "| dump | 0.750 [" in text
     assert not math.isnan(float(text.split("| dump | 0.750 [")[1].split(",")[0]))
+    assert text.rstrip().endswith("| 0.250 | 0.000 | no |")  # rows at 0.5 and 1 of 3/4: s.e. 1/4; equal seeds
+
+
+def test_one_evaluations_standard_error_from_its_rows():
+    rows = [(0, 4), (4, 4), (2, 4), (2, 4)]  # row accuracies 0, 1, 0.5, 0.5: sd 0.408 over 4 rows
+    assert evaluation_se(rows) == pytest.approx(0.408248 / 2, rel=1e-5)
+    assert evaluation_se([(3, 4)] * 8) == 0.0 and math.isnan(evaluation_se([(1, 2)]))

@@ -26,5 +26,6 @@ def test_published_results_recompute_from_committed_runs(tmp_path):
         assert {p.name for p in run.iterdir()} <= set(PUBLISHED)
     paths = summarize(spec, jobs, tmp_path)
     assert paths["markdown"].read_text() == (RESULTS / "results.md").read_text()
-    assert paths["csv"].read_text() == (RESULTS / "results.csv").read_text()
+    for name in ("results.csv", "spend.md", "spend.csv", "paired.md", "paired.csv"):
+        assert (tmp_path / name).read_text() == (RESULTS / name).read_text(), name
     assert {p.name for p in paths["plots"].iterdir()} == {p.name for p in (RESULTS / "plots").iterdir()}

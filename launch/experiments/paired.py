@@ -101,6 +101,17 @@ def row_bootstrap(
     return point, low, high
 
 
+def evaluation_se(rows: Sequence[tuple[int, int]]) -> float:
+    """Standard error of one evaluation's accuracy (samples right over samples)
+    from its rows' outcomes: the ratio estimator's, rows resampled."""
+    data = np.asarray(rows, dtype=float)
+    n, total = len(data), data[:, 1].sum()
+    if n < 2 or not total:
+        return math.nan
+    residual = data[:, 0] - data[:, 0].sum() / total * data[:, 1]
+    return float(math.sqrt(n / (n - 1) * (residual**2).sum()) / total)
+
+
 def last_outcomes(run_dir: Path) -> list[tuple[int, int]]:
     """(samples right, samples) per held-out row of a run's last evaluation
     (<run_dir>/eval/step-NNNNNN.jsonl); empty for runs from before these files."""
@@ -157,13 +168,19 @@ def write_paired(
         lines += [
             "",
             "Final held-out accuracy, mean over seeds [95% interval from resampling held-out rows within "
-            "each seed: evaluation noise alone, not the seeds' spread].",
+            "each seed: evaluation noise alone, not the seeds' spread]; one evaluation's standard error (mean over "
+            "seeds) beside the seeds' standard deviation of final accuracy: evaluation noise is small against the "
+            "spread between seeds when the first is below a third of the second.",
             "",
-            "| cell | accuracy |",
-            "|---|---|",
+            "| cell | accuracy | one evaluation's s.e. | seeds' s.d. | s.e. < s.d./3 |",
+            "|---|---|---|---|---|",
         ]
         for cell, o in with_rows.items():
             point, low, high = row_bootstrap(o, resamples)
-            lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] |")
+            se = float(np.mean([evaluation_se(rows) for rows in o.values()]))
+            finals = [final_accuracy(runs[cell][s]) for s in o if s in runs.get(cell, {})]
+            sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
+            small = "-" if math.isnan(sd) else ("yes" if se < sd / 3 else "no")
+            lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {sd:.3f} | {small} |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
