@@ -102,6 +102,7 @@ def test_aggregate_mean_std_over_seeds_and_table():
         ({"curricula": {}}, "'curricula' is empty"),
         ({"curricula": {"u": {"curriculum.kindd": "uniform"}}}, "cell 'u': unknown config key 'curriculum.kindd'"),
         ({"curricula": {"u": {}}, "overrides": {"eval.every": 0}}, "eval.every=0"),
+        ({"curricula": {"u": {}}, "more_seeds": {"uu": [3]}}, "more_seeds names 'uu', not a cell (did you mean 'u'"),
     ],
 )
 def test_ablation_file_errors_name_the_key(tmp_path, spec, message):
@@ -121,6 +122,24 @@ def test_shipped_ablation_expands_to_its_cells_and_seeds():
     assert dump_filter.cfg.run.seed == 1 and str(dump_filter.run_dir) == "runs/ablation/dump+filter/seed-1"
     pass_rate = next(j for j in jobs if j.cell == "dump+pass_rate")
     assert pass_rate.cfg.curriculum.prompts["kind"] == "pass_rate" and pass_rate.cfg.eval.samples == 4
+
+
+def test_more_seeds_for_named_cells(tmp_path):
+    path = tmp_path / "abl.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(ROOT / "configs" / "default.yaml"),
+                "overrides": {"eval.every": 5},
+                "seeds": [0, 1],
+                "curricula": {"uniform": {}, "dump": {}},
+                "more_seeds": {"uniform": [1, 2, 3]},
+            },
+            sort_keys=False,
+        )
+    )
+    jobs = load_ablation(path)[1]
+    assert [(j.cell, j.seed) for j in jobs] == [("uniform", s) for s in (0, 1, 2, 3)] + [("dump", 0), ("dump", 1)]
 
 
 def _fail_uniform_seed_1(cfg, resume):

@@ -43,6 +43,7 @@ class AblationConfig:
         default_factory=dict
     )  # more cells with their own overrides, not crossed with variants (e.g. dump+pass_rate)
     reference_cell: str = ""  # report steps and generated tokens to reach this cell's final held-out accuracy
+    more_seeds: dict = field(default_factory=dict)  # cell -> seeds it runs beyond `seeds` (e.g. 5 for the reference)
     parallel: int = 1  # cells at once; > 1 runs them as Ray tasks (a cluster: set overrides cluster.address)
 
 
@@ -88,9 +89,14 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
             f"{path}: reference_cell {spec.reference_cell!r} is not a cell{nearest(spec.reference_cell, cells)}; "
             f"cells: {sorted(cells)}"
         )
+    for cell, extra in spec.more_seeds.items():
+        if cell not in cells:
+            raise GradusError(
+                f"{path}: more_seeds names {cell!r}, not a cell{nearest(cell, cells)}; cells: {sorted(cells)}"
+            )
     jobs = []
     for cell, overrides in cells.items():
-        for seed in spec.seeds:
+        for seed in [*spec.seeds, *(s for s in spec.more_seeds.get(cell) or [] if s not in spec.seeds)]:
             run_dir = Path(spec.out_dir) / cell / f"seed-{seed}"
             try:
                 cfg = load_config(
