@@ -184,10 +184,10 @@ def b1_vllm_reload(model: Path, device: str) -> str:
     from gradus.curriculum.items import Item
     from gradus.rollout.worker import RolloutWorker, engine_env
 
+    os.environ.update(engine_env(4, 1.0))  # the engine in this process (its reload takes a function), as in a run
     if device == "cuda":
         engine = {"dtype": "bfloat16", "enable_sleep_mode": True, "gpu_memory_utilization": 0.3}
-    else:  # vLLM-CPU: float32, a 1 GiB KV cache, the engine in this process
-        os.environ.update(engine_env(4, 1.0))
+    else:  # vLLM-CPU: float32, a 1 GiB KV cache
         engine = {"dtype": "float32"}
     worker = RolloutWorker(str(model), max_model_len=256, **engine)
     items = [Item("d", "What is 1 + 2?", "3", "numeric")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from gradus.curriculum.items import Item, Prompt
 from gradus.rollout.records import Group, Sample
@@ -26,7 +26,7 @@ def engine_env(threads: int, kv_cache_gib: float) -> dict[str, str]:
     return {**ENGINE_ENV, "OMP_NUM_THREADS": str(threads), "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gib)))}
 
 
-def _reload(worker: Any, weights: list) -> None:
+def _reload(worker: Any, weights: Iterable[tuple[str, Any]]) -> None:
     """Runs inside vLLM's worker: HF-named tensors in, vLLM fuses q/k/v itself.
     The worker's own reload_weights sets vLLM's config context (its model
     runner's, called directly, fails in 0.32 outside that context on CUDA)."""
@@ -183,9 +183,10 @@ class RolloutWorker:
             groups.append(Group(item=item, prompt_ids=ids, samples=samples, version=self.version))
         return groups, time.perf_counter() - start
 
-    def load_weights(self, named: list[tuple[str, Any]], version: int) -> None:
-        """HF-named tensors into the running engine, in place; cached prefixes
-        computed with the old weights are dropped."""
+    def load_weights(self, named: Iterable[tuple[str, Any]], version: int) -> None:
+        """HF-named tensors (a list, or a generator that receives them as they
+        are loaded) into the running engine, in place; cached prefixes computed
+        with the old weights are dropped."""
         self.llm.collective_rpc(_reload, args=(named,))
         self.llm.reset_prefix_cache()
         self.version = version

@@ -62,6 +62,9 @@ def test_colocation_rules():
     with pytest.raises(GradusError, match="between sleep and wake-up"):
         check_combinations(_cfg("cluster.colocate=true", "rollout.async_generation=true"), "cuda")
     check_combinations(_cfg("cluster.colocate=true", "sync.transport=broadcast"), "cpu")  # gloo: fine
+    with pytest.raises(GradusError, match="no device to receive the broadcast on; use sync.transport=object_store"):
+        check_combinations(_cfg("sync.transport=broadcast", "rollout.tensor_parallel_size=2"), "cuda")
+    check_combinations(_cfg("rollout.tensor_parallel_size=2"), "cuda")
 
 
 def test_placement_groups_of_the_plan_are_placed_with_declared_gpus():

@@ -79,7 +79,8 @@ def new_group(host: str, port: int, world_size: int, rank: int, backend: str) ->
     """A process group of its own; rank 0 hosts the rendezvous store."""
     store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=GROUP_TIMEOUT)
     prefixed = dist.PrefixStore("gradus-weights", store)
-    if backend == "nccl":  # with a deadline: a dead receiver frees rank 0 after GROUP_TIMEOUT, not NCCL's 10 minutes
+    if backend == "nccl":  # a deadline: a dead receiver ends rank 0 (NCCL tears its process down) after GROUP_TIMEOUT,
+        # not NCCL's 10 minutes, and the run restarts from its checkpoint
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = GROUP_TIMEOUT
         return dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
@@ -183,12 +184,16 @@ class WeightReceiver:
         return time.perf_counter() - start
 
     def receive_weights(self, version: int, device: str = "cpu") -> float:
-        """Broadcast transport: receive each bucket, then load; seconds taken."""
+        """Broadcast transport: each bucket is received as the engine loads the
+        one before it (a generator), so no second copy of the model is held on
+        the GPU beside the engine's own; seconds taken."""
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for bucket in self._layout:
+                flat = torch.empty(bucket.nbytes, dtype=torch.uint8, device=device)
+                broadcast(self._weight_group, flat)
+                yield from unpack(flat, bucket)
+
         start = time.perf_counter()
-        named = []
-        for bucket in self._layout:
-            flat = torch.empty(bucket.nbytes, dtype=torch.uint8, device=device)
-            broadcast(self._weight_group, flat)
-            named += unpack(flat, bucket)
-        self.load_weights(named, version)
+        self.load_weights(stream(), version)
         return time.perf_counter() - start

@@ -53,7 +53,11 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
     engine = engine_settings(standalone, device, plan(standalone, device))
     engine.pop("distributed_executor_backend", None)
     worker = RolloutWorker(
-        str(model), cfg.run.seed, dataclasses.asdict(cfg.reward), dtype=model_dtype(cfg, device), **engine
+        str(model),
+        cfg.run.seed,
+        dataclasses.asdict(cfg.reward),
+        dtype=model_dtype(cfg, device, device != "cuda" or torch.cuda.is_bf16_supported()),
+        **engine,
     )
     groups, seconds = worker.generate(
         eval_items(rows, cfg.run.seed),

@@ -62,6 +62,9 @@ def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
 # A malloc mmap threshold set in the driver's environment reaches every rank
 # (the ranks otherwise choose one by their settings: trainer.rank_setup.allocator).
 TRAINER_MALLOC = {MMAP_THRESHOLD_ENV: os.environ[MMAP_THRESHOLD_ENV]} if MMAP_THRESHOLD_ENV in os.environ else {}
+# cluster.device=cpu on a GPU node: Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor that asks for no GPU,
+# so without this every CPU rank and engine would open a context on GPU 0
+HIDE_GPUS = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 class TrainerGroup:
@@ -90,6 +93,7 @@ class TrainerGroup:
         env = {
             "OMP_NUM_THREADS": str(threads),
             **TRAINER_MALLOC,
+            **(HIDE_GPUS if device == "cpu" else {}),
             **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}),
         }
         self.ranks = [
@@ -259,7 +263,12 @@ class RolloutGroup:
         self.options = {
             "num_cpus": rollout.cpus_per_worker,
             "num_gpus": placement.rollout_actor_gpus,
-            "runtime_env": {"env_vars": engine_env(rollout.threads, rollout.kv_cache_gib)},
+            "runtime_env": {
+                "env_vars": {
+                    **engine_env(rollout.threads, rollout.kv_cache_gib),
+                    **(HIDE_GPUS if device == "cpu" else {}),
+                }
+            },
         }
         self.args = [(model_path, seed + i, reward) for i in range(n)]
         self.workers = [self._start(i) for i in range(n)]

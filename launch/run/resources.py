@@ -87,7 +87,15 @@ def preflight(placement: Placement, nodes: list[dict[str, float]]) -> str | None
 
 def check_combinations(cfg: Config, device: str) -> None:
     """Settings that cannot work on this device, refused with the reason."""
-    if device != "cuda" or not cfg.cluster.colocate:
+    if device != "cuda":
+        return
+    if cfg.sync.transport == "broadcast" and cfg.rollout.tensor_parallel_size > 1:
+        raise GradusError(
+            "sync.transport=broadcast with rollout.tensor_parallel_size > 1: the rollout actor holds no GPU of its own "
+            "(vLLM's tensor-parallel workers hold them), so it has no device to receive the broadcast on; use "
+            "sync.transport=object_store (the default), whose CPU buckets reach every tensor-parallel worker"
+        )
+    if not cfg.cluster.colocate:
         return
     if cfg.sync.transport == "broadcast":
         raise GradusError(
