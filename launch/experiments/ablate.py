@@ -89,7 +89,7 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
             f"{path}: reference_cell {spec.reference_cell!r} is not a cell{nearest(spec.reference_cell, cells)}; "
             f"cells: {sorted(cells)}"
         )
-    for cell, extra in spec.more_seeds.items():
+    for cell in spec.more_seeds:
         if cell not in cells:
             raise GradusError(
                 f"{path}: more_seeds names {cell!r}, not a cell{nearest(cell, cells)}; cells: {sorted(cells)}"
