@@ -62,19 +62,23 @@ def test_the_target_is_recomputed_from_resampled_baseline_seeds():
 
 
 def test_row_bootstrap_and_the_published_files(tmp_path):
-    point, low, high = row_bootstrap({0: [(2, 4)] * 10, 1: [(3, 4)] * 10}, resamples=200)
+    point, low, high = row_bootstrap({0: [("a", 2, 4)] * 10, 1: [("a", 3, 4)] * 10}, resamples=200)
     assert (point, low, high) == (pytest.approx(0.625), pytest.approx(0.625), pytest.approx(0.625))
-    spread = row_bootstrap({0: [(0, 4), (4, 4)] * 10}, resamples=500)
+    spread = row_bootstrap({0: [("a", 0, 4), ("a", 4, 4)] * 10}, resamples=500)
     assert spread[1] < 0.5 < spread[2]
+    by_design = row_bootstrap({0: [("a", 0, 4), ("b", 4, 4)] * 10}, resamples=500)  # rows differ only by distribution
+    assert by_design == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
     run_dir = tmp_path / "run"
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "eval" / "step-000010.jsonl").write_text(
         "".join(json.dumps({"distribution": "a", "row_id": i, "right": i % 2, "samples": 1}) + "\n" for i in range(4))
     )
-    assert last_outcomes(run_dir) == [(0, 1), (1, 1), (0, 1), (1, 1)] and last_outcomes(tmp_path) == []
+    assert last_outcomes(run_dir) == [("a", 0, 1), ("a", 1, 1), ("a", 0, 1), ("a", 1, 1)]
+    assert last_outcomes(tmp_path) == []
     reference = {s: _run({9: 0.5}) for s in range(2)}
     runs = {"uniform": reference, "dump": {s: _run({4: 0.5, 9: 0.5}) for s in range(2)}}
-    _, md = write_paired(tmp_path, "uniform", runs, {"dump": {0: [(1, 2), (2, 2)], 1: [(2, 2), (1, 2)]}}, resamples=100)
+    rows = {0: [("a", 1, 2), ("a", 2, 2)], 1: [("a", 2, 2), ("a", 1, 2)]}
+    _, md = write_paired(tmp_path, "uniform", runs, {"dump": rows}, resamples=100)
     text = md.read_text()
     assert "| dump | first | 2 | 50% [50%, 50%] |" in text and "| dump | sustained | 2 |" in text
     assert "resamples `uniform`'s seeds too" in text and "| dump | 0.750 [" in text
@@ -83,6 +87,10 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
 
 
 def test_one_evaluations_standard_error_from_its_rows():
-    rows = [(0, 4), (4, 4), (2, 4), (2, 4)]  # row accuracies 0, 1, 0.5, 0.5: sd 0.408 over 4 rows
+    rows = [("a", 0, 4), ("a", 4, 4), ("a", 2, 4), ("a", 2, 4)]  # row accuracies 0, 1, .5, .5: sd 0.408 over 4 rows
     assert evaluation_se(rows) == pytest.approx(0.408248 / 2, rel=1e-5)
-    assert evaluation_se([(3, 4)] * 8) == 0.0 and math.isnan(evaluation_se([(1, 2)]))
+    assert evaluation_se([("a", 3, 4)] * 8) == 0.0 and math.isnan(evaluation_se([("a", 1, 2)]))
+    # Stratified: two distributions, each the rows above (a: 0, 1; b: .5, .5); the difference between them is design
+    two = [("a", 0, 4), ("a", 4, 4), ("b", 2, 4), ("b", 2, 4)]
+    assert evaluation_se(two) == pytest.approx(math.sqrt(2 * (2**2 + 2**2)) / 16)
+    assert evaluation_se([("a", 0, 4)] * 4 + [("b", 4, 4)] * 4) == 0.0

@@ -81,52 +81,68 @@ def paired_bootstrap(
     }
 
 
+Outcome = tuple[str, int, int]  # one held-out row of an evaluation: (distribution, samples right, samples)
+
+
+def _strata(rows: Sequence[Outcome]) -> list[np.ndarray]:
+    """(right, samples) arrays per distribution: every evaluation holds the same
+    number of rows of each, so rows are resampled within their distribution."""
+    by_dist: dict[str, list[tuple[int, int]]] = {}
+    for distribution, right, samples in rows:
+        by_dist.setdefault(distribution, []).append((right, samples))
+    return [np.asarray(v, dtype=float) for v in by_dist.values()]
+
+
+def _accuracy(strata: Sequence[np.ndarray]) -> float:
+    return float(sum(s[:, 0].sum() for s in strata) / sum(s[:, 1].sum() for s in strata))
+
+
 def row_bootstrap(
-    outcomes: dict[int, list[tuple[int, int]]], resamples: int = 2000, seed: int = 0
+    outcomes: dict[int, list[Outcome]], resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
     """A cell's mean final accuracy over seeds and its 95% interval from
-    resampling held-out rows within each seed (evaluation noise alone):
-    `outcomes[seed]` lists (samples right, samples) per row of the last evaluation."""
+    resampling held-out rows (within each distribution) within each seed:
+    evaluation noise alone. `outcomes[seed]` holds the last evaluation's rows."""
     rng = np.random.default_rng(seed)
-    per_seed = {s: np.asarray(rows, dtype=float) for s, rows in outcomes.items() if rows}
-    point = float(np.mean([r[:, 0].sum() / r[:, 1].sum() for r in per_seed.values()]))
-    replicates = []
-    for _ in range(resamples):
-        accs = []
-        for rows in per_seed.values():
-            pick = rows[rng.integers(0, len(rows), size=len(rows))]
-            accs.append(pick[:, 0].sum() / pick[:, 1].sum())
-        replicates.append(np.mean(accs))
+    per_seed = [_strata(rows) for rows in outcomes.values() if rows]
+    point = float(np.mean([_accuracy(strata) for strata in per_seed]))
+    replicates = [
+        np.mean([_accuracy([s[rng.integers(0, len(s), size=len(s))] for s in strata]) for strata in per_seed])
+        for _ in range(resamples)
+    ]
     low, high = np.percentile(replicates, [2.5, 97.5]).tolist()
     return point, low, high
 
 
-def evaluation_se(rows: Sequence[tuple[int, int]]) -> float:
+def evaluation_se(rows: Sequence[Outcome]) -> float:
     """Standard error of one evaluation's accuracy (samples right over samples)
-    from its rows' outcomes: the ratio estimator's, rows resampled."""
-    data = np.asarray(rows, dtype=float)
-    n, total = len(data), data[:, 1].sum()
-    if n < 2 or not total:
+    from its rows' outcomes: the ratio estimator's, stratified by distribution
+    (their row counts are fixed by design, so differences between them are not noise)."""
+    strata = _strata(rows)
+    if not strata or any(len(s) < 2 for s in strata):
         return math.nan
-    residual = data[:, 0] - data[:, 0].sum() / total * data[:, 1]
-    return float(math.sqrt(n / (n - 1) * (residual**2).sum()) / total)
+    total = sum(s[:, 1].sum() for s in strata)
+    variance = sum(
+        len(s) / (len(s) - 1) * ((s[:, 0] - s[:, 0].sum() / s[:, 1].sum() * s[:, 1]) ** 2).sum() for s in strata
+    )
+    return float(math.sqrt(variance) / total)
 
 
-def last_outcomes(run_dir: Path) -> list[tuple[int, int]]:
-    """(samples right, samples) per held-out row of a run's last evaluation
-    (<run_dir>/eval/step-NNNNNN.jsonl); empty for runs from before these files."""
+def last_outcomes(run_dir: Path) -> list[Outcome]:
+    """(distribution, samples right, samples) per held-out row of a run's last
+    evaluation (<run_dir>/eval/step-NNNNNN.jsonl); empty for runs from before these files."""
     files = sorted((Path(run_dir) / "eval").glob("step-*.jsonl"))
     if not files:
         return []
     rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
-    return [(int(r["right"]), int(r["samples"])) for r in rows]
+    return [(r["distribution"], int(r["right"]), int(r["samples"])) for r in rows]
 
 
 def write_paired(
     out_dir: Path,
     reference_cell: str,
     runs: dict[str, Runs],
-    outcomes: dict[str, dict[int, list[tuple[int, int]]]] | None = None,
+    outcomes: dict[str, dict[int, list[Outcome]]] | None = None,
     resamples: int = 2000,
 ) -> tuple[Path, Path]:
     """paired.csv and paired.md: each cell against `reference_cell`; with per-row
@@ -167,8 +183,9 @@ def write_paired(
     if with_rows:
         lines += [
             "",
-            "Final held-out accuracy, mean over seeds [95% interval from resampling held-out rows within "
-            "each seed: evaluation noise alone, not the seeds' spread]; one evaluation's standard error (mean over "
+            "Final held-out accuracy, mean over seeds [95% interval from resampling held-out rows, within their "
+            "distribution, within each seed: evaluation noise alone, not the seeds' spread]; one evaluation's "
+            "standard error (stratified by distribution, mean over "
             "seeds) beside the seeds' standard deviation of final accuracy: evaluation noise is small against the "
             "spread between seeds when the first is below a third of the second.",
             "",
