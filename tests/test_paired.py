@@ -84,6 +84,8 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
     assert "resamples `uniform`'s seeds too" in text and "| dump | 0.750 [" in text
     assert not math.isnan(float(text.split("| dump | 0.750 [")[1].split(",")[0]))
     assert text.rstrip().endswith("| 0.250 | 0.000 | no |")  # rows at 0.5 and 1 of 3/4: s.e. 1/4; equal seeds
+    one = write_paired(tmp_path, "uniform", {c: {0: r[0]} for c, r in runs.items()}, resamples=10)[1].read_text()
+    assert "| dump | first | 1 | 50% | 50% | 50% |" in one  # one seed: no interval to show
 
 
 def test_one_evaluations_standard_error_from_its_rows():

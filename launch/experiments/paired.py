@@ -138,6 +138,11 @@ def last_outcomes(run_dir: Path) -> list[Outcome]:
     return [(r["distribution"], int(r["right"]), int(r["samples"])) for r in rows]
 
 
+def _interval(point: float, low: float, high: float) -> str:
+    """A ratio with its interval; one seed has none to show."""
+    return f"{point:.0%}" + ("" if math.isnan(low) else f" [{low:.0%}, {high:.0%}]")
+
+
 def write_paired(
     out_dir: Path,
     reference_cell: str,
@@ -177,7 +182,7 @@ def write_paired(
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [f"{r[f'{m}_ratio']:.0%} [{r[f'{m}_low']:.0%}, {r[f'{m}_high']:.0%}]" for m in MEASURES]
+        cells = [_interval(r[f"{m}_ratio"], r[f"{m}_low"], r[f"{m}_high"]) for m in MEASURES]
         lines.append(f"| {r['cell']} | {r['crossing']} | {r['seeds']} | " + " | ".join(cells) + " |")
     with_rows = {cell: o for cell, o in (outcomes or {}).items() if o and all(o.values())}
     if with_rows:
@@ -198,6 +203,7 @@ def write_paired(
             finals = [final_accuracy(runs[cell][s]) for s in o if s in runs.get(cell, {})]
             sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
             small = "-" if math.isnan(sd) else ("yes" if se < sd / 3 else "no")
-            lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {sd:.3f} | {small} |")
+            spread = "-" if math.isnan(sd) else f"{sd:.3f}"
+            lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {spread} | {small} |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
