@@ -172,3 +172,17 @@ def test_submit_builds_a_ray_job_command_after_checking_the_config():
     with pytest.raises(GradusError, match="did you mean 'steps'"):
         job_command("configs/default.yaml", ["run.stepz=3"], "http://head:8265")
     assert job_command("configs/default.yaml", [], "http://head:8265", resume="auto")[-2:] == ["--resume", "auto"]
+
+
+def test_a_row_history_sampler_on_rows_that_seldom_recur_gets_one_note(capsys, monkeypatch):
+    from gradus.launch import errors
+
+    monkeypatch.setattr(errors, "_NOTED", set())
+    for _ in range(2):  # an ablation loads each cell's config: said once
+        load_config("configs/default.yaml", ["curriculum.prompts={kind: greso}"])
+    out = capsys.readouterr().out
+    assert out.count("kind=greso decides from each row's own earlier groups") == 1
+    assert "draws 80 prompts from 6000 training rows (0.01 per row)" in out and "data.train_size" in out
+    load_config("configs/default.yaml", ["curriculum.prompts={kind: thompson}", "data.train_size=20"])
+    load_config("configs/default.yaml", ["curriculum.prompts={kind: shuffle}"])
+    assert "decides from each row" not in capsys.readouterr().out  # rows recur; a sampler without row history

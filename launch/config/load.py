@@ -12,7 +12,7 @@ import yaml
 from gradus.curriculum.registry import is_plugin, resolve_plugin
 from gradus.launch.config.schema import Config, build, to_dict
 from gradus.launch.config.validate import validate
-from gradus.launch.errors import GradusError
+from gradus.launch.errors import GradusError, note_once
 from gradus.trainer.config import ImportanceConfig
 
 
@@ -90,15 +90,6 @@ def _resolve_paths(cfg: Config) -> None:
             spec["kind"] = resolve_plugin(spec["kind"])
 
 
-_NOTED: set[str] = set()
-
-
-def _note_once(message: str) -> None:
-    if message not in _NOTED:
-        _NOTED.add(message)
-        print(f"gradus: {message}", flush=True)
-
-
 def _migrate(cfg: Config) -> bool:
     """Keys that were renamed keep working, with one note; a value given under
     the new name wins (a resumed run's config.yaml still holds the old key).
@@ -110,7 +101,7 @@ def _migrate(cfg: Config) -> bool:
     cur = cfg.curriculum
     legacy = cur.kind is not None or cur.params is not None
     if legacy:
-        _note_once(
+        note_once(
             "curriculum.kind and curriculum.params are now one spec, curriculum.bandit: {kind: ..., **params} "
             "(the shape of filters, budget and prompts); the old keys still work"
         )

@@ -5,7 +5,7 @@ plugins by path), settings that cannot learn, memory options."""
 from __future__ import annotations
 
 from gradus.launch.config.schema import Config
-from gradus.launch.errors import GradusError
+from gradus.launch.errors import GradusError, note_once
 from gradus.launch.run.preempt import STOP_SIGNALS
 from gradus.trainer.config import TrainerConfig
 
@@ -141,6 +141,31 @@ def validate(cfg: Config, legacy_curriculum: bool = False) -> None:
         raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")
     _validate_memory(cfg.trainer)
     _validate_learning(cfg)
+    _note_row_recurrence(cfg)
+
+
+def _note_row_recurrence(cfg: Config) -> None:
+    """A prompt sampler that decides from each row's own earlier groups (greso,
+    pass_rate, thompson) has nothing to go on when rows seldom come back: say so
+    when the run draws fewer prompts than the generated sources hold rows."""
+    from gradus.curriculum.posteriors import PosteriorSampler
+    from gradus.curriculum.prompts import PROMPT_SAMPLERS
+    from gradus.curriculum.sources import DEFAULT_SYNTHETIC_ROWS
+
+    kind = cfg.curriculum.prompts.get("kind", "shuffle")
+    sampler = PROMPT_SAMPLERS.get(kind)
+    if not (isinstance(sampler, type) and issubclass(sampler, PosteriorSampler)):
+        return
+    if any(d.source == "file" for d in cfg.data.distributions):  # a file's row count is known only once read
+        return
+    rows = len(cfg.data.distributions) * (cfg.data.train_size or DEFAULT_SYNTHETIC_ROWS)
+    draws = cfg.run.steps * cfg.rollout.prompts_per_step
+    if draws < rows:
+        note_once(
+            f"curriculum.prompts kind={kind} decides from each row's own earlier groups, and this run draws "
+            f"{draws} prompts from {rows} training rows ({draws / rows:.2f} per row): rows seldom come back, so "
+            "expect little effect; a smaller data.train_size makes them recur"
+        )
 
 
 def _validate_memory(t: TrainerConfig) -> None:
