@@ -124,10 +124,13 @@ def _resume_point(job: Job) -> str | None:
 
 
 def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
-    """Run unfinished jobs; returns the ones that were run. A run that fails (its
-    restarts used up, say) does not stop the others: the failures are raised
-    together at the end, and re-running resumes them. A stop signal does stop all."""
-    todo = [j for j in jobs if not (j.run_dir / "done.json").exists()]
+    """Run unfinished jobs, seed by seed (every cell's first seed, then every
+    cell's second...: a grid cut off midway compares all its cells on the seeds it
+    has); returns the ones that were run. A run that fails (its restarts used up,
+    say) does not stop the others: the failures are raised together at the end,
+    and re-running resumes them. A stop signal does stop all."""
+    seeds = list(dict.fromkeys(j.seed for j in jobs))
+    todo = sorted((j for j in jobs if not (j.run_dir / "done.json").exists()), key=lambda j: seeds.index(j.seed))
     for j in jobs:
         if j not in todo:
             print(f"gradus ablate: {j.cell} seed {j.seed} finished earlier, skipped", flush=True)
