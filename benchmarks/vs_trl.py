@@ -3,7 +3,7 @@ prompts, reward (rollout.rewards), group size, prompts per step, max
 completion length and learning rate.
 
     python benchmarks/vs_trl.py [--workload add1|mix3] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64] \
-[--no-plain]
+[--no-plain] [--also KEY=VALUE ...]
 
 Workloads: `add1` (1-digit addition, the demo's easiest task) and `mix3`
 (uniform over 1-, 2- and 3-digit addition, the curriculum setting where many
@@ -59,8 +59,7 @@ def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str)
             "run.save_final=false",
             "wandb.mode=disabled",
             "eval.every=0",
-            "curriculum.kind=uniform",
-            "curriculum.params={}",
+            "curriculum.bandit={kind: uniform}",
             f"data.distributions=[{dists}]",
             f"rollout.prompts_per_step={args.prompts}",
             f"rollout.group_size={args.group}",
@@ -75,7 +74,9 @@ def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str)
     tokens = sum(m["tokens/generated"] for m in steps)
     return {
         "step_s": seconds / len(steps),
-        "samples_per_s": len(steps) * args.prompts * args.group / seconds,
+        # generated samples (fewer than prompts x group where screening stops a prompt early)
+        "samples_per_s": sum(v for m in steps for k, v in m.items() if k.startswith("dist/") and k.endswith("/samples"))
+        / seconds,
         "tokens_per_s": tokens / seconds,
         "train_s_per_token": sum(m.get("time/train", 0.0) for m in steps) / tokens,
         "generate_s": float(np.mean([m["time/generate"] for m in steps])),
@@ -166,7 +167,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
     parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
-    parser.add_argument("--sampler", default=None, help="also run gradus with this prompt sampler, e.g. thompson")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run gradus with this override, a contender of its own (repeatable), e.g. "
+        "'curriculum.prompts={kind: thompson}' or 'rollout.screen={samples: 2}'",
+    )
     args = parser.parse_args()
     from gradus.launch.prepare.model_dirs import resolve_model
 
@@ -178,23 +186,22 @@ def main() -> None:
             results["gradus plain"] = run_gradus(
                 model, args, Path(tmp) / "plain", "trainer.skip_uninformative=false", "trainer.share_prompts=false"
             )
-        if args.sampler:
-            results[f"gradus+{args.sampler}"] = run_gradus(
-                model, args, Path(tmp) / "sampler", f"curriculum.prompts={{kind: {args.sampler}}}"
-            )
+        for i, override in enumerate(args.also):
+            results[f"gradus {override}"] = run_gradus(model, args, Path(tmp) / f"also-{i}", override)
         if not args.no_trl:
             results["TRL"] = run_trl(model, args, Path(tmp) / "trl")
     print(
         f"{args.workload}: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, "
         f"{args.steps - 1} timed steps each"
     )
+    w = max(map(len, results)) + 2
     print(
-        f"{'':<14}{'step s':>8}{'gen s':>8}{'train s':>9}{'samples/s':>11}{'gen tok/s':>11}"
+        f"{'':<{w}}{'step s':>8}{'gen s':>8}{'train s':>9}{'samples/s':>11}{'gen tok/s':>11}"
         f"{'train ms/tok':>14}{'skipped':>9}{'reward':>8}{'informative/s':>15}"
     )
     for name, m in results.items():
         print(
-            f"{name:<14}{m['step_s']:>8.1f}{m['generate_s']:>8.1f}{m['train_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}"
+            f"{name:<{w}}{m['step_s']:>8.1f}{m['generate_s']:>8.1f}{m['train_s']:>9.1f}{m['samples_per_s']:>11.3f}{m['tokens_per_s']:>11.1f}"
             f"{1000 * m['train_s_per_token']:>14.1f}{m['skipped_frac']:>9.2f}{m['reward']:>8.3f}"
             f"{m['informative_per_s']:>15.3f}"
         )
