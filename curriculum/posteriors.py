@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.special import betainc, betaln
 
-from gradus.curriculum.prompts import PROMPT_SAMPLERS, PromptSampler
+from gradus.curriculum.prompts import PROMPT_SAMPLERS, PromptSampler, RowWalk
 
 
 class RowPosteriors:
@@ -205,13 +205,7 @@ class Greso(PosteriorSampler):
         self.explore = {"easy": float(explore), "hard": float(explore)}  # p_e per kind of all-equal group
         self.streak = np.zeros(n_rows, dtype=np.int64)  # consecutive all-equal groups, newest last
         self.kind = np.zeros(n_rows, dtype=np.int64)  # 1: the run is all right (easy), 0: all wrong (hard)
-        self.epoch, self.cursor = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        from gradus.curriculum.prompts import derive_seed
-
-        return np.random.default_rng(derive_seed(*self.seed, "greso", self.epoch)).permutation(self.n_rows)
+        self.walk = RowWalk(n_rows, seed, "greso")
 
     def keep_probability(self, row: int) -> float:
         """p_e^z for a row whose last z groups were all-equal (1 for z = 0)."""
@@ -225,11 +219,7 @@ class Greso(PosteriorSampler):
         out: list[int] = []
         skipped = 0
         while len(out) < n:
-            if self.cursor == self.n_rows:
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._order = self._permutation()
-            row = int(self._order[self.cursor])
-            self.cursor += 1
+            row = self.walk.next()
             if rng.random() < self.keep_probability(row) or skipped >= 20 * self.n_rows:
                 out.append(row)
             else:
@@ -267,8 +257,7 @@ class Greso(PosteriorSampler):
             "explore": dict(self.explore),
             "streak": self.streak.tolist(),
             "kind": self.kind.tolist(),
-            "epoch": self.epoch,
-            "cursor": self.cursor,
+            **self.walk.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -276,8 +265,7 @@ class Greso(PosteriorSampler):
         self.explore = {k: float(v) for k, v in state["explore"].items()}
         self.streak = np.asarray(state["streak"], dtype=np.int64)
         self.kind = np.asarray(state["kind"], dtype=np.int64)
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._order = self._permutation()
+        self.walk.load_state_dict(state)
 
 
 @PROMPT_SAMPLERS.register("pass_rate")

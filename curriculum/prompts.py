@@ -70,30 +70,27 @@ class PromptSampler:
         del state
 
 
-@PROMPT_SAMPLERS.register("shuffle")
-class Shuffle(PromptSampler):
-    """A fresh seeded permutation of the rows every epoch (needs no rng)."""
+class RowWalk:
+    """Rows in a fresh seeded permutation every epoch; its position is its state
+    (epoch, cursor), so a resumed walk goes on with the same rows."""
 
-    def __init__(self, n_rows: int, seed: tuple) -> None:
-        super().__init__(n_rows, seed)
+    def __init__(self, n_rows: int, seed: tuple, tag: str) -> None:
+        self.n_rows, self.seed, self.tag = n_rows, seed, tag
         self.epoch, self.cursor = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> np.ndarray:
-        return np.random.default_rng(derive_seed(*self.seed, "epoch", self.epoch)).permutation(self.n_rows)
+        return np.random.default_rng(derive_seed(*self.seed, self.tag, self.epoch)).permutation(self.n_rows)
 
-    def take(self, n: int, rng: np.random.Generator | None) -> list[int]:
-        out = []
-        for _ in range(n):
-            if self.cursor == self.n_rows:
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._order = self._permutation()
-            out.append(int(self._order[self.cursor]))
-            self.cursor += 1
-        return out
+    def next(self) -> int:
+        if self.cursor == self.n_rows:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._permutation()
+        self.cursor += 1
+        return int(self._order[self.cursor - 1])
 
-    def stats(self) -> dict[str, float]:
-        return {"rows_seen": float(self.n_rows if self.epoch else self.cursor)}
+    def rows_seen(self) -> int:
+        return self.n_rows if self.epoch else self.cursor
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
@@ -101,6 +98,27 @@ class Shuffle(PromptSampler):
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._permutation()
+
+
+@PROMPT_SAMPLERS.register("shuffle")
+class Shuffle(PromptSampler):
+    """A fresh seeded permutation of the rows every epoch (needs no rng)."""
+
+    def __init__(self, n_rows: int, seed: tuple) -> None:
+        super().__init__(n_rows, seed)
+        self.walk = RowWalk(n_rows, seed, "epoch")
+
+    def take(self, n: int, rng: np.random.Generator | None) -> list[int]:
+        return [self.walk.next() for _ in range(n)]
+
+    def stats(self) -> dict[str, float]:
+        return {"rows_seen": float(self.walk.rows_seen())}
+
+    def state_dict(self) -> dict:
+        return self.walk.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.walk.load_state_dict(state)
 
 
 def make_prompt_sampler(spec: dict | None, n_rows: int, seed: tuple) -> PromptSampler:
