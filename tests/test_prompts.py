@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gradus.curriculum.posteriors import PassRate
-from gradus.curriculum.prompts import Shuffle
+from gradus.curriculum.prompts import Shuffle, make_prompt_sampler
 from gradus.curriculum.scheduler import CurriculumScheduler
 
 ADD1 = {"name": "add1", "source": "arithmetic", "params": {"digits": 1}, "verifier": "numeric"}
@@ -206,3 +206,12 @@ def test_group_sizes_go_where_a_group_would_teach_nothing():
     assert sum(sizes) == 8 and sizes[0] > 4 > sizes[1] >= 2
     assert allocate_group_sizes(lambda row, n: 0.5**n, range(3), base=4, low=2, high=8) == [4, 4, 4]
     assert allocate_group_sizes(lambda row, n: 0.0 if row else 1.0, range(2), base=4, low=2, high=6) == [6, 2]  # capped
+
+
+def test_row_walks_keep_their_order_for_resumed_runs():
+    """Checkpoints hold only (epoch, cursor): the permutation each names must not change between versions."""
+    shuffle = make_prompt_sampler({"kind": "shuffle"}, 7, ("d", 3))
+    assert [shuffle.take(5, None) for _ in range(2)] == [[4, 6, 3, 5, 2], [0, 1, 2, 3, 4]]
+    assert shuffle.state_dict() == {"epoch": 1, "cursor": 3}
+    greso = make_prompt_sampler({"kind": "greso"}, 7, ("d", 3))
+    assert greso.take(5, np.random.default_rng(0)) == [0, 6, 4, 3, 5]
