@@ -93,8 +93,7 @@ class TrainerGroup:
         env = {
             "OMP_NUM_THREADS": str(threads),
             **TRAINER_MALLOC,
-            **(HIDE_GPUS if device == "cpu" else {}),
-            **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}),
+            **({"DS_ACCELERATOR": "cpu", **HIDE_GPUS} if device == "cpu" else {}),
         }
         self.ranks = [
             ray.remote(TrainerWorker)
