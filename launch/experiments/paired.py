@@ -9,13 +9,14 @@ beside results.md; every interval says what it resamples."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from gradus.launch.experiments.results import write_csv
 
 Runs = dict[int, list[dict]]  # seed -> that run's metrics.jsonl records
 MEASURES = ("steps", "tokens", "wall")
@@ -167,10 +168,7 @@ def write_paired(
                 }
             )
     csv_path, md_path = Path(out_dir) / "paired.csv", Path(out_dir) / "paired.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["cell"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(csv_path, rows)
     lines = [
         f"Cost to reach `{reference_cell}`'s final held-out accuracy, as a ratio to `{reference_cell}`'s own "
         "(below 1: cheaper). Point estimate [95% interval]; the interval is a paired bootstrap over seeds that "

@@ -146,16 +146,22 @@ def write_results(
 ) -> tuple[Path, Path]:
     """results.csv (every mean, std and interval column) and results.md (the table to paste)."""
     out_dir = Path(out_dir)
-    fields = ["cell"] + list(next(iter(cells.values())))
-    csv_path = out_dir / "results.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for cell, row in cells.items():
-            writer.writerow({"cell": cell, **{k: _csv_value(v) for k, v in row.items()}})
+    csv_path = write_csv(
+        out_dir / "results.csv",
+        [{"cell": cell, **{k: _csv_value(v) for k, v in row.items()}} for cell, row in cells.items()],
+    )
     md_path = out_dir / "results.md"
     md_path.write_text(markdown_table(cells, target_accuracy, reference))
     return csv_path, md_path
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """One table's rows as CSV (only a "cell" header when there are none)."""
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["cell"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 def _csv_value(value: float) -> str:

@@ -7,14 +7,13 @@ Written as spend.md and spend.csv beside results.md."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from gradus.launch.experiments.results import distributions
+from gradus.launch.experiments.results import distributions, write_csv
 
 
 def shares(run: Sequence[dict], name: str) -> tuple[float, float]:
@@ -75,10 +74,7 @@ def write_spend(out_dir: Path, cells: dict[str, list[list[dict]]]) -> tuple[Path
     """spend.csv and spend.md."""
     rows = spend_rows(cells)
     csv_path, md_path = Path(out_dir) / "spend.csv", Path(out_dir) / "spend.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["cell"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(csv_path, rows)
     lines = [
         "Where each cell's generation went, per distribution (mean ± std over seeds), and the training step by "
         "which the curriculum's draw probability for it fell below 1/(2K) in every seed (each seed's first such "
