@@ -25,12 +25,15 @@ all-equal groups it then saw (`predicted_zero_var`, `realised_zero_var`), and
   with probability 0.41, and decided on the order of samples in a group).
 - `thompson` (MoPPS, Qu et al. 2025): draw p~ from each candidate row's
   posterior and take the rows whose draw is nearest `target`.
-- `greso` (GRESO, Li et al. 2025, "Act Only When It Pays"): a row whose last z
-  groups were all-equal is kept with probability p_e^z (eq. 1; p_e per kind:
-  all right "easy" or all wrong "hard") and skipped otherwise, before rollout;
-  before each draw (each generation round) p_e moves by `step` toward keeping
-  the share of all-equal groups seen since the previous draw at `target` (eq. 2:
-  down when above it, up when below), within [`min_explore`, 1].
+- `greso` (GRESO, Zheng et al. 2025, "Act Only When It Pays"): a row whose
+  last z groups were all-equal is kept with probability p_e^z and skipped
+  otherwise, before rollout; p_e is kept per kind of run, all right ("easy")
+  or all wrong ("hard"). Before each draw (each generation round) each p_e
+  moves by `step` toward keeping its kind's share of the groups seen since the
+  previous draw at its target: down when at or above, up when below, within
+  [`min_explore`, `max_explore`]. The targets split `target` as the authors'
+  code does, a third to easy and two thirds to hard groups (hard rows are
+  the likelier to change as the policy improves).
 """
 
 from __future__ import annotations
@@ -194,18 +197,23 @@ class Greso(PosteriorSampler):
         step: float = 0.01,
         min_explore: float = 0.05,
         explore: float = 0.5,
+        max_explore: float = 0.95,
         prior_strength: float = 2.0,
         discount: float = 0.9,
         group_size: int = 4,
     ) -> None:
         super().__init__(n_rows, seed, prior_strength, discount, group_size)
-        if not 0 <= target <= 1 or not 0 < step < 1 or not 0 < min_explore <= explore <= 1:
-            raise ValueError("greso sampler: need 0 <= target <= 1, 0 < step < 1, 0 < min_explore <= explore <= 1")
-        self.target, self.step, self.min_explore = float(target), float(step), float(min_explore)
+        if not 0 <= target <= 1 or not 0 < step < 1 or not 0 < min_explore <= explore <= max_explore <= 1:
+            raise ValueError(
+                "greso sampler: need 0 <= target <= 1, 0 < step < 1, 0 < min_explore <= explore <= max_explore <= 1"
+            )
+        self.targets = {"easy": float(target) / 3, "hard": 2 * float(target) / 3}
+        self.step, self.bounds = float(step), (float(min_explore), float(max_explore))
         self.explore = {"easy": float(explore), "hard": float(explore)}  # p_e per kind of all-equal group
         self.streak = np.zeros(n_rows, dtype=np.int64)  # consecutive all-equal groups, newest last
         self.kind = np.zeros(n_rows, dtype=np.int64)  # 1: the run is all right (easy), 0: all wrong (hard)
         self.walk = RowWalk(n_rows, seed, "greso")
+        self._pending_easy: list[bool] = []  # beside _pending_zero: which all-equal groups were all right
 
     def keep_probability(self, row: int) -> float:
         """p_e^z for a row whose last z groups were all-equal (1 for z = 0)."""
@@ -216,6 +224,7 @@ class Greso(PosteriorSampler):
         if rng is None:
             raise ValueError("greso sampler: draws need the scheduler's rng")
         self.end_of_step()  # the groups observed since the last draw are all in: adapt p_e first
+        self._pending_easy = []
         out: list[int] = []
         skipped = 0
         while len(out) < n:
@@ -232,6 +241,7 @@ class Greso(PosteriorSampler):
             return
         super().observe(row_id, correct)
         successes = sum(bool(c) for c in correct)
+        self._pending_easy.append(successes == len(correct))
         if successes in (0, len(correct)):
             same = self.streak[row_id] > 0 and self.kind[row_id] == int(successes > 0)
             self.streak[row_id] = self.streak[row_id] + 1 if same else 1
@@ -240,13 +250,15 @@ class Greso(PosteriorSampler):
             self.streak[row_id] = 0
 
     def end_of_step(self) -> None:
-        """Adapt p_e toward the target share of all-equal groups (GRESO eq. 2)."""
+        """Move each p_e toward its kind's target share of the groups seen since the last draw."""
         if not self._pending_zero:
             return
-        share = float(np.mean(self._pending_zero))
-        for kind in self.explore:
-            moved = self.explore[kind] - self.step if share > self.target else self.explore[kind] + self.step
-            self.explore[kind] = float(min(1.0, max(self.min_explore, moved)))
+        easy = float(np.mean(self._pending_easy))
+        shares = {"easy": easy, "hard": float(np.mean(self._pending_zero)) - easy}
+        low, high = self.bounds
+        for kind, share in shares.items():
+            moved = self.explore[kind] + (-self.step if share >= self.targets[kind] else self.step)
+            self.explore[kind] = float(min(high, max(low, moved)))
 
     def stats(self) -> dict[str, float]:
         return {**super().stats(), "explore_easy": self.explore["easy"], "explore_hard": self.explore["hard"]}
@@ -257,6 +269,7 @@ class Greso(PosteriorSampler):
             "explore": dict(self.explore),
             "streak": self.streak.tolist(),
             "kind": self.kind.tolist(),
+            "pending_easy": list(self._pending_easy),
             **self.walk.state_dict(),
         }
 
@@ -265,6 +278,7 @@ class Greso(PosteriorSampler):
         self.explore = {k: float(v) for k, v in state["explore"].items()}
         self.streak = np.asarray(state["streak"], dtype=np.int64)
         self.kind = np.asarray(state["kind"], dtype=np.int64)
+        self._pending_easy = [bool(v) for v in state["pending_easy"]]
         self.walk.load_state_dict(state)
 
 

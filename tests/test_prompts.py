@@ -102,7 +102,6 @@ def test_band_pass_weight():
 @pytest.mark.parametrize("kind", ["pass_rate", "thompson", "greso"])
 def test_samplers_depend_on_counts_not_on_order(kind):
     """A group [wrong, right x 7] and a group [right x 7, wrong] are the same evidence."""
-    from gradus.curriculum.prompts import make_prompt_sampler
 
     states, draws = [], []
     for group in ([False] + [True] * 7, [True] * 7 + [False]):
@@ -215,3 +214,19 @@ def test_row_walks_keep_their_order_for_resumed_runs():
     assert shuffle.state_dict() == {"epoch": 1, "cursor": 3}
     greso = make_prompt_sampler({"kind": "greso"}, 7, ("d", 3))
     assert greso.take(5, np.random.default_rng(0)) == [0, 6, 4, 3, 5]
+
+
+def test_greso_moves_easy_and_hard_exploration_apart():
+    """GRESO keeps p_e per kind, each toward its share of the target (a third easy, two thirds hard)."""
+    sampler = make_prompt_sampler({"kind": "greso", "target": 0.3, "step": 0.1, "explore": 0.5}, 6, ("d", 0))
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # every group all right: easy share 1 > 0.1, hard share 0 < 0.2
+        for row in sampler.take(2, rng):
+            sampler.observe(row, [True] * 4)
+    sampler.take(1, rng)
+    assert sampler.explore == pytest.approx({"easy": 0.2, "hard": 0.8})
+    for _ in range(5):
+        for row in sampler.take(2, rng):
+            sampler.observe(row, [True] * 4)
+    sampler.take(1, rng)
+    assert sampler.explore == pytest.approx({"easy": 0.05, "hard": 0.95})  # within [min_explore, max_explore]
