@@ -99,7 +99,11 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     # Re-running skips every finished cell.
     assert run_jobs(jobs, parallel=1) == []
     # Published: each run's small files, from which the same table is recomputed (docs/results works so).
+    stale = tmp_path / "published" / "dump" / "seed-1" / "eval" / "step-000099.jsonl"  # from an earlier publication
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}\n")
     published = publish(*load_ablation(path), tmp_path / "published")
+    assert not stale.exists()
     assert published["markdown"].read_text() == paths["markdown"].read_text()
     assert sorted(p.name for p in (tmp_path / "published" / "dump" / "seed-1").iterdir()) == sorted(PUBLISHED)
     for cell, row in rows.items():

@@ -234,10 +234,11 @@ def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path
         )
     for job in jobs:
         target = Path(dest) / job.cell / f"seed-{job.seed}"
-        target.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)  # a run published before must not leave files behind
+        target.mkdir(parents=True)
         for name in PUBLISHED:
             if (job.run_dir / name).is_dir():
-                shutil.copytree(job.run_dir / name, target / name, dirs_exist_ok=True)
+                shutil.copytree(job.run_dir / name, target / name)
             elif (job.run_dir / name).exists():
                 shutil.copyfile(job.run_dir / name, target / name)
     return summarize(spec, jobs, Path(dest))
