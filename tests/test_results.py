@@ -115,10 +115,11 @@ def test_ablation_file_errors_name_the_key(tmp_path, spec, message):
 
 def test_shipped_ablation_expands_to_its_cells_and_seeds():
     spec, jobs = load_ablation("configs/ablation.yaml")
-    assert len(jobs) == 5 * 3 and spec.reference_cell == "uniform"
-    assert {j.cell for j in jobs} == {"uniform", "dump", "sec", "dump+filter", "dump+pass_rate"}
+    cells = {"uniform", "dump", "sec", "dump+filter", "dump+pass_rate", "dump+thompson", "dump+greso"}
+    assert len(jobs) == 7 * 3 and spec.reference_cell == "uniform" and {j.cell for j in jobs} == cells
     dump_filter = next(j for j in jobs if j.cell == "dump+filter" and j.seed == 1)
-    assert dump_filter.cfg.curriculum.kind == "ucb" and dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
+    assert dump_filter.cfg.curriculum.bandit["kind"] == "ucb"
+    assert dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
     assert dump_filter.cfg.run.seed == 1 and str(dump_filter.run_dir) == "runs/ablation/dump+filter/seed-1"
     pass_rate = next(j for j in jobs if j.cell == "dump+pass_rate")
     assert pass_rate.cfg.curriculum.prompts["kind"] == "pass_rate" and pass_rate.cfg.eval.samples == 4
