@@ -11,8 +11,8 @@ From the posterior, the chance that a group of n samples is all-equal (no
 gradient signal) is E[p^n + (1-p)^n] = B(a+n, b)/B(a, b) + B(a, b+n)/B(a, b):
 each sampler reports that prediction for the rows it drew beside the share of
 all-equal groups it then saw (`predicted_zero_var`, `realised_zero_var`), and
-`skipped_before_rollout`, rows passed over before any token was generated.
-(Statistics are those of the last step drawn and observed.)
+`skipped_before_rollout`, rows passed over before any token was generated:
+over every draw of the last step drawn and observed (filters may refill).
 
 - `pass_rate`: retires a row once P(p >= retire_p) >= confidence (0.9 and 0.9)
   with at least `retire_after` samples seen, rechecks retired rows with
@@ -110,18 +110,24 @@ class PosteriorSampler(PromptSampler):
         super().__init__(n_rows, seed)
         self.posteriors = RowPosteriors(n_rows, prior_strength, discount)
         self.group_size = int(group_size)  # for the zero-variance prediction; observe() uses each group's own size
+        self._pending_zero: list[bool] = []  # all-equal groups since the last draw
+        self.begin_step()
+
+    def begin_step(self) -> None:
+        """The step's statistics add up over its draws (filters refill): restart
+        them (a distribution the step does not draw then reports none)."""
+        self._step_skipped, self._step_predicted, self._step_zero = 0, [], []
         self.last = {
             "skipped_before_rollout": 0.0,
             "predicted_zero_var": float("nan"),
             "realised_zero_var": float("nan"),
         }
-        self._pending_zero: list[bool] = []
 
     def _drawn(self, rows: Sequence[int], skipped: int) -> None:
-        self.last["skipped_before_rollout"] = float(skipped)
-        self.last["predicted_zero_var"] = (
-            float(np.mean(self.posteriors.zero_var(rows, self.group_size))) if len(rows) else float("nan")
-        )
+        self._step_skipped += skipped
+        self._step_predicted.extend(self.posteriors.zero_var(rows, self.group_size).tolist())
+        self.last["skipped_before_rollout"] = float(self._step_skipped)
+        self.last["predicted_zero_var"] = float(np.mean(self._step_predicted)) if self._step_predicted else float("nan")
         self._pending_zero = []
 
     def observe(self, row_id: int, correct: Sequence[bool]) -> None:
@@ -130,7 +136,8 @@ class PosteriorSampler(PromptSampler):
         successes, n = int(sum(bool(c) for c in correct)), len(correct)
         self.posteriors.observe(row_id, successes, n)
         self._pending_zero.append(successes in (0, n))
-        self.last["realised_zero_var"] = float(np.mean(self._pending_zero))
+        self._step_zero.append(successes in (0, n))
+        self.last["realised_zero_var"] = float(np.mean(self._step_zero))
 
     def stats(self) -> dict[str, float]:
         seen = self.posteriors.seen > 0

@@ -12,7 +12,8 @@ row (`observe`), whether or not a filter kept the group.
 
 A sampler by path (`curriculum.prompts.kind: my_file.py:MySampler`) needs the
 methods `take`, `observe`, `availability`, `stats`, `state_dict` and
-`load_state_dict`, and a constructor `(n_rows, seed, **params)`.
+`load_state_dict`, and a constructor `(n_rows, seed, **params)`; `begin_step`
+is optional.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gradus.curriculum.registry import Registry
+from gradus.curriculum.registry import Registry, parameters
 
 SAMPLER_METHODS = ("take", "observe", "availability", "stats", "state_dict", "load_state_dict")
 
@@ -59,6 +60,10 @@ class PromptSampler:
     def availability(self) -> float:
         """How much of the curriculum's probability this distribution keeps (1 = all)."""
         return 1.0
+
+    def begin_step(self) -> None:
+        """A training step's first draw comes next: per-step statistics restart
+        (optional for plugins; a step may draw several times when filters refill)."""
 
     def stats(self) -> dict[str, float]:
         return {}
@@ -121,7 +126,14 @@ class Shuffle(PromptSampler):
         self.walk.load_state_dict(state)
 
 
-def make_prompt_sampler(spec: dict | None, n_rows: int, seed: tuple) -> PromptSampler:
-    """`spec` as in the config: {"kind": name or path/to/file.py:Name, **params}."""
+def make_prompt_sampler(spec: dict | None, n_rows: int, seed: tuple, group_size: int | None = None) -> PromptSampler:
+    """`spec` as in the config: {"kind": name or path/to/file.py:Name, **params}.
+    `group_size` (rollout.group_size) reaches samplers that take one, unless
+    the spec sets it: their zero-variance predictions are for the run's groups."""
     spec = dict(spec or {"kind": "shuffle"})
-    return PROMPT_SAMPLERS.build(spec.pop("kind", "shuffle"), n_rows, seed, **spec)
+    kind = spec.pop("kind", "shuffle")
+    if group_size is not None and "group_size" not in spec:
+        valid, _, _ = parameters(PROMPT_SAMPLERS.get(kind), 2)
+        if "group_size" in valid:
+            spec["group_size"] = group_size
+    return PROMPT_SAMPLERS.build(kind, n_rows, seed, **spec)

@@ -45,13 +45,15 @@ class CurriculumScheduler:
         eval_size: int = 32,
         seed: int = 0,
         prompts: Mapping[str, Any] | None = None,
+        group_size: int | None = None,
     ) -> None:
         """`train_size=None`: every row of a file, DEFAULT_SYNTHETIC_ROWS of a generator.
         `prompts`: the prompt-level sampler inside every distribution (curriculum/prompts.py),
-        e.g. {"kind": "pass_rate", "retire_after": 8}; default {"kind": "shuffle"}."""
+        e.g. {"kind": "pass_rate", "retire_after": 8}; default {"kind": "shuffle"}.
+        `group_size`: the run's samples per prompt, for the samplers' predictions."""
         self.distributions: dict[str, Distribution] = {}
         for spec in distributions:
-            for dist in make_distributions(spec, train_size, eval_size, seed, prompts):
+            for dist in make_distributions(spec, train_size, eval_size, seed, prompts, group_size):
                 if dist.name in self.distributions:
                     raise ValueError(
                         f"distribution {dist.name!r} appears twice "
@@ -65,10 +67,15 @@ class CurriculumScheduler:
         self.budget_prompt = budget_prompt
         self.rng = np.random.default_rng(seed)
         self.overhead_s = 0.0
+        self._step: int | None = None  # the step of the last draw: a new one restarts per-step statistics
 
     def next_batch(self, step: int, n: int) -> list[Item]:
         """n prompts tagged with distribution, verifier and the step's budget."""
         start = time.perf_counter()
+        if step != self._step:
+            self._step = step
+            for dist in self.distributions.values():
+                getattr(dist.sampler, "begin_step", lambda: None)()
         self.curriculum.set_step(step)
         names = self.curriculum.sample(n, self.rng, scale=self.availability())
         rows = {

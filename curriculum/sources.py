@@ -315,7 +315,12 @@ def source_rows(name: str, source: str, params: dict, train_size: int | None, ev
 
 
 def make_distributions(
-    spec: Mapping[str, Any], train_size: int | None, eval_size: int, seed: int, prompts: Mapping[str, Any] | None = None
+    spec: Mapping[str, Any],
+    train_size: int | None,
+    eval_size: int,
+    seed: int,
+    prompts: Mapping[str, Any] | None = None,
+    group_size: int | None = None,
 ) -> list["Distribution"]:
     """A config distribution as Distributions: one, or with `params.split_by`
     one per distinct value, named `<name>/<value>`, each with its own held-out
@@ -326,6 +331,7 @@ def make_distributions(
         "budget": spec.get("budget"),
         "verifier_threshold": spec.get("verifier_threshold", 1.0),
         "prompts": prompts,
+        "group_size": group_size,
     }
     if params.get("split_by") is None:
         return [Distribution(name, source, params, spec["verifier"], train_size, eval_size, seed, rows=rows, **common)]
@@ -358,6 +364,7 @@ class Distribution:
         rows: list[Row] | None = None,
         verifier_threshold: float = 1.0,
         prompts: Mapping[str, Any] | None = None,
+        group_size: int | None = None,
     ) -> None:
         self.name, self.verifier, self.seed, self.budget = name, verifier, seed, budget
         self.verifier_threshold = verifier_threshold
@@ -375,7 +382,7 @@ class Distribution:
                 f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}"
             )
         self.eval_rows, self.train_rows = rows[:eval_size], rows[eval_size:]
-        self.sampler = make_prompt_sampler(dict(prompts or {}), len(self.train_rows), (seed, name))
+        self.sampler = make_prompt_sampler(dict(prompts or {}), len(self.train_rows), (seed, name), group_size)
 
     def take(self, n: int, rng: np.random.Generator | None = None) -> list[Row]:
         """The next n training rows, each with its `row_id` (`rng`: the

@@ -179,7 +179,11 @@ def test_state_round_trip_continues_exactly(prompts):
     second.load_state_dict(state)
     a, b = first.next_batch(10, 12), second.next_batch(10, 12)
     assert [x["row_id"] for x in a] == [x["row_id"] for x in b]
-    assert first.report(10)["rows"] == second.report(10)["rows"]
+    for scheduler in (first, second):  # the same outcomes, so both report step 10's calibration
+        scheduler.observe_rows(
+            [{"distribution": "add1", "row_id": x["row_id"], "correct": [x["row_id"] % 2 == 0] * 4} for x in a]
+        )
+    assert first.report(11)["rows"] == second.report(11)["rows"]
 
 
 def test_shuffle_is_the_old_epoch_order():
@@ -230,3 +234,36 @@ def test_greso_moves_easy_and_hard_exploration_apart():
             sampler.observe(row, [True] * 4)
     sampler.take(1, rng)
     assert sampler.explore == pytest.approx({"easy": 0.05, "hard": 0.95})  # within [min_explore, max_explore]
+
+
+def test_calibration_adds_up_over_a_steps_draws_and_uses_the_runs_group_size():
+    """Filters refill within a step: the step's statistics cover every draw; a
+    new step restarts them; predictions are for the run's group size."""
+    scheduler = CurriculumScheduler(
+        [ADD1, ADD2], train_size=30, eval_size=8, seed=0, prompts={"kind": "thompson"}, group_size=8
+    )
+    sampler = scheduler.distributions["add1"].sampler
+    assert sampler.group_size == 8
+    assert isinstance(CurriculumScheduler([ADD1], eval_size=8, group_size=8).distributions["add1"].sampler, Shuffle)
+    own = CurriculumScheduler([ADD1], eval_size=8, prompts={"kind": "thompson", "group_size": 2}, group_size=8)
+    assert own.distributions["add1"].sampler.group_size == 2  # the spec's own setting wins
+
+    def outcomes(items, right):
+        scheduler.observe_rows(
+            [{"distribution": i["distribution"], "row_id": i["row_id"], "correct": [right] * 8} for i in items]
+        )
+
+    first = [i for i in scheduler.next_batch(0, 8) if i["distribution"] == "add1"]
+    predicted = sampler.posteriors.zero_var([i["row_id"] for i in first], 8)  # for groups of 8, not 4
+    assert sampler.last["predicted_zero_var"] == pytest.approx(np.mean(predicted))
+    outcomes(first, True)  # all-equal
+    refill = [i for i in scheduler.next_batch(0, 8) if i["distribution"] == "add1"]
+    scheduler.observe_rows(
+        [{"distribution": "add1", "row_id": i["row_id"], "correct": [True, False] * 4} for i in refill]
+    )
+    assert first and refill
+    stats = scheduler.report(1)["rows"]["add1"]
+    assert stats["realised_zero_var"] == pytest.approx(len(first) / (len(first) + len(refill)))
+    scheduler.next_batch(1, 0)  # a new step that draws nothing from add1
+    assert scheduler.report(2)["rows"]["add1"]["skipped_before_rollout"] == 0.0
+    assert np.isnan(scheduler.report(2)["rows"]["add1"]["realised_zero_var"])
