@@ -207,10 +207,10 @@ def test_reach_reference_and_bootstrap_interval(tmp_path):
     assert 1.0 <= low < 3.0 < high <= 6.0
     row = aggregate([s, never])
     assert row["reached_reference"] == 1 and row["steps_to_reference_mean"] == 3.5
-    table = markdown_table({"x": row}, 0.5, Reference("uniform", 0.2, 250.0)).splitlines()
-    assert (
-        "steps to uniform's final acc 0.200 [95% CI] (reached)" in table[0] and "| >=3.5 [2.0, 5.0] (1/2) |" in table[2]
-    )
+    legend, _, *table = markdown_table({"x": row}, 0.5, Reference("uniform", 0.2, 250.0)).splitlines()
+    assert "bootstrap over the cell's own seeds with uniform's final accuracy held fixed" in legend
+    assert "steps to uniform's final acc 0.200 [95% CI, its seeds] (reached)" in table[0]
+    assert "| >=3.5 [2.0, 5.0] (1/2) |" in table[2]
     assert table[0].endswith("| acc at uniform's half budget (250 tokens) |")
 
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gradus.launch.experiments.plots import plot_seeds
+from gradus.launch.experiments.plots import plot_rewards, plot_seeds
 from gradus.launch.experiments.spend import first_below, shares, spend_rows, write_spend
 
 
@@ -62,3 +62,10 @@ def test_per_seed_panels_draw_each_run_under_its_seed(tmp_path):
     drawn = plot_seeds(cells, tmp_path / "seeds.png", {"dump": [3, 7], "uniform": [3]})
     assert drawn["dump"]["seed 7"] == ([0, 1, 2], pytest.approx([0.0, 0.1, 0.2]))
     assert list(drawn["uniform"]) == ["seed 3"] and (tmp_path / "seeds.png").stat().st_size > 1000
+
+
+def test_held_out_accuracy_is_drawn_with_the_seeds_band(tmp_path):
+    runs = [[{"step": 4, "eval/accuracy": a}, {"step": 9, "eval/accuracy": b}] for a, b in ((0.2, 0.5), (0.4, 0.3))]
+    drawn = plot_rewards({"dump": runs}, tmp_path / "rewards.png")["dump"]
+    assert drawn["eval/accuracy"] == ([4, 9], pytest.approx([0.3, 0.4]))
+    assert drawn["eval/accuracy min"] == ([4, 9], [0.2, 0.3]) and drawn["eval/accuracy max"] == ([4, 9], [0.4, 0.5])

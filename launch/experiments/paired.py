@@ -190,7 +190,9 @@ def write_paired(
             "distribution, within each seed: evaluation noise alone, not the seeds' spread]; one evaluation's "
             "standard error (stratified by distribution, mean over "
             "seeds) beside the seeds' standard deviation of final accuracy: evaluation noise is small against the "
-            "spread between seeds when the first is below a third of the second.",
+            "spread between seeds when the first is below a third of the second. The crossing ratios above "
+            "resample seeds only; their evaluation noise is what this s.e. says. Cells whose runs predate stored "
+            "per-row outcomes (eval/step-NNNNNN.jsonl) are not listed.",
             "",
             "| cell | accuracy | one evaluation's s.e. | seeds' s.d. | s.e. < s.d./3 |",
             "|---|---|---|---|---|",

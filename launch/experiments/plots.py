@@ -20,16 +20,29 @@ from gradus.launch.experiments.results import compute_curve, distributions  # no
 Series = dict[str, tuple[list[int], list[float]]]
 
 
-def mean_curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[float]]:
-    """Per step, the mean over runs (seeds) of `key` where it was logged."""
+def _by_step(runs: Sequence[Sequence[dict]], key: str) -> dict[int, list[float]]:
+    """Per step, the runs' (seeds') values of `key` where it was logged."""
     by_step: dict[int, list[float]] = {}
     for metrics in runs:
         for m in metrics:
             value = m.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 by_step.setdefault(m["step"], []).append(float(value))
+    return by_step
+
+
+def mean_curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[float]]:
+    """Per step, the mean over runs (seeds) of `key` where it was logged."""
+    by_step = _by_step(runs, key)
     steps = sorted(by_step)
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def spread_curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Per step, the lowest and highest value of `key` over runs (seeds)."""
+    by_step = _by_step(runs, key)
+    steps = sorted(by_step)
+    return steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps]
 
 
 def _budget_curve(runs: Sequence[Sequence[dict]], names: list[str]) -> tuple[list[int], list[float]]:
@@ -80,8 +93,12 @@ def plot_rewards(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Se
         acc_ax.plot(*drawn[cell]["accuracy"], color=line.get_color(), label=f"{cell} (train)")
         if drawn[cell]["eval/accuracy"][0]:
             acc_ax.plot(*drawn[cell]["eval/accuracy"], "o--", color=line.get_color(), label=f"{cell} (held-out)")
+            if len(runs) > 1:  # the seeds' spread of held-out accuracy, min to max
+                steps, low, high = spread_curve(runs, "eval/accuracy")
+                drawn[cell]["eval/accuracy min"], drawn[cell]["eval/accuracy max"] = (steps, low), (steps, high)
+                acc_ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     reward_ax.set(title="reward (mean over samples)", xlabel="step")
-    acc_ax.set(title="accuracy", xlabel="step", ylim=(0, 1))
+    acc_ax.set(title="accuracy (held-out: seeds' mean, band min to max)", xlabel="step", ylim=(0, 1))
     reward_ax.legend(fontsize=8)
     acc_ax.legend(fontsize=8)
     _save(fig, path)

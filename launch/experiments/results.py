@@ -211,11 +211,17 @@ def markdown_table(
     )
     if reference:
         header += [
-            f"steps to {reference.cell}'s final acc {reference.accuracy:.3f} [95% CI] (reached)",
-            "tokens to it [95% CI]",
+            f"steps to {reference.cell}'s final acc {reference.accuracy:.3f} [95% CI, its seeds] (reached)",
+            "tokens to it [95% CI, its seeds]",
             f"acc at {reference.cell}'s half budget ({reference.budget:.0f} tokens)",
         ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if reference:  # what each interval resamples, above the table
+        lines.insert(
+            0,
+            f"Mean ± std over seeds. [95% CI, its seeds]: a bootstrap over the cell's own seeds with "
+            f"{reference.cell}'s final accuracy held fixed (paired.md resamples {reference.cell}'s seeds too).\n",
+        )
     for cell, row in cells.items():
         reach = f"{_pm(row, 'steps_to_target', '.1f')} ({row['reached_target']}/{row['seeds']})"
         values = (
