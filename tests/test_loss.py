@@ -15,7 +15,7 @@ from gradus.curriculum.items import Item
 from gradus.launch.run.metrics import held_out_metrics, pass_at_k
 from gradus.rollout.records import Group, Sample
 from gradus.trainer.batching import TrainSample, assign, contributes
-from gradus.trainer.grpo import AGGREGATIONS, loss_options
+from gradus.trainer.grpo import AGGREGATIONS, group_advantages, loss_options
 from gradus.trainer.loss import completion_logprobs, micro_batch_loss
 
 
@@ -117,6 +117,55 @@ def test_skipping_and_shared_prompts_keep_the_gradient(tiny_model):
             for s in micro:
                 places.setdefault(tuple(s.prompt_ids), set()).add((rank, j))
     assert all(len(where) == 1 for where in places.values())
+
+
+def _ragged_batch(sizes: list[int], estimator: str) -> list[list[TrainSample]]:
+    """Groups of the given sizes, advantages from their own rewards (group_advantages on ragged groups)."""
+    rng = np.random.default_rng(2)
+    rewards = [torch.tensor(rng.integers(0, 2, size=n), dtype=torch.float32) for n in sizes]
+    rewards[1] = torch.ones(sizes[1])  # an all-equal group
+    groups = []
+    for advantages in group_advantages(rewards, estimator):
+        prompt = rng.integers(3, 64, size=int(rng.integers(3, 12))).tolist()
+        groups.append(
+            [
+                TrainSample(
+                    prompt, (t := rng.integers(3, 64, size=int(rng.integers(2, 14))).tolist()), [-2.0] * len(t), a
+                )
+                for a in advantages.tolist()
+            ]
+        )
+    return groups
+
+
+@pytest.mark.parametrize(
+    "estimator, agg", [("grpo", "token-mean"), ("rloo", "seq-mean-token-mean"), ("drgrpo", "seq-mean-token-sum-norm")]
+)
+def test_ragged_groups_loss_equals_a_per_group_reference(tiny_model, estimator, agg):
+    """Groups of 3, 4, 1 and 8 samples: the batch's gradient is the sum of each group's
+    own (with the batch's denominators), a group of one and an all-equal group add
+    exactly nothing, and skipping and shared prompts leave the gradient as it was."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
+    cfg = loss_options(dataclasses.replace(TrainerConfig(), loss_agg=agg, loss_norm_len=16))
+    groups = _ragged_batch([3, 4, 1, 8], estimator)
+    samples = [s for g in groups for s in g]
+    plain = batch_gradient(model, samples, cfg, ranks=1, max_tokens=10_000)
+    (part,) = assign(samples, 1, 10_000)
+    reference = {name: torch.zeros_like(g) for name, g in plain.items()}
+    for i, group in enumerate(groups):
+        model.zero_grad()
+        loss = micro_batch_loss(model, group, cfg, False, part.num_tokens, part.num_seqs, True, defaultdict(float))
+        loss.backward()
+        for name, p in model.named_parameters():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            if i in (1, 2):  # all-equal, and a group of one: advantage exactly 0, gradient exactly 0
+                assert not grad.any(), (i, name)
+            reference[name] += grad
+    assert _max_rel_diff(plain, reference) <= 1e-5
+    for ranks, skip, share in [(2, True, False), (3, True, True)]:
+        assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share)) <= 1e-5
 
 
 def test_shared_prompt_forward_matches_per_sample_logprobs(tiny_model):
