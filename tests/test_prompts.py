@@ -116,24 +116,12 @@ def test_samplers_depend_on_counts_not_on_order(kind):
     assert states[0] == states[1] and draws[0] == draws[1]
 
 
-def test_thompson_draws_informative_rows():
-    _, _, plain = _simulate({"kind": "shuffle"}, steps=30, rising=True)
-    chosen, kinds, informative = _simulate({"kind": "thompson", "target": 0.5}, steps=30, rising=True)
-    later = informative[len(informative) // 2 :]
-    assert np.mean(later) > 0.6 and np.mean(later) > np.mean(plain[len(plain) // 2 :]) + 0.2
-    stats = chosen.report(30)["rows"]["add1"]
-    assert abs(stats["predicted_zero_var"] - (1 - np.mean(informative[-6:]))) < 0.5  # calibration, one step
-
-
-def test_greso_skips_before_rollout_and_tracks_its_target():
-    """Rows with a run of all-equal groups are skipped before generation; the
-    share of all-equal groups moves toward the target, and the posterior's
-    prediction of it stays calibrated over the run."""
-    _, _, plain = _simulate({"kind": "shuffle"}, steps=60)
-    scheduler, _, informative = _simulate({"kind": "greso", "target": 0.3, "step": 0.05}, steps=60)
+def _calibration(scheduler: CurriculumScheduler, start: int, steps: int) -> tuple[list[float], ...]:
+    """Continue a simulated run (rows by row_id % 3: always, never, half solved) and
+    read each step's skips, predicted and realised all-equal shares for add1."""
     sampler = scheduler.distributions["add1"].sampler
     skipped, predicted, realised = [], [], []
-    for step in range(60, 90):  # continue the same run, reading each step's calibration
+    for step in range(start, start + steps):
         items = scheduler.next_batch(step, 6)
         skipped.append(sampler.last["skipped_before_rollout"])
         predicted.append(sampler.last["predicted_zero_var"])
@@ -147,6 +135,25 @@ def test_greso_skips_before_rollout_and_tracks_its_target():
         ]
         scheduler.observe_rows(results)
         realised.append(sampler.last["realised_zero_var"])
+    return skipped, predicted, realised
+
+
+def test_thompson_draws_informative_rows():
+    _, _, plain = _simulate({"kind": "shuffle"}, steps=30, rising=True)
+    chosen, kinds, informative = _simulate({"kind": "thompson", "target": 0.5}, steps=30, rising=True)
+    later = informative[len(informative) // 2 :]
+    assert np.mean(later) > 0.6 and np.mean(later) > np.mean(plain[len(plain) // 2 :]) + 0.2
+    _, predicted, realised = _calibration(chosen, 30, 30)
+    assert abs(np.mean(predicted) - np.mean(realised)) < 0.15  # calibrated over 30 steps
+
+
+def test_greso_skips_before_rollout_and_tracks_its_target():
+    """Rows with a run of all-equal groups are skipped before generation; the
+    share of all-equal groups moves toward the target, and the posterior's
+    prediction of it stays calibrated over the run."""
+    _, _, plain = _simulate({"kind": "shuffle"}, steps=60)
+    scheduler, _, informative = _simulate({"kind": "greso", "target": 0.3, "step": 0.05}, steps=60)
+    skipped, predicted, realised = _calibration(scheduler, 60, 30)  # the same run, read step by step
     assert sum(skipped) > 20  # rows passed over without generating a token
     assert 1 - np.mean(informative[len(informative) // 2 :]) < 1 - np.mean(plain) - 0.2  # fewer all-equal groups
     assert abs(np.mean(predicted) - np.mean(realised)) < 0.15  # calibrated
