@@ -38,7 +38,8 @@ over every draw of the last step drawn and observed (filters may refill).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import heapq
+from typing import Sequence
 
 import numpy as np
 from scipy.special import betainc, betaln
@@ -382,19 +383,24 @@ class PassRate(PosteriorSampler):
         super().load_state_dict(state)
 
 
-def allocate_group_sizes(
-    zero_var: Callable[[int, int], float], rows: Sequence[int], base: int, low: int, high: int
-) -> list[int]:
-    """A group size per row within the step's budget of base x len(rows) samples
+def allocate_group_sizes(chances: np.ndarray, base: int, low: int) -> list[int]:
+    """A group size per row within the step's budget of base x rows samples
     (CurES/DUET's idea of spending samples per prompt): every row starts at `low`,
     then each further sample goes to the row whose group is currently the most
-    likely to be all-equal (to teach nothing), up to `high`. `zero_var(row, n)` is
-    that chance for n samples (RowPosteriors.zero_var); ties go to the earlier row."""
-    sizes = [low] * len(rows)
-    for _ in range(max(0, (base - low) * len(rows))):
-        chances = [zero_var(row, n) if n < high else -1.0 for row, n in zip(rows, sizes)]
-        best = int(np.argmax(chances))
-        if chances[best] < 0:
+    likely to be all-equal (to teach nothing), up to `low + chances.shape[1]`.
+    `chances[i, k]`: that chance for row i with low + k samples
+    (RowPosteriors.zero_var); ties go to the earlier row. A heap makes it
+    O(budget log rows) after the table, the same sizes as rescanning every row."""
+    rows, width = chances.shape
+    sizes = [low] * rows
+    heap = [(-float(chances[i, 0]), i) for i in range(rows)] if width else []
+    heapq.heapify(heap)
+    for _ in range(max(0, (base - low) * rows)):
+        if not heap:
             break
+        _, best = heapq.heappop(heap)
         sizes[best] += 1
+        k = sizes[best] - low
+        if k < width:
+            heapq.heappush(heap, (-float(chances[best, k]), best))
     return sizes

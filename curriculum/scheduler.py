@@ -100,13 +100,15 @@ class CurriculumScheduler:
         group of the base size is likely all-equal (curriculum/posteriors.py);
         rows of a sampler without posteriors count as p ~ Beta(1, 1)."""
 
-        def zero_var(i: int, n: int) -> float:
-            posteriors = getattr(self.distributions[items[i].distribution].sampler, "posteriors", None)
-            if posteriors is None or items[i].row_id is None:
-                return 2.0 / (n + 1)  # E[p^n + (1-p)^n] under a uniform p
-            return float(posteriors.zero_var([items[i].row_id], n)[0])
-
-        return allocate_group_sizes(zero_var, range(len(items)), base, low, high)
+        sizes = np.arange(low, high)
+        chances = np.tile(2.0 / (sizes + 1.0), (len(items), 1))  # E[p^n + (1-p)^n] under a uniform p
+        for name in {item.distribution for item in items}:
+            posteriors = getattr(self.distributions[name].sampler, "posteriors", None)
+            at = [i for i, item in enumerate(items) if item.distribution == name and item.row_id is not None]
+            if posteriors is not None and at:
+                rows = [items[i].row_id for i in at]
+                chances[at] = np.stack([posteriors.zero_var(rows, int(n)) for n in sizes], axis=1)
+        return allocate_group_sizes(chances, base, low)
 
     def budget_for(self, name: str, step: int) -> int | None:
         """The schedule's budget, or a distribution's own base budget decayed by

@@ -214,8 +214,23 @@ def test_group_sizes_go_where_a_group_would_teach_nothing():
     items = [next(i for i in scheduler.next_batch(0, 30) if i["row_id"] == r) for r in (0, 1)]
     sizes = scheduler.group_sizes(items, base=4, low=2, high=8)
     assert sum(sizes) == 8 and sizes[0] > 4 > sizes[1] >= 2
-    assert allocate_group_sizes(lambda row, n: 0.5**n, range(3), base=4, low=2, high=8) == [4, 4, 4]
-    assert allocate_group_sizes(lambda row, n: 0.0 if row else 1.0, range(2), base=4, low=2, high=6) == [6, 2]  # capped
+    halves = np.tile(0.5 ** np.arange(2, 8), (3, 1))
+    assert allocate_group_sizes(halves, base=4, low=2) == [4, 4, 4]
+    assert allocate_group_sizes(np.array([[1.0] * 4, [0.0] * 4]), base=4, low=2) == [6, 2]  # capped at low + 4
+
+    def rescanning(chances, base, low):  # the plain greedy rule: rescan every row for each sample
+        sizes, width = [low] * len(chances), chances.shape[1]
+        for _ in range((base - low) * len(chances)):
+            scores = [chances[i, n - low] if n - low < width else -1.0 for i, n in enumerate(sizes)]
+            if max(scores) < 0:
+                break
+            sizes[int(np.argmax(scores))] += 1
+        return sizes
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # ties included (rounded chances): the earlier row wins in both
+        chances = np.sort(rng.random((int(rng.integers(1, 9)), 6)).round(1), axis=1)[:, ::-1]
+        assert allocate_group_sizes(chances, 4, 2) == rescanning(chances, 4, 2)
 
 
 def test_row_walks_keep_their_order_for_resumed_runs():
