@@ -33,7 +33,11 @@ over every draw of the last step drawn and observed (filters may refill).
   previous draw at its target: down when at or above, up when below, within
   [`min_explore`, `max_explore`]. The targets split `target` as the authors'
   code does, a third to easy and two thirds to hard groups (hard rows are
-  the likelier to change as the policy improves).
+  the likelier to change as the policy improves). As equations:
+  P(skip row i) = 1 - p_e,k^z_i for its kind k, and after each round
+  p_e,k <- clip(p_e,k - step if share_k >= target_k else p_e,k + step,
+  min_explore, max_explore) (the paper's probabilistic filter and adaptive
+  exploration; Infini-AI-Lab/GRESO, verl/trainer/ppo/ray_trainer.py).
 """
 
 from __future__ import annotations
