@@ -60,7 +60,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 ASYNC = ("rollout.async_generation=true", "rollout.max_staleness=1", "run.checkpoint_every=2")
 LORA = ("trainer.lora={rank: 8}", "trainer.gradient_checkpointing=true")  # issue 18: resuming a LoRA run is exact too
-MODES = {"sync": LORA, "async": ASYNC}
+SCREEN = ("rollout.screen={samples: 2}", "curriculum.prompts={kind: greso}")  # issue 31: screening seeds, greso's state
+MODES = {"sync": LORA + SCREEN, "async": ASYNC}
 # Sync: the resumed run that gets the stop signal has 2 ranks under ZeRO-2 (from a 1-rank ZeRO-1
 # checkpoint), the last one 1 rank under ZeRO-1 again (from that 2-rank checkpoint).
 LAYOUTS = {
@@ -100,6 +101,9 @@ def _assert_same_run(a: list[dict], b: list[dict], mode: str, rounding_from: int
             )
     if mode == "async":  # step 1 is generated while step 0 trains, step 3 while step 2 trains (lag 1 both times)
         assert [m["async/lag_max"] for m in b] == [0, 1, 0, 1]
+    else:  # screening stopped some prompts at 2 samples, the same ones after resume
+        screened = [m["groups/screened_out"] for m in b]
+        assert screened == [m["groups/screened_out"] for m in a] and sum(screened) > 0
 
 
 def _until_line(proc: subprocess.Popen, text: str) -> list[str]:
