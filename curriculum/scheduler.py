@@ -16,7 +16,7 @@ from gradus.curriculum.bandits import make_curriculum
 from gradus.curriculum.budget import make_budget_schedule
 from gradus.curriculum.filters import make_filter
 from gradus.curriculum.items import Item
-from gradus.curriculum.posteriors import allocate_group_sizes
+from gradus.curriculum.row_posteriors import allocate_group_sizes
 from gradus.curriculum.sources import Distribution, make_distributions
 
 
@@ -97,7 +97,7 @@ class CurriculumScheduler:
     def group_sizes(self, items: Sequence[Item], base: int, low: int, high: int) -> list[int]:
         """A group size per item within the step's budget of base x len(items)
         samples (rollout.group_rule): more samples where the row's posterior says a
-        group of the base size is likely all-equal (curriculum/posteriors.py);
+        group of the base size is likely all-equal (curriculum/row_posteriors.py);
         rows of a sampler without posteriors count as p ~ Beta(1, 1)."""
 
         sizes = np.arange(low, high)

@@ -3,6 +3,8 @@ difficulty, retirement and rechecks, the band-pass weight, an all-retired
 distribution and exact state round-trips. Drives CurriculumScheduler through
 its contract (`row_id` on items, `observe_rows`)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -204,7 +206,7 @@ def test_shuffle_is_the_old_epoch_order():
 def test_group_sizes_go_where_a_group_would_teach_nothing():
     """Within base x rows samples, rows whose posterior says a base-size group is
     likely all-equal get more samples (up to max), the others fewer (down to min)."""
-    from gradus.curriculum.posteriors import allocate_group_sizes
+    from gradus.curriculum.row_posteriors import allocate_group_sizes
 
     scheduler = CurriculumScheduler([ADD1], train_size=30, eval_size=8, seed=0, prompts={"kind": "thompson"})
     sampler = scheduler.distributions["add1"].sampler
@@ -289,3 +291,5 @@ def test_calibration_adds_up_over_a_steps_draws_and_uses_the_runs_group_size():
     scheduler.next_batch(1, 0)  # a new step that draws nothing from add1
     assert scheduler.report(2)["rows"]["add1"]["skipped_before_rollout"] == 0.0
     assert np.isnan(scheduler.report(2)["rows"]["add1"]["realised_zero_var"])
+    state = scheduler.state_dict()  # no statistic yet: stored as None, so a copy (Ray, JSON) compares equal
+    assert json.loads(json.dumps(state)) == state

@@ -100,7 +100,7 @@ class RolloutConfig:
     # {samples: k}: generate k per prompt first; only prompts whose k disagree are completed to group_size
     screen: Optional[dict] = None
     # {min: a, max: b}: a group size per prompt within group_size x prompts samples a step, more where the
-    # row's posterior says a group is likely all-equal (curriculum/posteriors.py: allocate_group_sizes)
+    # row's posterior says a group is likely all-equal (curriculum/row_posteriors.py: allocate_group_sizes)
     group_rule: Optional[dict] = None
     async_generation: bool = False  # generate the next batches while the trainer updates (launch/run/driver.py)
     max_staleness: int = (
