@@ -3,11 +3,14 @@ prompts, reward (rollout.rewards), group size, prompts per step, max
 completion length and learning rate.
 
     python benchmarks/vs_trl.py [--workload add1|mix3] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64] \
-[--no-plain] [--also KEY=VALUE ...]
+[--rows N] [--no-plain] [--also KEY=VALUE ...]
 
 Workloads: `add1` (1-digit addition, the demo's easiest task) and `mix3`
 (uniform over 1-, 2- and 3-digit addition, the curriculum setting where many
-groups are all wrong). Contenders: gradus as configured by default; gradus
+groups are all wrong). `--rows N` trains on N rows per distribution (gradus's
+`data.train_size`, TRL's dataset), so rows come back once steps x prompts passes
+their number: what per-row samplers (`thompson`, `greso`, `pass_rate`) need to
+learn anything; without it no row recurs in a few steps. Contenders: gradus as configured by default; gradus
 "plain" (trainer.skip_uninformative=false, trainer.share_prompts=false: every
 sample through a forward and backward of its own, the update before issue 17);
 TRL. Reports per GRPO step: samples/s (generated samples processed per
@@ -32,12 +35,16 @@ import numpy as np
 WORKLOADS = {"add1": [1], "mix3": [1, 2, 3]}  # operand digits of each distribution (sampled uniformly)
 
 
-def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
-    """n rows drawn uniformly over the workload's distributions, as gradus's uniform curriculum does."""
+def prompts(n: int, digits: list[int], rows: int | None = None, seed: int = 0) -> list[dict]:
+    """n rows drawn uniformly over the workload's distributions, as gradus's uniform
+    curriculum does; with `rows`, every row of `rows` per distribution, shuffled
+    (TRL then repeats them, reshuffled, epoch after epoch)."""
     from gradus.curriculum.sources import SOURCES
 
     rng = np.random.default_rng(seed)
-    pools = [SOURCES.get("arithmetic")(n, np.random.default_rng(seed + d), digits=d) for d in digits]
+    pools = [SOURCES.get("arithmetic")(rows or n, np.random.default_rng(seed + d), digits=d) for d in digits]
+    if rows:
+        return [pools[i][j] for i, j in rng.permutation([(i, j) for i in range(len(pools)) for j in range(rows)])]
     return [pools[int(rng.integers(len(pools)))][i] for i in range(n)]
 
 
@@ -65,6 +72,7 @@ def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str)
             f"rollout.group_size={args.group}",
             f"rollout.max_tokens={args.max_tokens}",
             f"trainer.lr={args.lr}",
+            *([f"data.train_size={args.rows}"] if args.rows else []),
             *extra,
         ],
     )
@@ -95,7 +103,7 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
 
     from gradus.rollout.rewards import RewardWeights, score
 
-    rows = prompts(args.prompts * args.steps, WORKLOADS[args.workload])
+    rows = prompts(args.prompts * args.steps, WORKLOADS[args.workload], args.rows)
     data = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows]
     )
@@ -165,6 +173,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument(
+        "--rows", type=int, default=None, help="training rows per distribution, so that rows recur (default: none recur)"
+    )
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
     parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
     parser.add_argument(
@@ -193,6 +204,7 @@ def main() -> None:
     print(
         f"{args.workload}: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, "
         f"{args.steps - 1} timed steps each"
+        + (f", {args.rows} training rows per distribution" if args.rows else "")
     )
     w = max(map(len, results)) + 2
     print(
