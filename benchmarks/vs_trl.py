@@ -8,7 +8,7 @@ completion length and learning rate.
 Workloads: `add1` (1-digit addition, the demo's easiest task) and `mix3`
 (uniform over 1-, 2- and 3-digit addition, the curriculum setting where many
 groups are all wrong). `--rows N` trains on N rows per distribution (gradus's
-`data.train_size`, TRL's dataset), so rows come back once steps x prompts passes
+`data.train_size`; TRL's dataset is the same rows), so rows come back once steps x prompts passes
 their number: what per-row samplers (`thompson`, `greso`, `pass_rate`) need to
 learn anything; without it no row recurs in a few steps. Contenders: gradus as configured by default; gradus
 "plain" (trainer.skip_uninformative=false, trainer.share_prompts=false: every
@@ -35,28 +35,23 @@ import numpy as np
 WORKLOADS = {"add1": [1], "mix3": [1, 2, 3]}  # operand digits of each distribution (sampled uniformly)
 
 
-def prompts(n: int, digits: list[int], rows: int | None = None, seed: int = 0) -> list[dict]:
-    """n rows drawn uniformly over the workload's distributions, as gradus's uniform
-    curriculum does; with `rows`, every row of `rows` per distribution, shuffled
-    (TRL then repeats them, reshuffled, epoch after epoch)."""
+def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
+    """n rows drawn uniformly over the workload's distributions, as gradus's uniform curriculum does."""
     from gradus.curriculum.sources import SOURCES
 
     rng = np.random.default_rng(seed)
-    pools = [SOURCES.get("arithmetic")(rows or n, np.random.default_rng(seed + d), digits=d) for d in digits]
-    if rows:
-        return [pools[i][j] for i, j in rng.permutation([(i, j) for i in range(len(pools)) for j in range(rows)])]
+    pools = [SOURCES.get("arithmetic")(n, np.random.default_rng(seed + d), digits=d) for d in digits]
     return [pools[int(rng.integers(len(pools)))][i] for i in range(n)]
 
 
-def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> dict[str, float]:
+def gradus_config(model: str, args: argparse.Namespace, run_dir: Path, *extra: str):
     from gradus.launch.config.load import load_config
-    from gradus.launch.run.loop import train
 
     dists = ", ".join(
         f"{{name: add{d}, source: arithmetic, params: {{digits: {d}}}, verifier: numeric}}"
         for d in WORKLOADS[args.workload]
     )
-    cfg = load_config(
+    return load_config(
         "configs/default.yaml",
         [
             f"model.path={model}",
@@ -76,7 +71,23 @@ def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str)
             *extra,
         ],
     )
-    train(cfg, overwrite=True)
+
+
+def shared_rows(model: str, args: argparse.Namespace, run_dir: Path) -> list[dict]:
+    """gradus's own training rows (`--rows` per distribution), shuffled: TRL trains on
+    the same few rows, since with so few which rows they are decides how many groups
+    can be informative."""
+    from gradus.launch.run.assemble import local_scheduler
+
+    dists = local_scheduler(gradus_config(model, args, run_dir)).distributions.values()
+    rows = [{"prompt": r["prompt"], "answer": r["answer"]} for d in dists for r in d.train_rows]
+    return [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+
+
+def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> dict[str, float]:
+    from gradus.launch.run.loop import train
+
+    train(gradus_config(model, args, run_dir, *extra), overwrite=True)
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
     seconds = sum(m["time/step"] for m in steps)
     tokens = sum(m["tokens/generated"] for m in steps)
@@ -103,7 +114,7 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
 
     from gradus.rollout.rewards import RewardWeights, score
 
-    rows = prompts(args.prompts * args.steps, WORKLOADS[args.workload], args.rows)
+    rows = shared_rows(model, args, out_dir) if args.rows else prompts(args.prompts * args.steps, WORKLOADS[args.workload])
     data = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows]
     )
