@@ -3,14 +3,16 @@ prompts, reward (rollout.rewards), group size, prompts per step, max
 completion length and learning rate.
 
     python benchmarks/vs_trl.py [--workload add1|mix3] [--steps 3] [--prompts 4] [--group 4] [--max-tokens 64] \
-[--rows N] [--no-plain] [--also KEY=VALUE ...]
+[--rows N] [--bandit uniform|default] [--no-plain] [--also KEY=VALUE ...]
 
 Workloads: `add1` (1-digit addition, the demo's easiest task) and `mix3`
 (uniform over 1-, 2- and 3-digit addition, the curriculum setting where many
 groups are all wrong). `--rows N` trains on N rows per distribution (gradus's
 `data.train_size`; TRL's dataset is the same rows), so rows come back once steps x prompts passes
 their number: what per-row samplers (`thompson`, `greso`, `pass_rate`) need to
-learn anything; without it no row recurs in a few steps. Contenders: gradus as configured by default; gradus
+learn anything; without it no row recurs in a few steps. gradus draws
+distributions uniformly, as TRL does, unless `--bandit default` gives it the
+default config's curriculum (DUMP). Contenders: gradus as configured by default; gradus
 "plain" (trainer.skip_uninformative=false, trainer.share_prompts=false: every
 sample through a forward and backward of its own, the update before issue 17);
 TRL. Reports per GRPO step: samples/s (generated samples processed per
@@ -61,7 +63,7 @@ def gradus_config(model: str, args: argparse.Namespace, run_dir: Path, *extra: s
             "run.save_final=false",
             "wandb.mode=disabled",
             "eval.every=0",
-            "curriculum.bandit={kind: uniform}",
+            *(["curriculum.bandit={kind: uniform}"] if args.bandit == "uniform" else []),
             f"data.distributions=[{dists}]",
             f"rollout.prompts_per_step={args.prompts}",
             f"rollout.group_size={args.group}",
@@ -185,6 +187,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument(
+        "--bandit",
+        choices=["uniform", "default"],
+        default="uniform",
+        help="gradus's distribution-level curriculum: uniform (as TRL draws, the default) or "
+        "configs/default.yaml's (DUMP): what a gradus user gets",
+    )
+    parser.add_argument(
         "--rows", type=int, default=None, help="training rows per distribution, so that rows recur (default: none recur)"
     )
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
@@ -216,6 +225,7 @@ def main() -> None:
         f"{args.workload}: {args.prompts} prompts x {args.group} samples, <= {args.max_tokens} tokens, "
         f"{args.steps - 1} timed steps each"
         + (f", {args.rows} training rows per distribution" if args.rows else "")
+        + (", gradus with configs/default.yaml's curriculum" if args.bandit == "default" else "")
     )
     w = max(map(len, results)) + 2
     print(
