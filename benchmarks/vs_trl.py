@@ -116,7 +116,9 @@ def run_trl(model: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
 
     from gradus.rollout.rewards import RewardWeights, score
 
-    rows = shared_rows(model, args, out_dir) if args.rows else prompts(args.prompts * args.steps, WORKLOADS[args.workload])
+    rows = (
+        shared_rows(model, args, out_dir) if args.rows else prompts(args.prompts * args.steps, WORKLOADS[args.workload])
+    )
     data = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": str(r["answer"])} for r in rows]
     )
@@ -194,7 +196,10 @@ def main() -> None:
         "configs/default.yaml's (DUMP): what a gradus user gets",
     )
     parser.add_argument(
-        "--rows", type=int, default=None, help="training rows per distribution, so that rows recur (default: none recur)"
+        "--rows",
+        type=int,
+        default=None,
+        help="training rows per distribution, so that rows recur (default: none recur)",
     )
     parser.add_argument("--no-plain", action="store_true", help="leave out gradus with skipping and prompt sharing off")
     parser.add_argument("--no-trl", action="store_true", help="leave out TRL (gradus rows only)")
