@@ -30,8 +30,12 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gradus.launch.config.schema import Config
 
 
 WORKLOADS = {"add1": [1], "mix3": [1, 2, 3]}  # operand digits of each distribution (sampled uniformly)
@@ -46,7 +50,8 @@ def prompts(n: int, digits: list[int], seed: int = 0) -> list[dict]:
     return [pools[int(rng.integers(len(pools)))][i] for i in range(n)]
 
 
-def gradus_config(model: str, args: argparse.Namespace, run_dir: Path, *extra: str):
+def gradus_config(model: str, args: argparse.Namespace, run_dir: Path, *extra: str) -> Config:
+    """The run's config: configs/default.yaml on the workload, the sizes and `extra` overrides."""
     from gradus.launch.config.load import load_config
 
     dists = ", ".join(
