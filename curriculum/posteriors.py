@@ -3,8 +3,10 @@
 Every row keeps a Beta posterior over its pass rate (curriculum/row_posteriors.py);
 a group enters only through (successes, size), so what a sampler does next
 never depends on the order of samples inside a group. Each sampler reports the
-posterior's chance of an all-equal group for the rows it drew beside the share of
-all-equal groups it then saw (`predicted_zero_var`, `realised_zero_var`), and
+chance of an all-equal group that the posterior gave each drawn row when it was
+drawn, for the size its group then had (screens and group rules change sizes),
+beside the share of all-equal groups it saw (`predicted_zero_var`,
+`realised_zero_var`), and
 `skipped_before_rollout`, rows passed over before any token was generated:
 over every draw of the last step drawn and observed (filters may refill).
 
@@ -42,19 +44,17 @@ from typing import Sequence
 import numpy as np
 
 from gradus.curriculum.prompts import PROMPT_SAMPLERS, PromptSampler, RowWalk
-from gradus.curriculum.row_posteriors import RowPosteriors
+from gradus.curriculum.row_posteriors import RowPosteriors, zero_var_chance
 
 
 class PosteriorSampler(PromptSampler):
     """Shared bookkeeping: posteriors, and the calibration of the last step."""
 
-    def __init__(
-        self, n_rows: int, seed: tuple, prior_strength: float = 2.0, discount: float = 0.9, group_size: int = 4
-    ) -> None:
+    def __init__(self, n_rows: int, seed: tuple, prior_strength: float = 2.0, discount: float = 0.9) -> None:
         super().__init__(n_rows, seed)
         self.posteriors = RowPosteriors(n_rows, prior_strength, discount)
-        self.group_size = int(group_size)  # for the zero-variance prediction; observe() uses each group's own size
         self._pending_zero: list[bool] = []  # all-equal groups since the last draw
+        self._drawn_params: dict[int, tuple[float, float]] = {}  # (alpha, beta) of rows drawn, not yet observed
         self.begin_step()
 
     def begin_step(self) -> None:
@@ -69,15 +69,18 @@ class PosteriorSampler(PromptSampler):
 
     def _drawn(self, rows: Sequence[int], skipped: int) -> None:
         self._step_skipped += skipped
-        self._step_predicted.extend(self.posteriors.zero_var(rows, self.group_size).tolist())
+        a, b = self.posteriors.params()
+        self._drawn_params.update({int(r): (float(a[r]), float(b[r])) for r in rows})
         self.last["skipped_before_rollout"] = float(self._step_skipped)
-        self.last["predicted_zero_var"] = float(np.mean(self._step_predicted)) if self._step_predicted else float("nan")
         self._pending_zero = []
 
     def observe(self, row_id: int, correct: Sequence[bool]) -> None:
         if not len(correct):
             return
         successes, n = int(sum(bool(c) for c in correct)), len(correct)
+        a, b = self._drawn_params.pop(row_id, None) or (x[row_id] for x in self.posteriors.params())
+        self._step_predicted.append(float(zero_var_chance(np.array([a]), np.array([b]), n)[0]))
+        self.last["predicted_zero_var"] = float(np.mean(self._step_predicted))
         self.posteriors.observe(row_id, successes, n)
         self._pending_zero.append(successes in (0, n))
         self._step_zero.append(successes in (0, n))
@@ -97,12 +100,14 @@ class PosteriorSampler(PromptSampler):
             "posteriors": self.posteriors.state_dict(),
             "last": {k: None if math.isnan(v) else v for k, v in self.last.items()},  # None: comparable, JSON-safe
             "pending": list(self._pending_zero),
+            "drawn": [[r, a, b] for r, (a, b) in self._drawn_params.items()],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.posteriors.load_state_dict(state["posteriors"])
         self.last = {k: float("nan") if v is None else float(v) for k, v in state["last"].items()}
         self._pending_zero = [bool(v) for v in state["pending"]]
+        self._drawn_params = {int(r): (float(a), float(b)) for r, a, b in state.get("drawn", [])}  # older: none
 
 
 @PROMPT_SAMPLERS.register("thompson")
@@ -116,9 +121,8 @@ class Thompson(PosteriorSampler):
         target: float = 0.5,
         prior_strength: float = 2.0,
         discount: float = 0.9,
-        group_size: int = 4,
     ) -> None:
-        super().__init__(n_rows, seed, prior_strength, discount, group_size)
+        super().__init__(n_rows, seed, prior_strength, discount)
         if not 0 < target < 1:
             raise ValueError("thompson sampler: need 0 < target < 1")
         self.target = float(target)
@@ -151,9 +155,8 @@ class Greso(PosteriorSampler):
         max_explore: float = 0.95,
         prior_strength: float = 2.0,
         discount: float = 0.9,
-        group_size: int = 4,
     ) -> None:
-        super().__init__(n_rows, seed, prior_strength, discount, group_size)
+        super().__init__(n_rows, seed, prior_strength, discount)
         if not 0 <= target <= 1 or not 0 < step < 1 or not 0 < min_explore <= explore <= max_explore <= 1:
             raise ValueError(
                 "greso sampler: need 0 <= target <= 1, 0 < step < 1, 0 < min_explore <= explore <= max_explore <= 1"
@@ -250,7 +253,6 @@ class PassRate(PosteriorSampler):
         retire_p: float = 0.9,
         confidence: float = 0.9,
         prior_strength: float = 2.0,
-        group_size: int = 4,
     ) -> None:
         if (
             retire_after < 1
@@ -266,7 +268,7 @@ class PassRate(PosteriorSampler):
                 "0 < decay <= 1, 0 < floor <= 1, 0 < retire_p < 1, 0 < confidence < 1"
             )
         # decay: the share of a row's evidence that fades at each of its new groups (the posterior's discount)
-        super().__init__(n_rows, seed, prior_strength, discount=max(1.0 - decay, 0.05), group_size=group_size)
+        super().__init__(n_rows, seed, prior_strength, discount=max(1.0 - decay, 0.05))
         self.retire_after, self.recheck, self.low, self.high, self.floor = (
             int(retire_after),
             float(recheck),

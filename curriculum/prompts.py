@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gradus.curriculum.registry import Registry, parameters
+from gradus.curriculum.registry import Registry
 
 SAMPLER_METHODS = ("take", "observe", "availability", "stats", "state_dict", "load_state_dict")
 
@@ -126,14 +126,8 @@ class Shuffle(PromptSampler):
         self.walk.load_state_dict(state)
 
 
-def make_prompt_sampler(spec: dict | None, n_rows: int, seed: tuple, group_size: int | None = None) -> PromptSampler:
-    """`spec` as in the config: {"kind": name or path/to/file.py:Name, **params}.
-    `group_size` (rollout.group_size) reaches samplers that take one, unless
-    the spec sets it: their zero-variance predictions are for the run's groups."""
+def make_prompt_sampler(spec: dict | None, n_rows: int, seed: tuple) -> PromptSampler:
+    """`spec` as in the config: {"kind": name or path/to/file.py:Name, **params}."""
     spec = dict(spec or {"kind": "shuffle"})
     kind = spec.pop("kind", "shuffle")
-    if group_size is not None and "group_size" not in spec:
-        valid, _, _ = parameters(PROMPT_SAMPLERS.get(kind), 2)
-        if "group_size" in valid:
-            spec["group_size"] = group_size
     return PROMPT_SAMPLERS.build(kind, n_rows, seed, **spec)

@@ -45,15 +45,13 @@ class CurriculumScheduler:
         eval_size: int = 32,
         seed: int = 0,
         prompts: Mapping[str, Any] | None = None,
-        group_size: int | None = None,
     ) -> None:
         """`train_size=None`: every row of a file, DEFAULT_SYNTHETIC_ROWS of a generator.
         `prompts`: the prompt-level sampler inside every distribution (curriculum/prompts.py),
-        e.g. {"kind": "pass_rate", "retire_after": 8}; default {"kind": "shuffle"}.
-        `group_size`: the run's samples per prompt, for the samplers' predictions."""
+        e.g. {"kind": "pass_rate", "retire_after": 8}; default {"kind": "shuffle"}."""
         self.distributions: dict[str, Distribution] = {}
         for spec in distributions:
-            for dist in make_distributions(spec, train_size, eval_size, seed, prompts, group_size):
+            for dist in make_distributions(spec, train_size, eval_size, seed, prompts):
                 if dist.name in self.distributions:
                     raise ValueError(
                         f"distribution {dist.name!r} appears twice "
@@ -96,11 +94,11 @@ class CurriculumScheduler:
 
     def group_sizes(self, items: Sequence[Item], base: int, low: int, high: int) -> list[int]:
         """A group size per item within the step's budget of base x len(items)
-        samples (rollout.group_rule): more samples where the row's posterior says a
-        group of the base size is likely all-equal (curriculum/row_posteriors.py);
+        samples (rollout.group_rule): each sample where the row's posterior says it
+        most lowers the chance of an all-equal group (curriculum/row_posteriors.py);
         rows of a sampler without posteriors count as p ~ Beta(1, 1)."""
 
-        sizes = np.arange(low, high)
+        sizes = np.arange(low, high + 1)
         chances = np.tile(2.0 / (sizes + 1.0), (len(items), 1))  # E[p^n + (1-p)^n] under a uniform p
         for name in {item.distribution for item in items}:
             posteriors = getattr(self.distributions[name].sampler, "posteriors", None)

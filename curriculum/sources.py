@@ -320,7 +320,6 @@ def make_distributions(
     eval_size: int,
     seed: int,
     prompts: Mapping[str, Any] | None = None,
-    group_size: int | None = None,
 ) -> list["Distribution"]:
     """A config distribution as Distributions: one, or with `params.split_by`
     one per distinct value, named `<name>/<value>`, each with its own held-out
@@ -331,7 +330,6 @@ def make_distributions(
         "budget": spec.get("budget"),
         "verifier_threshold": spec.get("verifier_threshold", 1.0),
         "prompts": prompts,
-        "group_size": group_size,
     }
     if params.get("split_by") is None:
         return [Distribution(name, source, params, spec["verifier"], train_size, eval_size, seed, rows=rows, **common)]
@@ -364,7 +362,6 @@ class Distribution:
         rows: list[Row] | None = None,
         verifier_threshold: float = 1.0,
         prompts: Mapping[str, Any] | None = None,
-        group_size: int | None = None,
     ) -> None:
         self.name, self.verifier, self.seed, self.budget = name, verifier, seed, budget
         self.verifier_threshold = verifier_threshold
@@ -382,7 +379,7 @@ class Distribution:
                 f"distribution {name!r}: only {len(rows)} distinct rows, need more than eval_size={eval_size}"
             )
         self.eval_rows, self.train_rows = rows[:eval_size], rows[eval_size:]
-        self.sampler = make_prompt_sampler(dict(prompts or {}), len(self.train_rows), (seed, name), group_size)
+        self.sampler = make_prompt_sampler(dict(prompts or {}), len(self.train_rows), (seed, name))
 
     def take(self, n: int, rng: np.random.Generator | None = None) -> list[Row]:
         """The next n training rows, each with its `row_id` (`rng`: the

@@ -126,7 +126,6 @@ def _calibration(scheduler: CurriculumScheduler, start: int, steps: int) -> tupl
     for step in range(start, start + steps):
         items = scheduler.next_batch(step, 6)
         skipped.append(sampler.last["skipped_before_rollout"])
-        predicted.append(sampler.last["predicted_zero_var"])
         results = [
             {
                 "distribution": "add1",
@@ -136,6 +135,7 @@ def _calibration(scheduler: CurriculumScheduler, start: int, steps: int) -> tupl
             for i in items
         ]
         scheduler.observe_rows(results)
+        predicted.append(sampler.last["predicted_zero_var"])
         realised.append(sampler.last["realised_zero_var"])
     return skipped, predicted, realised
 
@@ -203,36 +203,39 @@ def test_shuffle_is_the_old_epoch_order():
     assert sampler.state_dict() == {"epoch": 1, "cursor": 1}
 
 
-def test_group_sizes_go_where_a_group_would_teach_nothing():
-    """Within base x rows samples, rows whose posterior says a base-size group is
-    likely all-equal get more samples (up to max), the others fewer (down to min)."""
+def test_group_sizes_go_where_a_sample_most_raises_the_informative_chance():
+    """Within base x rows samples, every row starts at min and each further sample
+    goes where it most lowers the chance of an all-equal group: a leaning row gets
+    the most, a p ~ 0.5 row about the base, surely solved or hopeless rows stay low;
+    and the greedy allocation is the one with the most expected informative groups."""
+    from itertools import product
+
     from gradus.curriculum.row_posteriors import allocate_group_sizes
 
     scheduler = CurriculumScheduler([ADD1], train_size=30, eval_size=8, seed=0, prompts={"kind": "thompson"})
     sampler = scheduler.distributions["add1"].sampler
     for _ in range(5):
-        sampler.observe(0, [True] * 4)  # solved: a group of 4 is almost surely all right
-        sampler.observe(1, [True, False, True, False])  # p ~ 0.5: 4 samples are plenty
-    items = [next(i for i in scheduler.next_batch(0, 30) if i["row_id"] == r) for r in (0, 1)]
+        sampler.observe(0, [True] * 4)  # solved: a group of any size is almost surely all right
+        sampler.observe(1, [True, False, True, False])  # p ~ 0.5: a few samples disagree already
+        sampler.observe(2, [True, True, True, False])  # p ~ 0.75: more samples likely break the tie
+        sampler.observe(3, [False] * 4)  # hopeless
+    batch = scheduler.next_batch(0, 30)
+    items = [next(i for i in batch if i["row_id"] == r) for r in range(4)]
     sizes = scheduler.group_sizes(items, base=4, low=2, high=8)
-    assert sum(sizes) == 8 and sizes[0] > 4 > sizes[1] >= 2
-    halves = np.tile(0.5 ** np.arange(2, 8), (3, 1))
-    assert allocate_group_sizes(halves, base=4, low=2) == [4, 4, 4]
-    assert allocate_group_sizes(np.array([[1.0] * 4, [0.0] * 4]), base=4, low=2) == [6, 2]  # capped at low + 4
+    assert sum(sizes) == 16 and sizes[2] > sizes[1] >= 4 > sizes[3] >= sizes[0] == 2, sizes
+    assert allocate_group_sizes(np.array([[1.0, 0.5, 0.25], [0.0, 0.0, 0.0]]), base=3, low=2) == [4, 2]  # capped
 
-    def rescanning(chances, base, low):  # the plain greedy rule: rescan every row for each sample
-        sizes, width = [low] * len(chances), chances.shape[1]
-        for _ in range((base - low) * len(chances)):
-            scores = [chances[i, n - low] if n - low < width else -1.0 for i, n in enumerate(sizes)]
-            if max(scores) < 0:
-                break
-            sizes[int(np.argmax(scores))] += 1
-        return sizes
+    def informative(chances, sizes, low):
+        return sum(1 - chances[i, n - low] for i, n in enumerate(sizes))
 
     rng = np.random.default_rng(0)
-    for _ in range(50):  # ties included (rounded chances): the earlier row wins in both
-        chances = np.sort(rng.random((int(rng.integers(1, 9)), 6)).round(1), axis=1)[:, ::-1]
-        assert allocate_group_sizes(chances, 4, 2) == rescanning(chances, 4, 2)
+    for _ in range(40):  # against every allocation of the budget: none expects more informative groups
+        p = rng.beta(0.7, 0.7, size=(int(rng.integers(1, 5)), 200))  # each row a cloud of plausible pass rates
+        n = np.arange(2, 8)
+        chances = (p[:, :, None] ** n + (1 - p[:, :, None]) ** n).mean(axis=1)
+        greedy = allocate_group_sizes(chances, 4, 2)
+        best = max(informative(chances, s, 2) for s in product(range(2, 8), repeat=len(p)) if sum(s) == 4 * len(p))
+        assert sum(greedy) == 4 * len(p) and informative(chances, greedy, 2) >= best - 1e-12
 
 
 def test_row_walks_keep_their_order_for_resumed_runs():
@@ -260,17 +263,13 @@ def test_greso_moves_easy_and_hard_exploration_apart():
     assert sampler.explore == pytest.approx({"easy": 0.05, "hard": 0.95})  # within [min_explore, max_explore]
 
 
-def test_calibration_adds_up_over_a_steps_draws_and_uses_the_runs_group_size():
+def test_calibration_adds_up_over_a_steps_draws_for_each_groups_own_size():
     """Filters refill within a step: the step's statistics cover every draw; a
-    new step restarts them; predictions are for the run's group size."""
-    scheduler = CurriculumScheduler(
-        [ADD1, ADD2], train_size=30, eval_size=8, seed=0, prompts={"kind": "thompson"}, group_size=8
-    )
+    new step restarts them; each prediction is the draw-time posterior's chance
+    for the size the group then had (a screen stops some at k, rules vary n)."""
+    scheduler = CurriculumScheduler([ADD1, ADD2], train_size=30, eval_size=8, seed=0, prompts={"kind": "thompson"})
     sampler = scheduler.distributions["add1"].sampler
-    assert sampler.group_size == 8
-    assert isinstance(CurriculumScheduler([ADD1], eval_size=8, group_size=8).distributions["add1"].sampler, Shuffle)
-    own = CurriculumScheduler([ADD1], eval_size=8, prompts={"kind": "thompson", "group_size": 2}, group_size=8)
-    assert own.distributions["add1"].sampler.group_size == 2  # the spec's own setting wins
+    assert isinstance(CurriculumScheduler([ADD1], eval_size=8).distributions["add1"].sampler, Shuffle)
 
     def outcomes(items, right):
         scheduler.observe_rows(
@@ -278,14 +277,22 @@ def test_calibration_adds_up_over_a_steps_draws_and_uses_the_runs_group_size():
         )
 
     first = [i for i in scheduler.next_batch(0, 8) if i["distribution"] == "add1"]
-    predicted = sampler.posteriors.zero_var([i["row_id"] for i in first], 8)  # for groups of 8, not 4
-    assert sampler.last["predicted_zero_var"] == pytest.approx(np.mean(predicted))
-    outcomes(first, True)  # all-equal
+    at_draw = [sampler.posteriors.zero_var([i["row_id"]], 8 if k else 2)[0] for k, i in enumerate(first)]
+    assert np.isnan(sampler.last["predicted_zero_var"])  # nothing observed yet
+    scheduler.observe_rows(  # the first group stopped by a screen at 2 samples, the others groups of 8
+        [
+            {"distribution": "add1", "row_id": i["row_id"], "correct": [True] * (8 if k else 2)}
+            for k, i in enumerate(first)
+        ]
+    )
+    assert sampler.last["predicted_zero_var"] == pytest.approx(np.mean(at_draw))
     refill = [i for i in scheduler.next_batch(0, 8) if i["distribution"] == "add1"]
+    predicted = at_draw + list(sampler.posteriors.zero_var([i["row_id"] for i in refill], 8))
     scheduler.observe_rows(
         [{"distribution": "add1", "row_id": i["row_id"], "correct": [True, False] * 4} for i in refill]
     )
-    assert first and refill
+    assert first and refill and len(first) > 1
+    assert sampler.last["predicted_zero_var"] == pytest.approx(np.mean(predicted))
     stats = scheduler.report(1)["rows"]["add1"]
     assert stats["realised_zero_var"] == pytest.approx(len(first) / (len(first) + len(refill)))
     scheduler.next_batch(1, 0)  # a new step that draws nothing from add1

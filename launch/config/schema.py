@@ -99,8 +99,8 @@ class RolloutConfig:
     resources: dict = field(default_factory=dict)  # custom Ray resources per worker, e.g. {rollout_node: 1}
     # {samples: k}: generate k per prompt first; only prompts whose k disagree are completed to group_size
     screen: Optional[dict] = None
-    # {min: a, max: b}: a group size per prompt within group_size x prompts samples a step, more where the
-    # row's posterior says a group is likely all-equal (curriculum/row_posteriors.py: allocate_group_sizes)
+    # {min: a, max: b}: a group size per prompt within group_size x prompts samples, each sample where the
+    # row's posterior says it most lowers the chance of an all-equal group (row_posteriors.allocate_group_sizes)
     group_rule: Optional[dict] = None
     async_generation: bool = False  # generate the next batches while the trainer updates (launch/run/driver.py)
     max_staleness: int = (

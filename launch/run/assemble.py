@@ -34,7 +34,6 @@ def scheduler_args(cfg: Config) -> dict[str, Any]:
         "eval_size": cfg.data.eval_size,
         "seed": cfg.run.seed,
         "prompts": cfg.curriculum.prompts,
-        "group_size": cfg.rollout.group_size,
     }
 
 
