@@ -249,10 +249,16 @@ def test_ragged_groups_equal_each_group_alone(estimator):
     ]
     out = group_advantages(groups, estimator)
     assert [tuple(a.shape) for a in out] == [(5,), (1,), (3,), (2,)]
-    for g, a in zip(groups, out):
-        assert torch.equal(a, group_advantages(g[None, :], estimator)[0])
+    # by hand, each group with its own n: mean 0.6 and unbiased std sqrt(0.3) for n = 5; 0.5 and sqrt(0.5) for n = 2
+    expected = {
+        "grpo": ([0.4 / 0.3**0.5] * 3, [-0.6 / 0.3**0.5] * 2, [0.5 / 0.5**0.5, -0.5 / 0.5**0.5]),
+        "drgrpo": ([0.4] * 3, [-0.6] * 2, [0.5, -0.5]),
+        "rloo": ([1 - 2 / 4] * 3, [0 - 3 / 4] * 2, [1.0, -1.0]),  # r minus the mean of the n - 1 others
+    }[estimator]
+    right, wrong, pair = expected
+    assert out[0].tolist() == pytest.approx([right[0], wrong[0], wrong[1], right[1], right[2]], abs=1e-5)
+    assert out[3].tolist() == pytest.approx(pair, abs=1e-5)
     assert out[1].tolist() == [0.0] and out[2].tolist() == [0.0] * 3
-    assert out[0].abs().sum() > 0
 
 
 def test_ragged_batch_scale_uses_the_batch_std():
