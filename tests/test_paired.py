@@ -4,6 +4,8 @@ resamples the baseline's seeds too, a bootstrap over held-out rows."""
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,19 @@ def test_the_target_is_recomputed_from_resampled_baseline_seeds():
     cell = {0: _run({2: 0.45, 9: 0.6}), 1: _run({2: 0.45, 9: 0.6})}
     point, low, high = paired_bootstrap(reference, cell, resamples=400)["steps"]
     assert point == pytest.approx(1.0) and low < 0.5 and high == pytest.approx(1.0)
+
+
+def test_a_baseline_with_more_seeds_sets_the_target_with_all_of_them():
+    """Uniform at 5 seeds, a cell at 3: the target is the mean of all 5 (0.62, as
+    results.md shows), not of the 3 paired ones (0.5), in the estimate and in
+    every replicate; the table says how many seeds are paired."""
+    reference = {s: _run({4: 0.3, 9: (0.5, 0.5, 0.5, 0.7, 0.9)[s]}) for s in range(5)}
+    cell = {s: _run({4: 0.6, 9: 0.7}) for s in range(3)}
+    result = paired_bootstrap(reference, cell, resamples=300)
+    assert result["steps"][0] == pytest.approx(1.0)  # 0.6 at step 4 is below 0.62; against 0.5 it would be 0.5
+    assert result["steps"][1] == pytest.approx(0.5)  # replicates drawing seed 3 twice: target 0.58
+    write_paired(Path(tmp_dir := tempfile.mkdtemp()), "uniform", {"uniform": reference, "dump": cell}, resamples=50)
+    assert "| dump | first | 3 (3 paired of 5) |" in (Path(tmp_dir) / "paired.md").read_text()
 
 
 def test_row_bootstrap_and_the_published_files(tmp_path):

@@ -50,14 +50,16 @@ def final_accuracy(metrics: Sequence[dict]) -> float:
     return evals[-1] if evals else math.nan
 
 
-def ratios(reference: Runs, cell: Runs, seeds: Sequence[int], sustained: bool) -> dict[str, float]:
-    """Mean over `seeds` of the cell's cost to the reference's mean final accuracy
-    over the same seeds, divided by the reference's own cost to it."""
-    target = float(np.mean([final_accuracy(reference[s]) for s in seeds]))
+def ratios(
+    reference: Runs, cell: Runs, reference_seeds: Sequence[int], cell_seeds: Sequence[int], sustained: bool
+) -> dict[str, float]:
+    """Mean over `cell_seeds` of the cell's cost to the reference's mean final
+    accuracy over `reference_seeds`, divided by the reference's own mean cost to it."""
+    target = float(np.mean([final_accuracy(reference[s]) for s in reference_seeds]))
     out = {}
     for measure in MEASURES:
-        mine = np.mean([crossing(cell[s], target, sustained)[0][measure] for s in seeds])
-        theirs = np.mean([crossing(reference[s], target, sustained)[0][measure] for s in seeds])
+        mine = np.mean([crossing(cell[s], target, sustained)[0][measure] for s in cell_seeds])
+        theirs = np.mean([crossing(reference[s], target, sustained)[0][measure] for s in reference_seeds])
         out[measure] = float(mine / theirs) if theirs else math.nan
     return out
 
@@ -65,16 +67,24 @@ def ratios(reference: Runs, cell: Runs, seeds: Sequence[int], sustained: bool) -
 def paired_bootstrap(
     reference: Runs, cell: Runs, sustained: bool = False, resamples: int = 2000, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
-    """Per measure (point estimate, 2.5%, 97.5%): seeds both cells ran, resampled
-    with replacement and paired (the same seeds for both cells in a replicate),
-    the target recomputed from the resampled baseline seeds every time."""
-    seeds = sorted(set(reference) & set(cell))
-    point = ratios(reference, cell, seeds, sustained)
+    """Per measure (point estimate, 2.5%, 97.5%) over every seed of each cell (the
+    target: the reference's mean final accuracy over all its seeds, as in
+    results.md). A replicate resamples the seeds both cells ran with replacement,
+    paired (the same seeds for both), and the seeds only one ran within that
+    cell, then recomputes the target from the reference's resampled seeds."""
+    common = sorted(set(reference) & set(cell))
+    only_reference, only_cell = sorted(set(reference) - set(cell)), sorted(set(cell) - set(reference))
+    point = ratios(reference, cell, sorted(reference), sorted(cell), sustained)
     rng = np.random.default_rng(seed)
+
+    def resample(seeds: list[int]) -> list[int]:
+        return [seeds[i] for i in rng.integers(0, len(seeds), size=len(seeds))] if seeds else []
+
     draws = {m: [] for m in MEASURES}
-    for _ in range(resamples if len(seeds) > 1 else 0):
-        sample = [seeds[i] for i in rng.integers(0, len(seeds), size=len(seeds))]
-        for measure, value in ratios(reference, cell, sample, sustained).items():
+    for _ in range(resamples if len(common) > 1 else 0):
+        paired = resample(common)
+        replicate = ratios(reference, cell, paired + resample(only_reference), paired + resample(only_cell), sustained)
+        for measure, value in replicate.items():
             draws[measure].append(value)
     return {
         m: (point[m], *(np.percentile(draws[m], [2.5, 97.5]).tolist() if draws[m] else (math.nan, math.nan)))
@@ -139,6 +149,14 @@ def last_outcomes(run_dir: Path) -> list[Outcome]:
     return [(r["distribution"], int(r["right"]), int(r["samples"])) for r in rows]
 
 
+def _seeds(reference: Runs, cell: Runs) -> str:
+    """The seeds behind a row: the cell's, and how many are paired with the reference's."""
+    paired = len(set(reference) & set(cell))
+    if paired == len(cell) == len(reference):
+        return str(len(cell))
+    return f"{len(cell)} ({paired} paired of {len(reference)})"
+
+
 def _interval(point: float, low: float, high: float) -> str:
     """A ratio with its interval; one seed has none to show."""
     return f"{point:.0%}" + ("" if math.isnan(low) else f" [{low:.0%}, {high:.0%}]")
@@ -163,7 +181,7 @@ def write_paired(
                 {
                     "cell": cell,
                     "crossing": "sustained" if sustained else "first",
-                    "seeds": len(set(cell_runs) & set(runs[reference_cell])),
+                    "seeds": _seeds(runs[reference_cell], cell_runs),
                     **{f"{m}_{k}": v for m, r in result.items() for k, v in zip(("ratio", "low", "high"), r)},
                 }
             )
@@ -172,9 +190,10 @@ def write_paired(
     lines = [
         f"Cost to reach `{reference_cell}`'s final held-out accuracy, as a ratio to `{reference_cell}`'s own "
         "(below 1: cheaper). Point estimate [95% interval]; the interval is a paired bootstrap over seeds that "
-        f"resamples `{reference_cell}`'s seeds too and recomputes the target in each replicate. A run that never "
-        "reaches the target counts its whole length. First: the first evaluation at or above the target; sustained: "
-        "the first after which every later one stays at or above it.",
+        f"resamples `{reference_cell}`'s seeds too and recomputes the target in each replicate (seeds both ran are "
+        "drawn together; seeds only one ran are drawn within it). The target is the mean over all its seeds. "
+        "A run that never reaches the target counts its whole length. First: the first evaluation at or above "
+        "the target; sustained: the first after which every later one stays at or above it.",
         "",
         "| cell | crossing | seeds | steps | generated tokens | wall time |",
         "|---|---|---|---|---|---|",
