@@ -224,3 +224,22 @@ def test_accuracy_at_the_reference_half_budget_is_the_last_evaluation_within_it(
     }
     assert at == {50.0: 0.1, 200.0: 0.2, 399.0: 0.2, 400.0: 0.6, 10_000.0: 0.5}
     assert math.isnan(accuracy_at_budget([{"step": 0, "tokens/generated": 100, "eval/accuracy": 0.3}], 50.0))
+
+
+def test_accuracy_over_leaves_a_distribution_out_of_every_overall_figure(tmp_path):
+    """The noisy preset compares cells on what can be learned: with accuracy_over,
+    eval/accuracy (final, targets, crossings, plots) is the mean over those
+    distributions; per-distribution figures stay; a name no run logs is refused."""
+    for cell in ("u", "x"):
+        _write_run(tmp_path / cell / "seed-0", [None, 0.2, None, 0.6, 0.5])
+    s = run_summary(tmp_path / "u" / "seed-0", 0.5, accuracy_over=["b"])
+    assert s["final_accuracy"] == 0.25 and s["final_accuracy/a"] == 0.5 and s["steps_to_target"] != 4.0
+    assert s["final_pass@4"] == 1.0  # no per-distribution pass@4 logged: left as it was
+    jobs = [ablate.Job(cell, 0, None) for cell in ("u", "x")]
+    spec = ablate.AblationConfig(reference_cell="u", accuracy_over=["b"])
+    paths = ablate.summarize(spec, jobs, tmp_path)
+    text = paths["markdown"].read_text()
+    assert text.endswith("Held-out accuracy (every figure without a distribution's name): over b only.\n")
+    assert "| x | 1 | 0.250 ± 0.000 | 0.500 ± 0.000 |" in text  # overall (b only), then a's own
+    with pytest.raises(GradusError, match="accuracy_over: 'bb' is not a distribution.*did you mean 'b'"):
+        ablate.summarize(ablate.AblationConfig(accuracy_over=["bb"]), jobs, tmp_path)

@@ -26,7 +26,14 @@ from gradus.launch.experiments.paired import last_outcomes, write_paired
 from gradus.launch.experiments.plots import plot_all
 from gradus.launch.run.preempt import Preempted
 from gradus.launch.experiments.spend import write_spend
-from gradus.launch.experiments.results import Reference, aggregate, read_metrics, run_summary, write_results
+from gradus.launch.experiments.results import (
+    Reference,
+    aggregate,
+    distributions,
+    read_metrics,
+    run_summary,
+    write_results,
+)
 from gradus.launch.run.rundir import START_EVAL
 
 
@@ -43,6 +50,7 @@ class AblationConfig:
         default_factory=dict
     )  # more cells with their own overrides, not crossed with variants (e.g. dump+pass_rate)
     reference_cell: str = ""  # report steps and generated tokens to reach this cell's final held-out accuracy
+    accuracy_over: list[str] = field(default_factory=list)  # held-out accuracy over these distributions ([]: all)
     more_seeds: dict = field(default_factory=dict)  # cell -> seeds it runs beyond `seeds` (e.g. 5 for the reference)
     parallel: int = 1  # cells at once; > 1 runs them as Ray tasks (a cluster: set overrides cluster.address)
 
@@ -201,16 +209,24 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     cells: dict[str, list[Path]] = {}
     for job in jobs:
         cells.setdefault(job.cell, []).append(out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir)
-    reference = None
+    reference, over = None, spec.accuracy_over
+    logged = {name for dirs in cells.values() for d in dirs for name in distributions(read_metrics(d))} if over else ()
+    for name in over:
+        if name not in logged:
+            raise GradusError(f"accuracy_over: {name!r} is not a distribution of these runs{nearest(name, logged)}")
     if spec.reference_cell:  # its final accuracy becomes a second target, half its generated tokens a budget
-        own = aggregate([run_summary(d, spec.target_accuracy) for d in cells[spec.reference_cell]])
+        own = aggregate([run_summary(d, spec.target_accuracy, None, over) for d in cells[spec.reference_cell]])
         reference = Reference(spec.reference_cell, own["final_accuracy_mean"], own["tokens_generated_mean"] / 2)
     table = {
-        cell: aggregate([run_summary(d, spec.target_accuracy, reference) for d in dirs]) for cell, dirs in cells.items()
+        cell: aggregate([run_summary(d, spec.target_accuracy, reference, over) for d in dirs])
+        for cell, dirs in cells.items()
     }
-    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference)
+    note = (
+        f"Held-out accuracy (every figure without a distribution's name): over {', '.join(over)} only." if over else ""
+    )
+    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference, note)
     seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
-    metrics = {cell: [read_metrics(d, with_start=True) for d in dirs] for cell, dirs in cells.items()}
+    metrics = {cell: [read_metrics(d, True, over) for d in dirs] for cell, dirs in cells.items()}
     plot_all(metrics, out_dir / "plots", seeds)
     paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
     paths["spend"] = write_spend(out_dir, metrics)[1]
@@ -218,7 +234,10 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
         runs = {
             cell: {s: [m for m in ms if m["step"] >= 0] for s, ms in zip(seeds[cell], metrics[cell])} for cell in cells
         }
-        outcomes = {cell: {s: last_outcomes(d) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
+        outcomes = {
+            cell: {s: [o for o in last_outcomes(d) if not over or o[0] in over] for s, d in zip(seeds[cell], dirs)}
+            for cell, dirs in cells.items()
+        }
         paths["paired"] = write_paired(out_dir, spec.reference_cell, runs, outcomes)[1]
     return paths
 

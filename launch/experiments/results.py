@@ -16,13 +16,29 @@ from gradus.launch.run.metrics import distribution_names
 from gradus.launch.run.rundir import START_EVAL
 
 
-def read_metrics(run_dir: Path, with_start: bool = False) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path, with_start: bool = False, accuracy_over: Sequence[str] = ()) -> list[dict[str, Any]]:
     """metrics.jsonl's records; `with_start`: led by the before-training
-    evaluation as step -1 (for plots; summaries count training steps only)."""
+    evaluation as step -1 (for plots; summaries count training steps only);
+    `accuracy_over`: overall held-out figures (eval/accuracy, eval/pass@k, ...)
+    over these distributions only (see held_out_over)."""
     path = Path(run_dir) / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     start = Path(run_dir) / START_EVAL
-    return ([{"step": -1, **json.loads(start.read_text())}] if with_start and start.exists() else []) + records
+    records = ([{"step": -1, **json.loads(start.read_text())}] if with_start and start.exists() else []) + records
+    return [held_out_over(m, accuracy_over) for m in records] if accuracy_over else records
+
+
+def held_out_over(record: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """A record whose overall held-out figures are the mean over `names`' own
+    (each distribution holds the same rows and samples, so this is the pooled
+    figure over them): a mixture with a source no model can learn (the noisy
+    preset's `noise`) is compared on what can be learned."""
+    out = dict(record)
+    for key in [k for k in record if k.startswith("eval/") and k.count("/") == 1]:
+        parts = [record.get(f"eval/{name}/{key[len('eval/') :]}") for name in names]
+        if all(p is not None for p in parts):
+            out[key] = float(np.mean(parts))
+    return out
 
 
 def distributions(metrics: Sequence[dict]) -> list[str]:
@@ -77,14 +93,16 @@ def accuracy_at_budget(run: Sequence[dict], budget: float) -> float:
     return within[-1] if within else math.nan
 
 
-def run_summary(run_dir: Path, target_accuracy: float, reference: Reference | None = None) -> dict[str, float]:
+def run_summary(
+    run_dir: Path, target_accuracy: float, reference: Reference | None = None, accuracy_over: Sequence[str] = ()
+) -> dict[str, float]:
     """One finished run: final held-out accuracy (avg@n, overall and per distribution) and pass@k,
     the steps and generated tokens until held-out accuracy reached the target
     (and, with a `reference`, its final accuracy, and the accuracy at its half
     token budget), mean response length, tokens generated, the informative share
     of generated groups (rewards not all equal) and tokens per informative group,
-    wall seconds."""
-    everything = read_metrics(run_dir, with_start=True)
+    wall seconds. `accuracy_over`: as in read_metrics."""
+    everything = read_metrics(run_dir, with_start=True, accuracy_over=accuracy_over)
     metrics = [m for m in everything if m["step"] >= 0]
     evals = [m for m in metrics if m.get("eval/accuracy") is not None]
     final = evals[-1] if evals else {}
@@ -143,15 +161,17 @@ def write_results(
     cells: dict[str, dict[str, float]],
     target_accuracy: float,
     reference: Reference | None = None,
+    note: str = "",
 ) -> tuple[Path, Path]:
-    """results.csv (every mean, std and interval column) and results.md (the table to paste)."""
+    """results.csv (every mean, std and interval column) and results.md (the
+    table to paste, then `note`)."""
     out_dir = Path(out_dir)
     csv_path = write_csv(
         out_dir / "results.csv",
         [{"cell": cell, **{k: _csv_value(v) for k, v in row.items()}} for cell, row in cells.items()],
     )
     md_path = out_dir / "results.md"
-    md_path.write_text(markdown_table(cells, target_accuracy, reference))
+    md_path.write_text(markdown_table(cells, target_accuracy, reference) + (f"\n{note}\n" if note else ""))
     return csv_path, md_path
 
 
