@@ -41,6 +41,8 @@ def test_first_step_below_the_level_first_and_sustained():
     assert first_below(run, "noise", 0.25) == 1
     assert first_below(run, "noise", 0.25, sustained=True) == 3
     assert first_below(run, "noise", 0.05) is None
+    run[0]["dist/noise/draw_prob"] = 0.1  # a sampler that offers fewer rows: what is drawn, not the bandit's share
+    assert first_below(run, "noise", 0.25) == 0
 
 
 def test_spend_table_says_by_which_step_every_seed_got_there(tmp_path):

@@ -31,8 +31,14 @@ def shares(run: Sequence[dict], name: str) -> tuple[float, float]:
 
 def first_below(run: Sequence[dict], name: str, level: float, sustained: bool = False) -> int | None:
     """The first step whose draw probability for `name` is below `level`
-    (`sustained`: and stays below at every later step); None if none is."""
-    probs = [(m["step"], m[f"dist/{name}/prob"]) for m in run if f"dist/{name}/prob" in m]
+    (`sustained`: and stays below at every later step); None if none is. The
+    draw probability is the curriculum's, scaled by the rows a prompt sampler
+    still offers (`draw_prob`; `prob` in runs from before it was logged)."""
+    probs = [
+        (m["step"], m.get(f"dist/{name}/draw_prob", m.get(f"dist/{name}/prob")))
+        for m in run
+        if f"dist/{name}/prob" in m
+    ]
     for i, (step, prob) in enumerate(probs):
         if prob < level and (not sustained or all(p < level for _, p in probs[i:])):
             return step
