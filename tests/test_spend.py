@@ -71,3 +71,18 @@ def test_held_out_accuracy_is_drawn_with_the_seeds_band(tmp_path):
     drawn = plot_rewards({"dump": runs}, tmp_path / "rewards.png")["dump"]
     assert drawn["eval/accuracy"] == ([4, 9], pytest.approx([0.3, 0.4]))
     assert drawn["eval/accuracy min"] == ([4, 9], [0.2, 0.3]) and drawn["eval/accuracy max"] == ([4, 9], [0.4, 0.5])
+
+
+def test_probabilities_and_lengths_are_drawn_with_the_seeds_band(tmp_path):
+    from gradus.launch.experiments.plots import plot_lengths, plot_probabilities
+
+    runs = [_run([0.5, 0.2]), _run([0.3, 0.1])]
+    for run, length in zip(runs, (10.0, 20.0)):
+        for m in run:
+            m["length/tokens_mean"] = length
+    drawn = plot_probabilities({"dump": runs}, tmp_path / "p.png")["dump"]
+    assert drawn["noise"] == ([0, 1], pytest.approx([0.4, 0.15]))
+    assert drawn["dist/noise/prob min"] == ([0, 1], [0.3, 0.1]) and drawn["dist/noise/prob max"] == ([0, 1], [0.5, 0.2])
+    lengths = plot_lengths({"dump": runs}, tmp_path / "l.png")["dump"]
+    assert lengths["length/tokens_mean min"] == ([0, 1], [10.0, 10.0])
+    assert lengths["length/tokens_mean max"] == ([0, 1], [20.0, 20.0])

@@ -56,6 +56,14 @@ def _budget_curve(runs: Sequence[Sequence[dict]], names: list[str]) -> tuple[lis
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
 
+def _band(ax: Any, runs: Sequence[Sequence[dict]], key: str, color: Any, drawn: Series) -> None:
+    """The seeds' spread of `key`, min to max, under its mean curve (several seeds only)."""
+    if len(runs) > 1:
+        steps, low, high = spread_curve(runs, key)
+        drawn[f"{key} min"], drawn[f"{key} max"] = (steps, low), (steps, high)
+        ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+
+
 def _panels(n: int, title: str) -> tuple[Any, list[Any]]:
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.4), squeeze=False, sharey=True)
     fig.suptitle(title)
@@ -76,8 +84,9 @@ def plot_probabilities(cells: dict[str, list[list[dict]]], path: Path) -> dict[s
         drawn[cell] = {}
         for name in distributions([m for r in runs for m in r]):
             drawn[cell][name] = mean_curve(runs, f"dist/{name}/prob")
-            ax.plot(*drawn[cell][name], label=name)
-        ax.set(title=cell, xlabel="step", ylim=(0, 1))
+            (line,) = ax.plot(*drawn[cell][name], label=name)
+            _band(ax, runs, f"dist/{name}/prob", line.get_color(), drawn[cell])
+        ax.set(title=f"{cell} (seeds' mean, band min to max)", xlabel="step", ylim=(0, 1))
         ax.legend(fontsize=8)
     axes[0].set_ylabel("probability")
     _save(fig, path)
@@ -93,10 +102,7 @@ def plot_rewards(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Se
         acc_ax.plot(*drawn[cell]["accuracy"], color=line.get_color(), label=f"{cell} (train)")
         if drawn[cell]["eval/accuracy"][0]:
             acc_ax.plot(*drawn[cell]["eval/accuracy"], "o--", color=line.get_color(), label=f"{cell} (held-out)")
-            if len(runs) > 1:  # the seeds' spread of held-out accuracy, min to max
-                steps, low, high = spread_curve(runs, "eval/accuracy")
-                drawn[cell]["eval/accuracy min"], drawn[cell]["eval/accuracy max"] = (steps, low), (steps, high)
-                acc_ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+            _band(acc_ax, runs, "eval/accuracy", line.get_color(), drawn[cell])
     reward_ax.set(title="reward (mean over samples)", xlabel="step")
     acc_ax.set(title="accuracy (held-out: seeds' mean, band min to max)", xlabel="step", ylim=(0, 1))
     reward_ax.legend(fontsize=8)
@@ -110,7 +116,8 @@ def plot_lengths(cells: dict[str, list[list[dict]]], path: Path) -> dict[str, Se
     drawn: dict[str, Series] = {}
     for ax, (cell, runs) in zip(axes, cells.items()):
         drawn[cell] = {"length": mean_curve(runs, "length/tokens_mean")}
-        ax.plot(*drawn[cell]["length"], label="mean response tokens")
+        (line,) = ax.plot(*drawn[cell]["length"], label="mean response tokens (seeds' mean, band min to max)")
+        _band(ax, runs, "length/tokens_mean", line.get_color(), drawn[cell])
         budget = _budget_curve(runs, distributions([m for r in runs for m in r]))
         if budget[0]:
             drawn[cell]["budget"] = budget
