@@ -11,14 +11,16 @@ beside the share of all-equal groups it saw (`predicted_zero_var`,
 over every draw of the last step drawn and observed (filters may refill).
 
 - `pass_rate`: retires a row once P(p >= retire_p) >= confidence (0.9 and 0.9)
-  with at least `retire_after` samples seen, rechecks retired rows with
+  on the row's own evidence (a flat prior: its distribution's mean ranks rows
+  but never retires one) with at least `retire_after` samples seen, rechecks retired rows with
   probability `recheck` (a wrong answer lowers the posterior and brings the row
   back), and draws the others with a band-pass weight on the posterior mean p:
   1 inside [low, high], max(floor, 4 p (1 - p)) outside, unseen rows inside;
   `decay` is the share of a row's evidence that fades at each new group. A row
-  of a distribution near p = 0.8 needs ~12 straight right answers to retire
-  (the counting rule it replaces retired a p = 0.8 row after one group of 4
-  with probability 0.41, and decided on the order of samples in a group).
+  needs 7 straight all-right groups of 4 (3 of 8) to retire, whatever its
+  distribution's mean (the counting rule it replaces retired a p = 0.8 row
+  after one group of 4 with probability 0.41, and decided on the order of
+  samples in a group; a p = 0.8 row now passes 7 groups with probability 0.002).
 - `thompson` (MoPPS, Qu et al. 2025): draw p~ from each candidate row's
   posterior and take the rows whose draw is nearest `target`.
 - `greso` (GRESO, Zheng et al. 2025, "Act Only When It Pays"): a row whose
@@ -279,9 +281,9 @@ class PassRate(PosteriorSampler):
         self.retire_p, self.confidence = float(retire_p), float(confidence)
 
     def retired(self) -> np.ndarray:
-        """Rows seen at least retire_after times whose posterior puts P(p >= retire_p) >= confidence."""
+        """Rows seen at least retire_after times whose own evidence puts P(p >= retire_p) >= confidence."""
         return (self.posteriors.seen >= self.retire_after) & (
-            self.posteriors.prob_at_least(self.retire_p) >= self.confidence
+            self.posteriors.own_prob_at_least(self.retire_p) >= self.confidence
         )
 
     def weights(self) -> np.ndarray:

@@ -48,10 +48,11 @@ class RowPosteriors:
         a, b = self.params()
         return a / (a + b)
 
-    def prob_at_least(self, threshold: float) -> np.ndarray:
-        """P(p >= threshold) per row."""
-        a, b = self.params()
-        return 1.0 - betainc(a, b, threshold)
+    def own_prob_at_least(self, threshold: float) -> np.ndarray:
+        """P(p >= threshold) per row from its own evidence alone (a flat prior):
+        a decision that removes a row must not rest on its distribution's mean,
+        or a mostly solved distribution retires a row on one lucky group."""
+        return 1.0 - betainc(1.0 + self.wins, 1.0 + self.losses, threshold)
 
     def zero_var(self, rows: Sequence[int], n: int) -> np.ndarray:
         """P(a group of n samples is all right or all wrong) for each row."""

@@ -58,14 +58,16 @@ def test_retire_recheck_and_forgetting():
     rng = np.random.default_rng(0)
     sampler.observe(0, [True, True])
     assert not sampler.retired()[0]  # fewer than retire_after samples seen
-    for _ in range(4):
+    for _ in range(6):
         sampler.observe(0, [True] * 4)
-    assert sampler.retired().tolist() == [True, False, False]  # P(p >= 0.9) >= 0.9 on 18 straight right answers
+    assert not sampler.retired()[0]  # 26 straight right answers: P(p >= 0.9) = 0.89 on its own evidence
+    sampler.observe(0, [True] * 4)
+    assert sampler.retired().tolist() == [True, False, False]  # P(p >= 0.9) >= 0.9 after 7 groups of 4
     assert sampler.take(5, rng) == [0] * 5  # recheck=1: every draw re-tests the retired row
     sampler.observe(0, [True, False, False, False])  # forgotten: back among the active rows
     assert not sampler.retired().any()
     never = PassRate(3, (0, "x"), retire_after=4, recheck=0.0)
-    for _ in range(6):
+    for _ in range(7):
         never.observe(1, [True] * 4)
     assert never.retired()[1] and 1 not in never.take(50, rng)
 
@@ -78,6 +80,12 @@ def test_one_lucky_group_no_longer_retires_a_row():
     for row in range(400):
         sampler.observe(row, list(world.random(4) < 0.8))
     assert sampler.retired().mean() < 0.05
+    solved = PassRate(400, (0, "x"), retire_after=4)  # a distribution whose mean is 0.99: the prior leans solved
+    for row in range(1, 400):
+        for _ in range(5):
+            solved.observe(row, [True] * 4)
+    solved.observe(0, [True] * 4)  # one lucky group of a new row
+    assert solved.posteriors.mean()[0] > 0.9 and not solved.retired()[0]
 
 
 def test_a_batch_draws_distinct_rows_while_there_are_enough():
@@ -168,8 +176,8 @@ def test_all_retired_distribution_moves_probability_elsewhere():
     )
     add1 = scheduler.distributions["add1"]
     scheduler.observe_rows(
-        [{"distribution": "add1", "row_id": i, "correct": [True, True]} for i in range(len(add1.train_rows))]
-    )
+        [{"distribution": "add1", "row_id": i, "correct": [True] * 24} for i in range(len(add1.train_rows))]
+    )  # 24 straight right answers each: solved on their own evidence
     report = scheduler.report(0)
     assert report["rows"]["add1"]["rows_retired"] == len(add1.train_rows) and report["rows"]["add1"]["available"] == 0.1
     assert report["probabilities"]["add1"] == pytest.approx(0.5)  # the curriculum's own value is unchanged
