@@ -109,8 +109,10 @@ def run_gradus(model: str, args: argparse.Namespace, run_dir: Path, *extra: str)
         "train_s": float(np.mean([m.get("time/train", 0.0) for m in steps])),
         "skipped_frac": float(np.mean([m["train/skipped_samples_frac"] for m in steps])),
         "reward": float(np.mean([m["reward/mean"] for m in steps])),
-        # groups whose rewards are not all equal, per second: the signal a user pays for
-        "informative_per_s": sum(m["groups/informative_frac"] * m["groups/generated"] for m in steps) / seconds,
+        # groups whose rewards are not all equal that reach the update, per second: the signal a user pays for
+        # (a batch holds prompts_per_step groups; a filter keeps the informative ones first)
+        "informative_per_s": sum(min(m["groups/informative_frac"] * m["groups/generated"], args.prompts) for m in steps)
+        / seconds,
     }
 
 
