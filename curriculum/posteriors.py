@@ -35,7 +35,9 @@ over every draw of the last step drawn and observed (filters may refill).
   P(skip row i) = 1 - p_e,k^z_i for its kind k, and after each round
   p_e,k <- clip(p_e,k - step if share_k >= target_k else p_e,k + step,
   min_explore, max_explore) (the paper's probabilistic filter and adaptive
-  exploration; Infini-AI-Lab/GRESO, verl/trainer/ppo/ray_trainer.py).
+  exploration; Infini-AI-Lab/GRESO, verl/trainer/ppo/ray_trainer.py). A group
+  of any size counts: one a screen stopped at k samples is an all-equal group
+  (it taught nothing), the evidence GRESO's rule acts on.
 """
 
 from __future__ import annotations
