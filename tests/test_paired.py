@@ -12,9 +12,10 @@ import pytest
 from gradus.launch.experiments.paired import (
     crossing,
     evaluation_se,
-    last_outcomes,
+    eval_rows,
     paired_bootstrap,
     row_bootstrap,
+    row_bootstrap_ratios,
     write_paired,
 )
 
@@ -85,14 +86,20 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
     assert by_design == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
     run_dir = tmp_path / "run"
     (run_dir / "eval").mkdir(parents=True)
-    (run_dir / "eval" / "step-000010.jsonl").write_text(
-        "".join(json.dumps({"distribution": "a", "row_id": i, "right": i % 2, "samples": 1}) + "\n" for i in range(4))
-    )
-    assert last_outcomes(run_dir) == [("a", 0, 1), ("a", 1, 1), ("a", 0, 1), ("a", 1, 1)]
-    assert last_outcomes(tmp_path) == []
+    for step in (0, 10):  # before training (left out) and after training step 9
+        (run_dir / "eval" / f"step-{step:06d}.jsonl").write_text(
+            "".join(
+                json.dumps({"distribution": "ab"[i // 4], "row_id": i, "right": i % 2, "samples": 1}) + "\n"
+                for i in range(8)
+            )
+        )
+    assert eval_rows(run_dir, over=["a"]) == {
+        9: {("a", 0): (0, 1), ("a", 1): (1, 1), ("a", 2): (0, 1), ("a", 3): (1, 1)}
+    }
+    assert len(eval_rows(run_dir)[9]) == 8 and eval_rows(tmp_path) == {}
     reference = {s: _run({9: 0.5}) for s in range(2)}
     runs = {"uniform": reference, "dump": {s: _run({4: 0.5, 9: 0.5}) for s in range(2)}}
-    rows = {0: [("a", 1, 2), ("a", 2, 2)], 1: [("a", 2, 2), ("a", 1, 2)]}
+    rows = {0: {9: {("a", 0): (1, 2), ("a", 1): (2, 2)}}, 1: {9: {("a", 0): (2, 2), ("a", 1): (1, 2)}}}
     _, md = write_paired(tmp_path, "uniform", runs, {"dump": rows}, resamples=100)
     text = md.read_text()
     assert "| dump | first | 2 | 50% [50%, 50%] |" in text and "| dump | sustained | 2 |" in text
@@ -111,3 +118,27 @@ def test_one_evaluations_standard_error_from_its_rows():
     two = [("a", 0, 4), ("a", 4, 4), ("b", 2, 4), ("b", 2, 4)]
     assert evaluation_se(two) == pytest.approx(math.sqrt(2 * (2**2 + 2**2)) / 16)
     assert evaluation_se([("a", 0, 4)] * 4 + [("b", 4, 4)] * 4) == 0.0
+
+
+def _rows(rights: dict[int, list[int]]) -> dict:
+    """Per step, each held-out row's samples right of 4 (one distribution)."""
+    return {step: {("a", i): (r, 4) for i, r in enumerate(row)} for step, row in rights.items()}
+
+
+def test_row_bootstrap_of_the_ratios_resamples_the_same_rows_in_both_cells():
+    """Seeds fixed, held-out rows resampled. A cell identical to the reference
+    gives exactly 1 in every replicate only if both cells draw the same rows. In
+    the second case the cell crosses the target (0.5) at step 5 when it is read
+    on rows 0-1 and at step 10 on rows 2-3: an interval of [50%, 100%]."""
+    same = _rows({4: [0, 4, 0, 4], 9: [4, 4, 0, 4]})
+    runs = {s: _run({4: 0.5, 9: 0.75}) for s in range(2)}
+    result, seeds = row_bootstrap_ratios(runs, runs, ({0: same, 1: same}, {0: same, 1: same}), resamples=200)
+    assert seeds == [0, 1] and result["steps"] == (1.0, 1.0, 1.0)
+    reference = {0: _run({4: 0.0, 9: 0.5})}
+    cell = {0: _run({4: 0.5, 9: 0.75})}
+    pair = ({0: _rows({4: [0, 0, 0, 0], 9: [4, 0, 4, 0]})}, {0: _rows({4: [4, 4, 0, 0], 9: [4, 4, 4, 0]})})
+    point, low, high = row_bootstrap_ratios(reference, cell, pair, resamples=300)[0]["steps"]
+    assert (point, low, high) == (0.5, 0.5, 1.0)
+    assert row_bootstrap_ratios(reference, cell, ({}, pair[1]))[1] == []  # no stored rows for the reference: none
+    md = write_paired(Path(tempfile.mkdtemp()), "u", {"u": reference, "c": cell}, {"u": pair[0], "c": pair[1]}, 50)
+    assert "| c | first | 0 | 50% [50%, 100%] |" in md[1].read_text()

@@ -22,7 +22,7 @@ from gradus.curriculum.registry import nearest
 from gradus.launch.config.load import load_config
 from gradus.launch.config.schema import Config, build
 from gradus.launch.errors import GradusError
-from gradus.launch.experiments.paired import last_outcomes, write_paired
+from gradus.launch.experiments.paired import eval_rows, write_paired
 from gradus.launch.experiments.plots import plot_all
 from gradus.launch.run.preempt import Preempted
 from gradus.launch.experiments.spend import write_spend
@@ -234,11 +234,8 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
         runs = {
             cell: {s: [m for m in ms if m["step"] >= 0] for s, ms in zip(seeds[cell], metrics[cell])} for cell in cells
         }
-        outcomes = {
-            cell: {s: [o for o in last_outcomes(d) if not over or o[0] in over] for s, d in zip(seeds[cell], dirs)}
-            for cell, dirs in cells.items()
-        }
-        paths["paired"] = write_paired(out_dir, spec.reference_cell, runs, outcomes)[1]
+        rows = {cell: {s: eval_rows(d, over) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
+        paths["paired"] = write_paired(out_dir, spec.reference_cell, runs, rows)[1]
     return paths
 
 

@@ -139,14 +139,71 @@ def evaluation_se(rows: Sequence[Outcome]) -> float:
     return float(math.sqrt(variance) / total)
 
 
-def last_outcomes(run_dir: Path) -> list[Outcome]:
-    """(distribution, samples right, samples) per held-out row of a run's last
-    evaluation (<run_dir>/eval/step-NNNNNN.jsonl); empty for runs from before these files."""
-    files = sorted((Path(run_dir) / "eval").glob("step-*.jsonl"))
-    if not files:
-        return []
-    rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
-    return [(r["distribution"], int(r["right"]), int(r["samples"])) for r in rows]
+EvalRows = dict[int, dict[tuple[str, int], tuple[int, int]]]  # step -> {(distribution, row id): (right, samples)}
+
+
+def eval_rows(run_dir: Path, over: Sequence[str] = ()) -> EvalRows:
+    """Every held-out evaluation's per-row outcomes (<run_dir>/eval/step-NNNNNN.jsonl,
+    written after training step N - 1), keyed by that step as metrics.jsonl counts
+    it; the before-training one (N = 0) left out; `over`: these distributions
+    only. Empty for runs from before these files."""
+    out: EvalRows = {}
+    for path in sorted((Path(run_dir) / "eval").glob("step-*.jsonl")):
+        step = int(path.stem.removeprefix("step-")) - 1
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if step >= 0:
+            out[step] = {
+                (r["distribution"], int(r["row_id"])): (int(r["right"]), int(r["samples"]))
+                for r in rows
+                if not over or r["distribution"] in over
+            }
+    return out
+
+
+def row_bootstrap_ratios(
+    reference: Runs,
+    cell: Runs,
+    rows: tuple[dict[int, EvalRows], dict[int, EvalRows]],
+    sustained: bool = False,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[dict[str, tuple[float, float, float]], list[int]]:
+    """The ratios of `ratios` with a 95% interval from evaluation noise alone:
+    each replicate resamples held-out rows (within their distribution) once per
+    seed, the same rows for both cells (a seed's held-out rows are the same in
+    every cell), recomputes every evaluation's accuracy, the target and both
+    crossings; the seeds stay fixed. Over the seeds both cells ran with stored
+    outcomes (`rows`: the reference's and the cell's, per seed), which it returns."""
+    seeds = sorted(s for s in set(reference) & set(cell) if rows[0].get(s) and rows[1].get(s))
+    if not seeds:
+        return {m: (math.nan, math.nan, math.nan) for m in MEASURES}, []
+    copies = ({s: [dict(m) for m in reference[s]] for s in seeds}, {s: [dict(m) for m in cell[s]] for s in seeds})
+    tables = {}  # (side, seed) -> (records to update, [evals, rows] right, [evals, rows] samples); rows in one order
+    strata: dict[int, list[np.ndarray]] = {}
+    for s in seeds:
+        keys = sorted(rows[0][s][max(rows[0][s])])
+        by_dist: dict[str, list[int]] = {}
+        for i, (distribution, _) in enumerate(keys):
+            by_dist.setdefault(distribution, []).append(i)
+        strata[s] = [np.asarray(v) for v in by_dist.values()]
+        for side in (0, 1):
+            steps = sorted(rows[side][s])
+            at = {m["step"]: m for m in copies[side][s]}
+            table = np.asarray([[rows[side][s][step][k] for k in keys] for step in steps], dtype=float)
+            tables[side, s] = ([at[step] for step in steps], table[:, :, 0], table[:, :, 1])
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in MEASURES}
+    for _ in range(resamples):
+        for s in seeds:
+            pick = np.concatenate([idx[rng.integers(0, len(idx), size=len(idx))] for idx in strata[s]])
+            for side in (0, 1):
+                records, right, samples = tables[side, s]
+                for record, accuracy in zip(records, right[:, pick].sum(axis=1) / samples[:, pick].sum(axis=1)):
+                    record["eval/accuracy"] = float(accuracy)
+        for measure, value in ratios(copies[0], copies[1], seeds, seeds, sustained).items():
+            draws[measure].append(value)
+    point = ratios(reference, cell, seeds, seeds, sustained)
+    return {m: (point[m], *np.percentile(draws[m], [2.5, 97.5]).tolist()) for m in MEASURES}, seeds
 
 
 def _seeds(reference: Runs, cell: Runs) -> str:
@@ -162,31 +219,53 @@ def _interval(point: float, low: float, high: float) -> str:
     return f"{point:.0%}" + ("" if math.isnan(low) else f" [{low:.0%}, {high:.0%}]")
 
 
+def _last(rows: EvalRows) -> list[Outcome]:
+    """(distribution, samples right, samples) per held-out row of the last evaluation."""
+    return [(d, right, n) for (d, _), (right, n) in rows[max(rows)].items()] if rows else []
+
+
 def write_paired(
     out_dir: Path,
     reference_cell: str,
     runs: dict[str, Runs],
-    outcomes: dict[str, dict[int, list[Outcome]]] | None = None,
+    rows: dict[str, dict[int, EvalRows]] | None = None,
     resamples: int = 2000,
 ) -> tuple[Path, Path]:
-    """paired.csv and paired.md: each cell against `reference_cell`; with per-row
-    `outcomes`, each cell's final accuracy with an interval over held-out rows."""
-    rows = []
+    """paired.csv and paired.md: each cell against `reference_cell`, intervals
+    over seeds; with per-row outcomes (`rows`: cell -> seed -> eval_rows), the
+    same ratios with intervals over held-out rows, and each cell's final
+    accuracy with an interval over held-out rows."""
+    rows = rows or {}
+    table = []
     for cell, cell_runs in runs.items():
         if cell == reference_cell:
             continue
         for sustained in (False, True):
+            crossing_name = "sustained" if sustained else "first"
             result = paired_bootstrap(runs[reference_cell], cell_runs, sustained, resamples)
-            rows.append(
+            table.append(
                 {
                     "cell": cell,
-                    "crossing": "sustained" if sustained else "first",
+                    "crossing": crossing_name,
+                    "resampled": "seeds",
                     "seeds": _seeds(runs[reference_cell], cell_runs),
-                    **{f"{m}_{k}": v for m, r in result.items() for k, v in zip(("ratio", "low", "high"), r)},
+                    **_flat(result),
                 }
             )
+            pair = (rows.get(reference_cell, {}), rows.get(cell, {}))
+            by_rows, seeds = row_bootstrap_ratios(runs[reference_cell], cell_runs, pair, sustained, resamples)
+            if seeds:
+                table.append(
+                    {
+                        "cell": cell,
+                        "crossing": crossing_name,
+                        "resampled": "rows",
+                        "seeds": ", ".join(map(str, seeds)),
+                        **_flat(by_rows),
+                    }
+                )
     csv_path, md_path = Path(out_dir) / "paired.csv", Path(out_dir) / "paired.md"
-    write_csv(csv_path, rows)
+    write_csv(csv_path, table)
     lines = [
         f"Cost to reach `{reference_cell}`'s final held-out accuracy, as a ratio to `{reference_cell}`'s own "
         "(below 1: cheaper). Point estimate [95% interval]; the interval is a paired bootstrap over seeds that "
@@ -195,13 +274,21 @@ def write_paired(
         "A run that never reaches the target counts its whole length. First: the first evaluation at or above "
         "the target; sustained: the first after which every later one stays at or above it.",
         "",
-        "| cell | crossing | seeds | steps | generated tokens | wall time |",
-        "|---|---|---|---|---|---|",
+        *_ratio_table([r for r in table if r["resampled"] == "seeds"]),
     ]
-    for r in rows:
-        cells = [_interval(r[f"{m}_ratio"], r[f"{m}_low"], r[f"{m}_high"]) for m in MEASURES]
-        lines.append(f"| {r['cell']} | {r['crossing']} | {r['seeds']} | " + " | ".join(cells) + " |")
-    with_rows = {cell: o for cell, o in (outcomes or {}).items() if o and all(o.values())}
+    by_rows = [r for r in table if r["resampled"] == "rows"]
+    if by_rows:
+        lines += [
+            "",
+            "The same ratios over the seeds both cells ran with stored per-row outcomes (listed), with a 95% "
+            "interval from evaluation noise alone: each replicate resamples held-out rows within their "
+            "distribution, once per seed and the same rows in both cells, and recomputes every evaluation, the "
+            "target and the crossings; the seeds stay fixed.",
+            "",
+            *_ratio_table(by_rows),
+        ]
+    outcomes = {cell: {s: _last(r) for s, r in per_seed.items()} for cell, per_seed in rows.items()}
+    with_rows = {cell: o for cell, o in outcomes.items() if o and all(o.values())}
     if with_rows:
         lines += [
             "",
@@ -209,8 +296,7 @@ def write_paired(
             "distribution, within each seed: evaluation noise alone, not the seeds' spread]; one evaluation's "
             "standard error (stratified by distribution, mean over "
             "seeds) beside the seeds' standard deviation of final accuracy: evaluation noise is small against the "
-            "spread between seeds when the first is below a third of the second. The crossing ratios above "
-            "resample seeds only; their evaluation noise is what this s.e. says. Cells whose runs predate stored "
+            "spread between seeds when the first is below a third of the second. Cells whose runs predate stored "
             "per-row outcomes (eval/step-NNNNNN.jsonl) are not listed.",
             "",
             "| cell | accuracy | one evaluation's s.e. | seeds' s.d. | s.e. < s.d./3 |",
@@ -218,7 +304,7 @@ def write_paired(
         ]
         for cell, o in with_rows.items():
             point, low, high = row_bootstrap(o, resamples)
-            se = float(np.mean([evaluation_se(rows) for rows in o.values()]))
+            se = float(np.mean([evaluation_se(outcome) for outcome in o.values()]))
             finals = [final_accuracy(runs[cell][s]) for s in o if s in runs.get(cell, {})]
             sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
             small = "-" if math.isnan(sd) else ("yes" if se < sd / 3 else "no")
@@ -226,3 +312,15 @@ def write_paired(
             lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {spread} | {small} |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def _flat(result: dict[str, tuple[float, float, float]]) -> dict[str, float]:
+    return {f"{m}_{k}": v for m, r in result.items() for k, v in zip(("ratio", "low", "high"), r)}
+
+
+def _ratio_table(rows: list[dict]) -> list[str]:
+    lines = ["| cell | crossing | seeds | steps | generated tokens | wall time |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [_interval(r[f"{m}_ratio"], r[f"{m}_low"], r[f"{m}_high"]) for m in MEASURES]
+        lines.append(f"| {r['cell']} | {r['crossing']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return lines
