@@ -140,3 +140,5 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     }
     # Greedy decoding of the same final policy on the same held-out rows: what the run's last evaluation measured.
     assert result["accuracy"]["all"] == pytest.approx(_final_eval(run_dir), abs=1e-9)
+    last = sorted((run_dir / "eval").glob("step-*.jsonl"))[-1].read_text().splitlines()
+    assert result["outcomes"] == [json.loads(line) for line in last]  # row by row, as the run stored them

@@ -18,7 +18,7 @@ from gradus.launch.config.load import load_config
 from gradus.launch.config.schema import ClusterConfig, Config
 from gradus.launch.run.assemble import eval_items, local_scheduler
 from gradus.launch.errors import GradusError
-from gradus.launch.run.metrics import held_out_metrics
+from gradus.launch.run.metrics import eval_outcomes, held_out_metrics
 from gradus.launch.run.resources import engine_settings, model_dtype, plan
 from gradus.launch.prepare.model_dirs import resolve_model
 from gradus.rollout.worker import engine_env
@@ -41,7 +41,8 @@ def target_of(target: str, config: str | None, overrides: list[str]) -> tuple[Co
 
 def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
     """Per distribution and overall on the held-out rows: accuracy (avg@n over
-    eval.samples samples at eval.temperature) and pass@k for each of eval.k."""
+    eval.samples samples at eval.temperature) and pass@k for each of eval.k;
+    `outcomes`: each row's samples right of n, as a run's eval/step-*.jsonl."""
     rows = local_scheduler(cfg).eval_rows()
     os.environ.update(engine_env(cfg.rollout.threads, cfg.rollout.kv_cache_gib))
     from gradus.rollout.worker import RolloutWorker
@@ -72,6 +73,7 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
         "seconds": seconds,
         "samples": cfg.eval.samples,
         "rows": {name: len(rows[name]) for name in rows},
+        "outcomes": eval_outcomes(groups),
     }
     for name in [*rows, "all"]:
         prefix = "eval/" if name == "all" else f"eval/{name}/"

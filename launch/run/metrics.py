@@ -157,12 +157,16 @@ def write_eval_outcomes(run_dir: Path, step: int, groups: Sequence[Group]) -> Pa
     evaluation before training)."""
     path = run_dir / "eval" / f"step-{step + 1:06d}.jsonl"
     path.parent.mkdir(exist_ok=True)
-    rows = [
+    path.write_text("".join(json.dumps(r) + "\n" for r in eval_outcomes(groups)))
+    return path
+
+
+def eval_outcomes(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """Each held-out row's record: distribution, row id, samples right of n."""
+    return [
         {"distribution": g.distribution, "row_id": g.item.row_id, "right": sum(g.correct), "samples": len(g.samples)}
         for g in groups
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def train_metrics(ranks: Sequence[dict]) -> dict[str, float]:
