@@ -84,15 +84,17 @@ def test_aggregate_mean_std_over_seeds_and_table():
         "wall_seconds_mean": 60.0,
         "wall_seconds_std": 2.0,
     }
-    table = markdown_table({"dump": full}, 0.5).splitlines()
+    sampled = {**full, "predicted_zero_var_mean": 0.3, "realised_zero_var_mean": 0.375}
+    table = markdown_table({"dump": full, "dump+thompson": sampled}, 0.5).splitlines()
     assert table[0] == (
         "| cell | seeds | held-out acc | steps to acc 0.5 (reached) | mean length | tokens generated "
         "| informative share of generated groups | tokens per informative group"
-        " | wall s |"
+        " | all-equal share of a sampler's groups: predicted / seen | wall s |"
     )
     assert table[2] == (
-        "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 0.40 ± 0.05 | 125 ± 5 | 60 ± 2 |"
+        "| dump | 2 | 0.300 ± 0.141 | 4.0 ± 0.0 (1/2) | 10.0 ± 1.0 | 500 ± 0 | 0.40 ± 0.05 | 125 ± 5 | - | 60 ± 2 |"
     )
+    assert table[3].endswith("| 125 ± 5 | 0.30 / 0.38 | 60 ± 2 |")
 
 
 @pytest.mark.parametrize(
@@ -243,3 +245,16 @@ def test_accuracy_over_leaves_a_distribution_out_of_every_overall_figure(tmp_pat
     assert "| x | 1 | 0.250 ± 0.000 | 0.500 ± 0.000 |" in text  # overall (b only), then a's own
     with pytest.raises(GradusError, match="accuracy_over: 'bb' is not a distribution.*did you mean 'b'"):
         ablate.summarize(ablate.AblationConfig(accuracy_over=["bb"]), jobs, tmp_path)
+
+
+def test_a_samplers_calibration_is_weighted_by_its_groups():
+    from gradus.launch.experiments.results import calibration
+
+    steps = [
+        {"dist/a/predicted_zero_var": 0.2, "dist/a/realised_zero_var": 0.5, "dist/a/groups": 6, "dist/a/prob": 1.0},
+        {"dist/a/predicted_zero_var": 0.6, "dist/a/realised_zero_var": 0.0, "dist/a/groups": 2, "dist/a/prob": 1.0},
+        {"dist/a/predicted_zero_var": 0.9, "dist/a/realised_zero_var": 1.0, "dist/a/groups": 0, "dist/a/prob": 1.0},
+        {"dist/a/predicted_zero_var": None, "dist/a/realised_zero_var": 0.5, "dist/a/groups": 4, "dist/a/prob": 1.0},
+    ]  # the third step drew nothing from a: its stale values weigh nothing; none predicted (JSON null): left out
+    assert calibration(steps) == pytest.approx({"predicted_zero_var": 0.3, "realised_zero_var": 0.375})
+    assert all(math.isnan(v) for v in calibration([{"dist/a/prob": 1.0}]).values())

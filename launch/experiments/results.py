@@ -126,9 +126,30 @@ def run_summary(
     out["tokens_per_informative_group"] = (
         out["tokens_generated"] / informative if informative else math.nan
     )  # the compute a curriculum saves
+    out.update(calibration(metrics))
     done = Path(run_dir) / "done.json"
     out["wall_seconds"] = json.loads(done.read_text())["wall_seconds"] if done.exists() else math.nan
     return out
+
+
+def calibration(metrics: Sequence[dict]) -> dict[str, float]:
+    """A prompt sampler's all-equal share of groups, as its posteriors predicted
+    it at the draw and as it came (each step and distribution weighted by its
+    groups); nan for samplers without posteriors."""
+    pairs = [
+        (m[f"dist/{d}/predicted_zero_var"], m[f"dist/{d}/realised_zero_var"], m.get(f"dist/{d}/groups", 0))
+        for m in metrics
+        for d in distribution_names(m)
+        if f"dist/{d}/predicted_zero_var" in m and f"dist/{d}/realised_zero_var" in m
+    ]
+    pairs = [(p, r, w) for p, r, w in pairs if w and None not in (p, r) and not (math.isnan(p) or math.isnan(r))]
+    if not pairs:
+        return {"predicted_zero_var": math.nan, "realised_zero_var": math.nan}
+    weights = [w for _, _, w in pairs]
+    return {
+        "predicted_zero_var": float(np.average([p for p, _, _ in pairs], weights=weights)),
+        "realised_zero_var": float(np.average([r for _, r, _ in pairs], weights=weights)),
+    }
 
 
 def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -193,6 +214,11 @@ def _pm(row: dict[str, float], key: str, fmt: str) -> str:
     return "-" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
+def _calibrated(row: dict[str, float]) -> str:
+    predicted, seen = row.get("predicted_zero_var_mean", math.nan), row.get("realised_zero_var_mean", math.nan)
+    return "-" if math.isnan(predicted) else f"{predicted:.2f} / {seen:.2f}"
+
+
 def _ci(row: dict[str, float], key: str, fmt: str, censored: bool = False) -> str:
     """mean [95% interval]; ">=" when some seed never got there (its run length counted)."""
     mean, low, high = row[f"{key}_mean"], row[f"{key}_ci_low"], row[f"{key}_ci_high"]
@@ -226,6 +252,7 @@ def markdown_table(
             "tokens generated",
             "informative share of generated groups",
             "tokens per informative group",
+            "all-equal share of a sampler's groups: predicted / seen",
             "wall s",
         ]
     )
@@ -254,6 +281,7 @@ def markdown_table(
                 _pm(row, "tokens_generated", ".0f"),
                 _pm(row, "informative_share", ".2f"),
                 _pm(row, "tokens_per_informative_group", ".0f"),
+                _calibrated(row),
                 _pm(row, "wall_seconds", ".0f"),
             ]
         )
