@@ -141,4 +141,4 @@ def test_row_bootstrap_of_the_ratios_resamples_the_same_rows_in_both_cells():
     assert (point, low, high) == (0.5, 0.5, 1.0)
     assert row_bootstrap_ratios(reference, cell, ({}, pair[1]))[1] == []  # no stored rows for the reference: none
     md = write_paired(Path(tempfile.mkdtemp()), "u", {"u": reference, "c": cell}, {"u": pair[0], "c": pair[1]}, 50)
-    assert "| c | first | 0 | 50% [50%, 100%] |" in md[1].read_text()
+    assert "| c | first | seed 0 | 50% [50%, 100%] |" in md[1].read_text()

@@ -260,7 +260,7 @@ def write_paired(
                         "cell": cell,
                         "crossing": crossing_name,
                         "resampled": "rows",
-                        "seeds": ", ".join(map(str, seeds)),
+                        "seeds": ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(map(str, seeds)),
                         **_flat(by_rows),
                     }
                 )
