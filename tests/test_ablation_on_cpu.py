@@ -126,6 +126,7 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
         "lengths.png",
         "probabilities.png",
         "rewards.png",
+        "series.json",  # what each plot draws, so a published plot's content can be checked
     ]
 
     out = subprocess.run(

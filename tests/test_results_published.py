@@ -31,3 +31,4 @@ def test_published_results_recompute_from_committed_runs(config, results, tmp_pa
     for name in ("results.csv", "spend.md", "spend.csv", "paired.md", "paired.csv"):
         assert (tmp_path / name).read_text() == (results / name).read_text(), name
     assert {p.name for p in paths["plots"].iterdir()} == {p.name for p in (results / "plots").iterdir()}
+    assert (paths["plots"] / "series.json").read_text() == (results / "plots" / "series.json").read_text()

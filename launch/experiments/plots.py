@@ -5,6 +5,7 @@ a plot's content and not only that a file exists."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -202,10 +203,13 @@ def plot_all(
     cells: dict[str, list[list[dict]]], out_dir: Path, seeds: dict[str, list[int]] | None = None
 ) -> dict[str, dict[str, Series]]:
     """Every plot into out_dir (seeds.png, the per-seed panels, for more than one
-    seed; `seeds` names each cell's runs); returns {file name: drawn series}."""
+    seed; `seeds` names each cell's runs), and what each draws in series.json
+    (a published plot's content can be checked, not only its file); returns
+    {file name: drawn series}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = {name: draw(cells, out_dir / name) for name, draw in PLOTS.items()}
     if any(len(runs) > 1 for runs in cells.values()):
         drawn["seeds.png"] = plot_seeds(cells, out_dir / "seeds.png", seeds)
+    (out_dir / "series.json").write_text(json.dumps(drawn, sort_keys=True) + "\n")
     return drawn
