@@ -266,6 +266,38 @@ def test_a_call_killed_by_rays_memory_monitor_counts_as_a_dead_worker():
     assert "died: OutOfMemoryError" in out.stdout, out.stdout + out.stderr[-2000:]
 
 
+INIT_FAILS = """
+import ray
+from gradus.launch.errors import GradusError
+from gradus.launch.run.faults import Watchdog
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+@ray.remote
+class Broken:
+    def __init__(self, **kwargs):
+        raise TypeError("__init__() got an unexpected keyword argument 'group_size'")
+
+    def ping(self):
+        return 1
+
+try:
+    Watchdog(60).get(Broken.remote().ping.remote(), "scheduler (ping)")
+except GradusError as err:
+    print("refused:", err)
+"""
+
+
+def test_an_actor_whose_init_raises_is_reported_not_restarted():
+    """A driver and workers from different versions of the code, a bad argument:
+    __init__ raises on every restart. The console gets the exception and where
+    it was raised, at once (not three restarts that each say only 'died')."""
+    out = subprocess.run([sys.executable, "-c", INIT_FAILS], capture_output=True, text=True, timeout=120)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("refused:")), out.stdout + out.stderr[-2000:])
+    assert "scheduler (ping): the actor could not start" in line, line
+    assert "TypeError: __init__() got an unexpected keyword argument 'group_size'" in line, line
+    assert '(File "<string>", line 10, in __init__)' in line, line
+
+
 def test_sigterm_during_start_up_stops_promptly(tiny_model, tmp_path):
     """No step to finish yet: start-up ends at once, Ray is shut down, exit 75."""
     run_dir = tmp_path / "starting"

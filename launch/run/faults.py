@@ -10,9 +10,22 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
+from gradus.launch.errors import GradusError
+
 STARTUP_TIMEOUT_S = 1800.0  # until the first step has finished: model loading, compiling, a cold cache
 FLOOR_TIMEOUT_S = 300.0  # no call is given less than this
 STEP_FACTOR = 10.0  # ... nor less than this many times the longest step so far
+
+
+def init_failure(err: BaseException) -> str | None:
+    """What an actor's __init__ raised (its frame and exception line), or None
+    for an actor that died any other way: such an error repeats on every
+    restart, so it is reported, not retried."""
+    if not (isinstance(err, RayActorError) and getattr(err, "actor_init_failed", False)):
+        return None
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    frames = [line for line in lines if line.startswith("File ")]
+    return lines[-1] + (f" ({frames[-1]})" if frames else "") if lines else type(err).__name__
 
 
 class HungWorker(Exception):
@@ -48,10 +61,16 @@ class Watchdog:
     def get(self, refs: Any, what: str, actors: list[Any] | None = None, slow: bool = False) -> Any:
         """ray.get under the deadline; past it, kill `actors` and raise HungWorker naming
         `what`. `slow`: work that steps do not measure (checkpoints, final saves,
-        held-out evaluation) gets at least the start-up allowance."""
+        held-out evaluation) gets at least the start-up allowance. An actor whose
+        __init__ raised is a GradusError naming the exception (not a death to retry)."""
         seconds = max(self.seconds, STARTUP_TIMEOUT_S) if slow and not self.fixed else self.seconds
         try:
             return ray.get(refs, timeout=seconds)
+        except RayActorError as err:
+            cause = init_failure(err)
+            if cause is None:
+                raise
+            raise GradusError(f"{what}: the actor could not start, its __init__ raised {cause}") from None
         except GetTimeoutError:
             for actor in actors or []:
                 ray.kill(actor)
