@@ -210,7 +210,8 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     for job in jobs:
         cells.setdefault(job.cell, []).append(out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir)
     reference, over = None, spec.accuracy_over
-    logged = {name for dirs in cells.values() for d in dirs for name in distributions(read_metrics(d))} if over else ()
+    metrics = {cell: [read_metrics(d, True, over) for d in dirs] for cell, dirs in cells.items()}
+    logged = {name for runs in metrics.values() for run in runs for name in distributions(run)}
     for name in over:
         if name not in logged:
             raise GradusError(f"accuracy_over: {name!r} is not a distribution of these runs{nearest(name, logged)}")
@@ -226,7 +227,6 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     )
     csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference, note)
     seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
-    metrics = {cell: [read_metrics(d, True, over) for d in dirs] for cell, dirs in cells.items()}
     plot_all(metrics, out_dir / "plots", seeds)
     paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
     paths["spend"] = write_spend(out_dir, metrics)[1]

@@ -150,13 +150,14 @@ def eval_rows(run_dir: Path, over: Sequence[str] = ()) -> EvalRows:
     out: EvalRows = {}
     for path in sorted((Path(run_dir) / "eval").glob("step-*.jsonl")):
         step = int(path.stem.removeprefix("step-")) - 1
+        if step < 0:
+            continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if step >= 0:
-            out[step] = {
-                (r["distribution"], int(r["row_id"])): (int(r["right"]), int(r["samples"]))
-                for r in rows
-                if not over or r["distribution"] in over
-            }
+        out[step] = {
+            (r["distribution"], int(r["row_id"])): (int(r["right"]), int(r["samples"]))
+            for r in rows
+            if not over or r["distribution"] in over
+        }
     return out
 
 
