@@ -10,21 +10,23 @@ a tiny random model built here. Tier B adds vLLM and Ray: in-place weight
 reloads, then a colocated 2-step bf16 run and its resume. One line per check,
 most important first; the exit status is the number of failed checks.
 
-Expected output on a working machine (numbers vary):
-    PASS A1 bf16 update keeps fp32 master weights (master moved as in fp32: rel diff 2.1e-03)
-    PASS A2 ZeRO-3 on one rank keeps bf16 parameters, fp32 master (step finite)
-    PASS A3 optimizer offload: DeepSpeedCPUAdam built and stepped (41.2 s, incl. the one-off build)
-    PASS A4 LoRA + gradient checkpointing: only adapters train (step finite)
-    PASS A5 GRPO loss under bf16: finite loss and gradients (incl. dual-clip, GSPO)
-    PASS A6 checkpoint + resume: Adam's step on the parameter's device, next update equal (rel 0.0e+00)
-    PASS B1 vLLM in-place reload changes outputs and restores them, also across sleep/wake
-    PASS B2 colocated bf16 run: 2 steps, log-prob gap 1.9e-02, grad norm finite; --resume continues at step 3
+Expected output on a working machine (numbers and [seconds] vary; the seconds
+are guesses until the first GPU run is recorded in BENCHMARKS.md):
+    PASS A1 bf16 update keeps fp32 master weights (master moved as in fp32: rel diff 2.1e-03) [9 s]
+    PASS A2 ZeRO-3 on one rank keeps bf16 parameters, fp32 master (step finite) [6 s]
+    PASS A3 optimizer offload: DeepSpeedCPUAdam built and stepped (41.2 s, incl. the one-off build) [42 s]
+    PASS A4 LoRA + gradient checkpointing: only adapters train (step finite) [5 s]
+    PASS A5 GRPO loss under bf16: finite loss and gradients (incl. dual-clip, GSPO) [3 s]
+    PASS A6 checkpoint + resume: Adam's step on the parameter's device, next update equal (rel 0.0e+00) [8 s]
+    PASS B1 vLLM in-place reload changes outputs and restores them, also across sleep/wake [60 s]
+    PASS B2 colocated bf16 run: 2 steps, log-prob gap 1.9e-02, grad norm finite; --resume continues at step 3 [150 s]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import importlib.util
 import math
 import os
@@ -192,22 +194,27 @@ def b1_vllm_reload(model: Path, device: str) -> str:
     worker = RolloutWorker(str(model), max_model_len=256, **engine)
     items = [Item("d", "What is 1 + 2?", "3", "numeric")]
 
-    def text() -> list[int]:
+    def text(worker: RolloutWorker) -> list[int]:
         groups, _ = worker.generate(items, n=1, max_tokens=8, temperature=0.0)
         return groups[0].samples[0].tokens
 
     weights = load_file(str(model / "model.safetensors"))
-    original = text()
+    original = text(worker)
     worker.load_weights([(k, v * 0 if v.dim() == 2 else v) for k, v in weights.items()], 1)
-    changed = text()
+    changed = text(worker)
     worker.load_weights(list(weights.items()), 2)
-    assert changed != original and text() == original, (original, changed)
+    assert changed != original and text(worker) == original, (original, changed)
     if device == "cuda":
         worker.sleep(level=2)
         torch.cuda.empty_cache()
         worker.wake_up()
         worker.load_weights(list(weights.items()), 3)
-        assert text() == original, "outputs changed across sleep/wake"
+        assert text(worker) == original, "outputs changed across sleep/wake"
+    worker.llm.llm_engine.engine_core.shutdown()  # the engine and its GPU memory go before B2 starts a run of its own
+    del worker
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     across = ", also across sleep/wake" if device == "cuda" else " (sleep/wake is CUDA-only)"
     return f"vLLM in-place reload changes outputs and restores them{across}"
 

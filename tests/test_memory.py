@@ -10,6 +10,7 @@ from gradus.launch.errors import GradusError
 from tests.test_trainer_on_cpu import _batch
 from gradus.trainer.config import LoraConfig
 from gradus.trainer.loss import completion_logprobs
+from gradus.trainer.rank_setup import deepspeed_config
 from gradus.trainer.models import add_lora, check_lora_targets, linear_module_names, merged_state, streamed_state
 
 LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
@@ -135,3 +136,16 @@ def test_lora_on_bf16_merges_in_float32_and_keeps_the_base_dtype(tiny_model):
     expected = (layer.base_layer.weight.float() + (b @ a) * layer.scaling["default"]).to(torch.bfloat16)
     assert torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], expected)
     assert not torch.equal(expected, layer.base_layer.weight)  # the adapter moved the weight past bf16 rounding
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_config_carries_the_model_dtype_at_every_stage(stage):
+    """bf16/fp16 reach DeepSpeed at every stage (its mixed-precision optimizers keep fp32
+    masters; fp16 with dynamic loss scaling), also the optimizer-free reference's."""
+    for training in (True, False):
+        make = lambda dtype: deepspeed_config(stage, 64, 4096, {}, 1.0, dtype, training)  # noqa: E731
+        assert "bf16" not in make("float32") and "fp16" not in make("float32")
+        assert make("bfloat16")["bf16"] == {"enabled": True} and "fp16" not in make("bfloat16")
+        fp16 = make("float16")
+        assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0 and "bf16" not in fp16  # 0: dynamic
+        assert fp16["zero_optimization"]["stage"] == stage

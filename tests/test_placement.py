@@ -3,11 +3,16 @@ per device, vLLM tensor parallelism the way vLLM expects it, a preflight that
 refuses in one line, colocation rules and the device-dependent defaults.
 Ray placement groups are checked against declared GPUs (no GPU needed)."""
 
+import os
+
 import pytest
+import ray
 
 from gradus.launch.config.load import load_config
 from gradus.launch.errors import GradusError
+from gradus.launch.run.faults import Watchdog, placement_ready
 from gradus.launch.run.resources import check_combinations, engine_settings, model_dtype, plan, preflight
+from gradus.trainer.rank_setup import optimizer_threads
 
 DEFAULT = "configs/default.yaml"
 GPU_NODE = {"CPU": 16.0, "GPU": 1.0, "memory": 1e11}
@@ -67,10 +72,10 @@ def test_colocation_rules():
     check_combinations(_cfg("rollout.tensor_parallel_size=2"), "cuda")
 
 
-def test_placement_groups_of_the_plan_are_placed_with_declared_gpus():
+def test_placement_groups_of_the_plan_are_placed_with_declared_gpus(capsys):
     """Ray schedules the plan's groups on a node that declares 4 GPUs (no GPU needed)."""
-    import ray
     from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -85,5 +90,32 @@ def test_placement_groups_of_the_plan_are_placed_with_declared_gpus():
             remove_placement_group(g)
         too_many = plan(_cfg("rollout.tensor_parallel_size=4"), "cuda")
         assert "needs 5 GPU (the cluster has 4)" in preflight(too_many, [n["Resources"] for n in ray.nodes()])
+        # what vLLM's Ray executor relies on: the engine actor (no GPU of its own) captures
+        # its workers (a GPU each) into its group, one per bundle
+        engine = placement_group(placement.rollout[0], strategy=placement.rollout_strategy)
+        actor = Engine.options(
+            num_cpus=0,
+            num_gpus=placement.rollout_actor_gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(engine, 0, placement_group_capture_child_tasks=True),
+        ).remote()
+        assert ray.get(actor.workers.remote(2), timeout=60) == [engine.id.hex()] * 2
+        # an offloaded optimizer step gets the node's cores shared among its 4 GPUs
+        cores = len(os.sched_getaffinity(0))
+        assert ray.get(ray.remote(optimizer_threads).remote(1), timeout=60) == max(1, cores // 4)
+        # a group the cluster can never hold: said on the console, then refused in one line
+        stuck = placement_group([{"GPU": 1.0}] * 5, strategy="PACK")
+        with pytest.raises(GradusError, match="Ray could not place the test group within 3 s"):
+            placement_ready(stuck, Watchdog(3.0), "the test group", notice_s=1.0)
+        assert "gradus: Ray has not placed the test group after 1 s" in capsys.readouterr().out
     finally:
         ray.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class Engine:
+    """Stands in for a tensor-parallel vLLM engine: starts `n` GPU workers with no
+    placement of their own and reports the group each landed in."""
+
+    def workers(self, n: int) -> list[str]:
+        where = ray.remote(num_gpus=1, num_cpus=0)(lambda: ray.util.get_current_placement_group().id.hex())
+        return ray.get([where.remote() for _ in range(n)])

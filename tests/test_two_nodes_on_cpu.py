@@ -133,7 +133,7 @@ SHIMS = {
 
 def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path, own_ray_dir):
     """launch/cluster/gradus.sbatch under stand-in srun/scontrol: head + worker Ray
-    nodes come up, the script waits for both, and `gradus train` runs on them
+    nodes come up, the script waits for both and their (declared) GPUs, and `gradus train` runs on them
     (colocated: the rollout worker sits in the trainer rank's placement bundle).
     Its clean-up's `ray stop` stops only this test's daemons here (a job owns its
     nodes; this machine may run another Ray)."""
@@ -155,7 +155,10 @@ def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "SLURM_JOB_NODELIST": "node-[a-b]",
         "GRADUS_RAY_PORT": str(free_port()),
-        "GRADUS_RAY_ARGS": "--num-cpus=2 --object-store-memory=300000000",
+        # each node declares a GPU (no GPU needed): the script waits for both nodes' GPUs,
+        # and cluster.device=cpu runs on CPU beside them
+        "SLURM_GPUS_ON_NODE": "gpu:1",
+        "GRADUS_RAY_ARGS": "--num-cpus=2 --num-gpus=1 --object-store-memory=300000000",
     }
     run_dir = tmp_path / "run"
     try:
@@ -172,6 +175,7 @@ def test_sbatch_script_starts_ray_on_every_node_and_trains(tiny_model, tmp_path,
                 "rollout.threads=1",
                 "trainer.threads=1",
                 "cluster.colocate=true",
+                "cluster.device=cpu",
             ],
             env=env,
             capture_output=True,

@@ -81,7 +81,9 @@ def optimizer_threads(threads: int) -> int:
     GPU ranks (the rank's own `threads` if that is more)."""
     import ray
 
-    cores = os.cpu_count() or 1  # the node's (Ray narrows each actor's CUDA_VISIBLE_DEVICES, not its CPUs)
+    cores = len(
+        os.sched_getaffinity(0)
+    )  # the node's as this process may use them (cgroups, taskset); Ray narrows GPUs only
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     gpus = next((n["Resources"].get("GPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1) if node else 1
     return max(threads, int(cores // max(1, gpus)))

@@ -100,8 +100,10 @@ class TrainerWorker(WeightSender):
         if "offload_optimizer" in ds_config["zero_optimization"]:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
+            threads = optimizer_threads(self.threads)  # its step runs on the node's cores
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # read by the op's OpenMP if it is not torch's own
             build_cpu_adam_once()  # one rank per node compiles the op, the others load it
-            torch.set_num_threads(optimizer_threads(self.threads))  # its step runs on the node's cores
+            torch.set_num_threads(threads)
             optimizer = DeepSpeedCPUAdam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_mode=True)
         elif cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)

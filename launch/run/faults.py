@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.exceptions import GetTimeoutError, NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
 from gradus.launch.errors import GradusError
@@ -77,3 +78,31 @@ class Watchdog:
             raise HungWorker(
                 f"{what} did not answer within {seconds:.0f} s (run.call_timeout_s); treated as dead"
             ) from None
+
+
+PLACEMENT_NOTICE_S = 60.0  # a placement still pending after this is said on the console
+
+
+def placement_ready(
+    placement: PlacementGroup, watchdog: Watchdog, what: str, notice_s: float = PLACEMENT_NOTICE_S
+) -> None:
+    """Wait for a placement group's bundles, under the watchdog: a cluster that
+    cannot hold them is a clear error, not a silent hang. The preflight compares
+    with the nodes' totals, so a busy shared cluster passes it and then waits here
+    for others' work to end: after `notice_s` the wait is said, with what is free."""
+    ready = placement.ready()
+    if not ray.wait([ready], timeout=notice_s)[0]:
+        print(
+            f"gradus: Ray has not placed {what} after {notice_s:.0f} s (bundles {placement.bundle_specs}; free now "
+            f"{ray.available_resources()}); waiting up to {watchdog.seconds:.0f} s more (run.call_timeout_s)",
+            flush=True,
+        )
+    try:
+        watchdog.get(ready, f"placement of {what}")
+    except HungWorker:
+        remove_placement_group(placement)
+        raise GradusError(
+            f"Ray could not place {what} within {watchdog.seconds:.0f} s: the cluster lacks the CPUs/GPUs or custom "
+            f"resources they ask for (bundles {placement.bundle_specs}, cluster {ray.cluster_resources()}); "
+            "lower rollout.num_workers / trainer.world_size, set cluster.colocate=true, or add nodes"
+        ) from None

@@ -17,8 +17,7 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from gradus.launch.errors import GradusError
-from gradus.launch.run.faults import WORKER_DIED, HungWorker, Watchdog
+from gradus.launch.run.faults import WORKER_DIED, Watchdog, placement_ready
 from gradus.launch.run.resources import Placement, bundle
 from gradus.curriculum.items import Item
 from gradus.rollout.records import Group
@@ -39,20 +38,6 @@ def node_of(actor: Any) -> dict[str, str]:
     """The node an actor runs on: Ray node id and IP (for placement.json)."""
     where = lambda _: {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}  # noqa: E731
     return ray.get(actor.__ray_call__.remote(where))
-
-
-def placement_ready(placement: PlacementGroup, watchdog: Watchdog, what: str) -> None:
-    """Wait for a placement group's bundles, under the watchdog: a cluster that
-    cannot hold them is a clear error, not a silent hang."""
-    try:
-        watchdog.get(placement.ready(), f"placement of {what}")
-    except HungWorker:
-        remove_placement_group(placement)
-        raise GradusError(
-            f"Ray could not place {what} within {watchdog.seconds:.0f} s: the cluster lacks the CPUs/GPUs or custom "
-            f"resources they ask for (bundles {placement.bundle_specs}, cluster {ray.cluster_resources()}); "
-            "lower rollout.num_workers / trainer.world_size, set cluster.colocate=true, or add nodes"
-        ) from None
 
 
 def _on(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
