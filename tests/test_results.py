@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -188,6 +189,30 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
         with pytest.raises(Preempted):
             run_jobs(jobs, parallel)
         assert len(ran) == 1
+
+
+def test_finished_runs_lose_their_checkpoints_unless_kept(monkeypatch, tmp_path):
+    """A grid keeps each finished run's model (final/) and drops its checkpoints; a failed run keeps them to resume."""
+    _, jobs = load_ablation("configs/ablation.yaml")
+    jobs = [j for j in jobs if j.cell in ("uniform", "dump") and j.seed == 0]
+    for job in jobs:
+        job.cfg.run.run_dir = str(tmp_path / job.cell / "seed-0")
+        (job.run_dir / "checkpoints" / "step-000004").mkdir(parents=True)
+        (job.run_dir / "final").mkdir()
+
+    def train(cfg, resume):
+        if cfg.run.run_dir.endswith("dump/seed-0"):
+            raise GradusError("a worker died")
+        (Path(cfg.run.run_dir) / "done.json").write_text("{}")
+
+    monkeypatch.setattr(ablate, "_train", train)
+    with pytest.raises(GradusError, match="1 of 2 runs failed"):
+        run_jobs(jobs, 1, keep_checkpoints=False)
+    assert [(j.run_dir / "checkpoints").exists() for j in jobs] == [False, True]
+    assert all((j.run_dir / "final").is_dir() for j in jobs)
+    (tmp_path / "dump" / "seed-0" / "done.json").write_text("{}")  # finished since: skipped, and pruned too
+    assert run_jobs(jobs, 1, keep_checkpoints=False) == []
+    assert not (tmp_path / "dump" / "seed-0" / "checkpoints").exists()
 
 
 def test_reach_reference_and_bootstrap_interval(tmp_path):

@@ -53,6 +53,7 @@ class AblationConfig:
     accuracy_over: list[str] = field(default_factory=list)  # held-out accuracy over these distributions ([]: all)
     more_seeds: dict = field(default_factory=dict)  # cell -> seeds it runs beyond `seeds` (e.g. 5 for the reference)
     parallel: int = 1  # cells at once; > 1 runs them as Ray tasks (a cluster: set overrides cluster.address)
+    keep_checkpoints: bool = False  # False: a finished run's checkpoints are deleted (its model stays in final/)
 
 
 @dataclass
@@ -131,17 +132,29 @@ def _resume_point(job: Job) -> str | None:
     return "latest" if checkpoint.complete(job.run_dir) else None
 
 
-def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
+def prune(job: Job) -> None:
+    """Delete a finished run's checkpoints: a grid's runs are compared, not
+    resumed once done, and each keeps ~6x its model in checkpoints (a 21-run grid
+    of the demo: ~65 GB), which fills a disk before the grid ends."""
+    if (job.run_dir / "done.json").exists():
+        shutil.rmtree(checkpoint.checkpoint_root(job.run_dir), ignore_errors=True)
+
+
+def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> list[Job]:
     """Run unfinished jobs, seed by seed (every cell's first seed, then every
     cell's second...: a grid cut off midway compares all its cells on the seeds it
     has); returns the ones that were run. A run that fails (its restarts used up,
     say) does not stop the others: the failures are raised together at the end,
-    and re-running resumes them. A stop signal does stop all."""
+    and re-running resumes them. A stop signal does stop all. Without
+    `keep_checkpoints`, every finished run's checkpoints are deleted."""
     seeds = list(dict.fromkeys(j.seed for j in jobs))
     todo = sorted((j for j in jobs if not (j.run_dir / "done.json").exists()), key=lambda j: seeds.index(j.seed))
     for j in jobs:
         if j not in todo:
             print(f"gradus ablate: {j.cell} seed {j.seed} finished earlier, skipped", flush=True)
+    finished = (lambda job: None) if keep_checkpoints else prune
+    for j in jobs:
+        finished(j)
     failed: list[str] = []
 
     def failure(job: Job, err: Exception) -> None:
@@ -154,12 +167,15 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
             print(f"gradus ablate: {job.cell} seed {job.seed} ({i + 1}/{len(todo)})", flush=True)
             try:
                 _train(job.cfg, _resume_point(job))
+                finished(job)
             except Preempted:
                 raise
             except Exception as err:  # noqa: BLE001 - reported with the others below
                 failure(job, err)
     else:
         _run_parallel(todo, parallel, failure)
+        for job in todo:
+            finished(job)
     if failed:
         raise GradusError(
             f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The finished runs are kept; "
@@ -262,5 +278,5 @@ def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path
 
 def ablate(path: str | Path, parallel: int | None = None) -> dict[str, Path]:
     spec, jobs = load_ablation(path)
-    run_jobs(jobs, spec.parallel if parallel is None else parallel)
+    run_jobs(jobs, spec.parallel if parallel is None else parallel, spec.keep_checkpoints)
     return summarize(spec, jobs)
