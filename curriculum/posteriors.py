@@ -90,6 +90,11 @@ class PosteriorSampler(PromptSampler):
         self._step_zero.append(successes in (0, n))
         self.last["realised_zero_var"] = float(np.mean(self._step_zero))
 
+    @property
+    def observed_groups(self) -> int:
+        """Groups observed since the step's first draw: the weight of its calibration."""
+        return len(self._step_zero)
+
     def stats(self) -> dict[str, float]:
         seen = self.posteriors.seen > 0
         mean = self.posteriors.mean()

@@ -166,6 +166,17 @@ class CurriculumScheduler:
             },
         }
 
+    def row_stats(self) -> dict[str, dict[str, float]]:
+        """Each distribution's prompt-level statistics once the step's groups are
+        observed (report()'s are from before its draw): skips and calibration of
+        this step, with `observed_groups`, the groups they cover, where the sampler
+        keeps posteriors."""
+        out = {name: d.sampler.stats() for name, d in self.distributions.items()}
+        for name, d in self.distributions.items():
+            if hasattr(d.sampler, "observed_groups"):
+                out[name]["observed_groups"] = float(d.sampler.observed_groups)
+        return out
+
     def pop_overhead(self) -> float:
         """The scheduler's own compute seconds since the last call."""
         seconds, self.overhead_s = self.overhead_s, 0.0

@@ -71,11 +71,23 @@ def test_bad_values():
             "curriculum.params: curriculum 'ucb': unknown parameter 'windw' (did you mean 'window'?)",
         ),
         (["eval.every=5", "data.eval_size=0"], "needs held-out rows"),
+        (  # pass_rate's old default decay: 8 samples of evidence give P(p >= 0.9) <= 0.61, so no row retires
+            ["curriculum.prompts={kind: pass_rate, decay: 0.5}"],
+            "pass_rate with decay=0.5 keeps at most 8.0 samples of a row's evidence (groups of 4), short of the 20.9",
+        ),
+        (["curriculum.prompts={kind: pass_rate, decay: 0.2}"], "Use decay <= 0.192"),
+        (["rollout.group_rule={min: 2, max: 8, kind: cures}"], "kind: greedy, the one rule, may be named"),
     ],
 )
 def test_settings_that_cannot_learn_are_refused(overrides, message):
     with pytest.raises(GradusError, match=re.escape(message)):
         load_config(DEFAULT, overrides)
+
+
+def test_settings_at_the_edge_are_accepted():
+    load_config(DEFAULT, ["curriculum.prompts={kind: pass_rate, decay: 0.19}"])  # 4 / 0.19 = 21.1 > 20.9 samples
+    load_config(DEFAULT, ["curriculum.prompts={kind: pass_rate, decay: 0.5}", "rollout.group_rule={min: 2, max: 16}"])
+    load_config(DEFAULT, ["rollout.group_rule={min: 2, max: 8, kind: greedy}"])
 
 
 def test_renamed_importance_cap_still_works(capsys):

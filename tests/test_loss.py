@@ -138,13 +138,33 @@ def _ragged_batch(sizes: list[int], estimator: str) -> list[list[TrainSample]]:
     return groups
 
 
+def _hand_gradient(model, samples: list[TrainSample], agg: str, norm_len: int) -> dict[str, torch.Tensor]:
+    """The policy gradient written out: at ratio 1 each completion token adds -A * grad log p(token),
+    weighted 1 / (all tokens) for token-mean, 1 / (samples * its own tokens) for seq-mean-token-mean,
+    1 / (samples * norm_len) for Dr.GRPO's seq-mean-token-sum-norm (a plain forward per sample)."""
+    model.zero_grad()
+    total_tokens, total_seqs = sum(len(s.tokens) for s in samples), len(samples)
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.tokens])
+        logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1 : -1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(s.tokens).unsqueeze(-1)).sum()
+        weight = {
+            "token-mean": 1 / total_tokens,
+            "seq-mean-token-mean": 1 / (total_seqs * len(s.tokens)),
+            "seq-mean-token-sum-norm": 1 / (total_seqs * norm_len),
+        }[agg]
+        (-s.advantage * weight * logp).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
 @pytest.mark.parametrize(
     "estimator, agg", [("grpo", "token-mean"), ("rloo", "seq-mean-token-mean"), ("drgrpo", "seq-mean-token-sum-norm")]
 )
 def test_ragged_groups_loss_equals_a_per_group_reference(tiny_model, estimator, agg):
-    """Groups of 3, 4, 1 and 8 samples: the batch's gradient is the sum of each group's
-    own (with the batch's denominators), a group of one and an all-equal group add
-    exactly nothing, and skipping and shared prompts leave the gradient as it was."""
+    """Groups of 3, 4, 1 and 8 samples: the batch's gradient is the policy gradient
+    written out by hand, and the sum of each group's own (with the batch's
+    denominators); a group of one and an all-equal group add exactly nothing, and
+    skipping and shared prompts leave the gradient as it was."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).float()
@@ -164,6 +184,7 @@ def test_ragged_groups_loss_equals_a_per_group_reference(tiny_model, estimator, 
                 assert not grad.any(), (i, name)
             reference[name] += grad
     assert _max_rel_diff(plain, reference) <= 1e-5
+    assert _max_rel_diff(plain, _hand_gradient(model, samples, agg, 16)) <= 1e-5
     for ranks, skip, share in [(2, True, False), (3, True, True)]:
         assert _max_rel_diff(plain, batch_gradient(model, samples, cfg, ranks, 60, skip, share)) <= 1e-5
 

@@ -301,10 +301,60 @@ def test_calibration_adds_up_over_a_steps_draws_for_each_groups_own_size():
     )
     assert first and refill and len(first) > 1
     assert sampler.last["predicted_zero_var"] == pytest.approx(np.mean(predicted))
-    stats = scheduler.report(1)["rows"]["add1"]
+    stats = scheduler.row_stats()["add1"]  # the step's own statistics, read after its groups came back
     assert stats["realised_zero_var"] == pytest.approx(len(first) / (len(first) + len(refill)))
+    assert stats["observed_groups"] == len(first) + len(refill)
+    assert scheduler.row_stats()["add2"]["observed_groups"] == 0  # drawn, but no outcome came back
     scheduler.next_batch(1, 0)  # a new step that draws nothing from add1
     assert scheduler.report(2)["rows"]["add1"]["skipped_before_rollout"] == 0.0
     assert np.isnan(scheduler.report(2)["rows"]["add1"]["realised_zero_var"])
     state = scheduler.state_dict()  # no statistic yet: stored as None, so a copy (Ray, JSON) compares equal
     assert json.loads(json.dumps(state)) == state
+
+
+def test_greso_resumes_its_streaks_and_exploration_exactly():
+    """Rows that recur build all-equal streaks: a loaded copy skips the same rows, a fresh one does not."""
+    first, _, _ = _simulate({"kind": "greso"}, steps=12, train_size=12)
+    sampler = first.distributions["add1"].sampler
+    assert sampler.streak.max() >= 3 and sampler.explore != {"easy": 0.5, "hard": 0.5}
+    schedulers = [first] + [CurriculumScheduler([ADD1], train_size=12, eval_size=8, seed=0, prompts={"kind": "greso"})
+                            for _ in range(2)]  # fmt: skip
+    schedulers[1].load_state_dict(first.state_dict())
+    drawn: list[list[list[int]]] = [[], [], []]
+    skipped = 0
+    for step in range(12, 16):
+        for scheduler, rows in zip(schedulers, drawn):
+            batch = scheduler.next_batch(step, 6)
+            rows.append([x["row_id"] for x in batch])
+            scheduler.observe_rows(
+                [{"distribution": "add1", "row_id": r, "correct": [r % 3 == 0] * 4} for r in rows[-1]]
+            )
+        skipped += sampler.last["skipped_before_rollout"]
+    assert skipped > 0 and drawn[0] == drawn[1] and drawn[0] != drawn[2]
+    assert first.state_dict() == schedulers[1].state_dict()
+
+
+def test_posterior_updates_by_hand():
+    """Discounted evidence, the prior from the distribution's running mean, and the all-equal chance."""
+    from scipy.integrate import quad
+    from scipy.stats import beta
+
+    from gradus.curriculum.row_posteriors import RowPosteriors
+
+    post = RowPosteriors(2, prior_strength=2.0, discount=0.5)
+    assert post.zero_var([0], 4)[0] == pytest.approx(2 / 5)  # Beta(1, 1): E[p^n + (1-p)^n] = 2 / (n + 1)
+    post.observe(0, 3, 4)
+    post.observe(0, 0, 4)  # wins 0.5 * 3 + 0 = 1.5, losses 0.5 * 1 + 4 = 4.5; the running mean (3 + 1) / (8 + 2)
+    a, b = post.params()
+    assert (a.tolist(), b.tolist()) == pytest.approx(([0.8 + 1.5, 0.8], [1.2 + 4.5, 1.2]))
+    assert post.seen.tolist() == [8, 0]  # samples ever seen, undiscounted
+    expected = quad(lambda p: (p**4 + (1 - p) ** 4) * beta.pdf(p, 2.3, 5.7), 0, 1)[0]
+    assert post.zero_var([0], 4)[0] == pytest.approx(expected)
+    assert post.own_prob_at_least(0.9)[0] == pytest.approx(beta.sf(0.9, 2.5, 5.5))  # a flat prior for retirement
+
+
+def test_a_pass_rate_checkpoint_from_before_the_posteriors_loads_its_counts():
+    sampler = PassRate(3, (0, "x"))
+    sampler.load_state_dict({"attempts": [8, 0, 4], "successes": [8, 0, 1]})
+    assert sampler.posteriors.wins.tolist() == [8, 0, 1] and sampler.posteriors.losses.tolist() == [0, 0, 3]
+    assert sampler.posteriors.seen.tolist() == [8, 0, 4] and sampler.posteriors.prior_mean() == pytest.approx(10 / 14)

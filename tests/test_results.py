@@ -275,11 +275,15 @@ def test_accuracy_over_leaves_a_distribution_out_of_every_overall_figure(tmp_pat
 def test_a_samplers_calibration_is_weighted_by_its_groups():
     from gradus.launch.experiments.results import calibration
 
-    steps = [
-        {"dist/a/predicted_zero_var": 0.2, "dist/a/realised_zero_var": 0.5, "dist/a/groups": 6, "dist/a/prob": 1.0},
-        {"dist/a/predicted_zero_var": 0.6, "dist/a/realised_zero_var": 0.0, "dist/a/groups": 2, "dist/a/prob": 1.0},
-        {"dist/a/predicted_zero_var": 0.9, "dist/a/realised_zero_var": 1.0, "dist/a/groups": 0, "dist/a/prob": 1.0},
-        {"dist/a/predicted_zero_var": None, "dist/a/realised_zero_var": 0.5, "dist/a/groups": 4, "dist/a/prob": 1.0},
-    ]  # the third step drew nothing from a: its stale values weigh nothing; none predicted (JSON null): left out
+    def step(predicted, realised, groups, observed=None):
+        extra = {} if observed is None else {"dist/a/observed_groups": observed}
+        return {"dist/a/predicted_zero_var": predicted, "dist/a/realised_zero_var": realised, "dist/a/groups": groups,
+                "dist/a/prob": 1.0, **extra}  # fmt: skip
+
+    steps = [step(0.2, 0.5, 6, 6), step(0.6, 0.0, 2, 2), step(0.9, 1.0, 0, 0), step(None, 0.5, 4, 4)]
+    # a step that observed nothing from a weighs nothing; none predicted (JSON null): left out
     assert calibration(steps) == pytest.approx({"predicted_zero_var": 0.3, "realised_zero_var": 0.375})
+    late = [step(math.nan, math.nan, 6), step(0.2, 0.5, 2), step(0.6, 0.0, 0), step(0.9, 1.0, 4)]
+    # logged a step late (no observed_groups): each share is weighted by the step before's groups
+    assert calibration(late) == pytest.approx({"predicted_zero_var": 0.3, "realised_zero_var": 0.375})
     assert all(math.isnan(v) for v in calibration([{"dist/a/prob": 1.0}]).values())

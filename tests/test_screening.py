@@ -7,7 +7,7 @@ import pytest
 from gradus.curriculum.items import Item
 from gradus.launch.config.load import load_config
 from gradus.launch.errors import GradusError
-from gradus.launch.run.screening import screened
+from gradus.launch.run.screening import completion_seed, draw_seed, screened
 from gradus.rollout.records import Group, Sample
 
 
@@ -29,6 +29,16 @@ def test_only_prompts_whose_screening_samples_disagree_are_completed():
     assert [len(g.samples) for g in groups] == [2, 8, 2] and stopped == 2 and seconds == 3.0
     assert calls == [[("easy", 10, 2), ("mixed", 11, 2), ("hard", 12, 2)], [("mixed", 101, 6)]]  # one batched call more
     assert [g.item.row_id for g in groups] == [0, 1, 2]  # item order, the curriculum sees every group
+
+
+def test_completion_seeds_are_fixed_by_where_a_prompt_was_drawn():
+    """The same (run seed, step, round, index) gives the same seeds in any process (a resume regenerates the
+    same samples); a completion never reuses its screening seed, nor another prompt's."""
+    draws = [draw_seed(0, 3, r, i) for r in range(2) for i in range(8)]
+    rests = [completion_seed(0, 3, r, i) for r in range(2) for i in range(8)]
+    assert len(set(draws + rests)) == 32 and all(0 <= s < 2**31 for s in draws + rests)
+    assert (draw_seed(0, 3, 1, 2), completion_seed(0, 3, 1, 2)) == (1087736004, 1893785825)  # sha256: no hash seed
+    assert completion_seed(1, 3, 1, 2) != 1893785825
 
 
 def test_screen_settings_are_checked():

@@ -4,6 +4,8 @@ plugins by path), settings that cannot learn, memory options."""
 
 from __future__ import annotations
 
+import math
+
 from gradus.launch.config.schema import Config
 from gradus.launch.errors import GradusError, note_once
 from gradus.launch.run.preempt import STOP_SIGNALS
@@ -86,13 +88,14 @@ def validate(cfg: Config, legacy_curriculum: bool = False) -> None:
     if rule is not None:
         low, high = rule.get("min"), rule.get("max")
         if (
-            set(rule) != {"min", "max"}
+            not {"min", "max"} <= set(rule) <= {"min", "max", "kind"}
+            or rule.get("kind", "greedy") != "greedy"
             or not all(isinstance(v, int) for v in (low, high))
             or not (2 <= low <= cfg.rollout.group_size <= high)
         ):
             raise GradusError(
-                f"rollout.group_rule: give {{min: a, max: b}} with 2 <= a <= rollout.group_size="
-                f"{cfg.rollout.group_size} <= b, got {rule}"
+                f"rollout.group_rule: give {{min: a, max: b}} (kind: greedy, the one rule, may be named) with "
+                f"2 <= a <= rollout.group_size={cfg.rollout.group_size} <= b, got {rule}"
             )
         if screen is not None:
             raise GradusError("rollout.group_rule with rollout.screen: choose one way of sizing groups")
@@ -141,7 +144,32 @@ def validate(cfg: Config, legacy_curriculum: bool = False) -> None:
         raise GradusError(f"trainer.zero_stage: must be 0, 1, 2 or 3, got {cfg.trainer.zero_stage}")
     _validate_memory(cfg.trainer)
     _validate_learning(cfg)
+    _validate_retirement(cfg)
     _note_row_recurrence(cfg)
+
+
+def _validate_retirement(cfg: Config) -> None:
+    """`pass_rate` whose `decay` caps a row's evidence below what retirement needs
+    never retires a row, silently: n samples a group at discount 1 - decay add up
+    to at most n / decay, and a flat prior then gives P(p >= retire_p) at most
+    1 - retire_p^(1 + n / decay)."""
+    params = cfg.curriculum.prompts
+    if params.get("kind") != "pass_rate":
+        return
+    decay, retire_p, confidence = (
+        float(params.get(k, d)) for k, d in [("decay", 0.1), ("retire_p", 0.9), ("confidence", 0.9)]
+    )
+    n = max(cfg.rollout.group_size, (cfg.rollout.group_rule or {}).get("max", 0))
+    if not (0 < decay <= 1 and 0 < retire_p < 1 and 0 < confidence < 1):
+        return  # the sampler's own check names the bad value
+    needed = math.log(1 - confidence) / math.log(retire_p) - 1  # evidence a row needs, all right
+    if n / min(decay, 0.95) < needed:  # the sampler keeps a discount of at least 0.05
+        raise GradusError(
+            f"curriculum.prompts: pass_rate with decay={decay} keeps at most {n / decay:.1f} samples of a row's "
+            f"evidence (groups of {n}), short of the {needed:.1f} all-right samples that make "
+            f"P(p >= retire_p={retire_p}) >= confidence={confidence}: no row would ever retire. "
+            f"Use decay <= {n / needed:.3f} (the default is 0.1), or lower confidence or retire_p"
+        )
 
 
 def _note_row_recurrence(cfg: Config) -> None:

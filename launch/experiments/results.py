@@ -134,15 +134,17 @@ def run_summary(
 
 def calibration(metrics: Sequence[dict]) -> dict[str, float]:
     """A prompt sampler's all-equal share of groups, as its posteriors predicted
-    it at the draw and as it came (each step and distribution weighted by its
-    groups); nan for samplers without posteriors."""
-    pairs = [
-        (m[f"dist/{d}/predicted_zero_var"], m[f"dist/{d}/realised_zero_var"], m.get(f"dist/{d}/groups", 0))
-        for m in metrics
-        for d in distribution_names(m)
-        if f"dist/{d}/predicted_zero_var" in m and f"dist/{d}/realised_zero_var" in m
-    ]
-    pairs = [(p, r, w) for p, r, w in pairs if w and None not in (p, r) and not (math.isnan(p) or math.isnan(r))]
+    it at the draw and as it came (each step and distribution weighted by the
+    groups it covers); nan for samplers without posteriors. Runs logged before
+    `observed_groups` (gradus before 2026-12-07) logged a step's shares one step
+    late: those are weighted by the previous step's groups, and their last step is lost."""
+    pairs = []
+    for before, m in zip([{}, *metrics], metrics):
+        for d in distribution_names(m):
+            predicted, realised = m.get(f"dist/{d}/predicted_zero_var"), m.get(f"dist/{d}/realised_zero_var")
+            weight = m.get(f"dist/{d}/observed_groups", before.get(f"dist/{d}/groups", 0))
+            if weight and None not in (predicted, realised) and not (math.isnan(predicted) or math.isnan(realised)):
+                pairs.append((predicted, realised, weight))
     if not pairs:
         return {"predicted_zero_var": math.nan, "realised_zero_var": math.nan}
     weights = [w for _, _, w in pairs]

@@ -13,7 +13,6 @@ from typing import Any, Callable
 import ray
 
 from gradus.curriculum.bandits import advantage_signals
-from gradus.curriculum.prompts import derive_seed
 from gradus.launch.config.schema import Config, to_dict
 from gradus.launch.errors import GradusError
 from gradus.launch.prepare.model_dirs import resolve_model
@@ -33,7 +32,7 @@ from gradus.launch.run.prefetch import Prefetcher
 from gradus.launch.run.resources import check_combinations, engine_settings, model_dtype, plan, preflight
 from gradus.launch.run.rundir import START_EVAL, check_disk, prepare_run_dir, truncate_metrics
 from gradus.launch.run.scheduler_client import SchedulerClient, SchedulerLost
-from gradus.launch.run.screening import screened
+from gradus.launch.run.screening import completion_seed, draw_seed, screened
 from gradus.launch.run.user_errors import UserErrors
 from gradus.rollout.records import Group
 from gradus.trainer.batching import TrainSample, contributes
@@ -201,7 +200,7 @@ class Run:
             if need <= 0:
                 break
             items = [
-                dataclasses.replace(item, seed=derive_seed(cfg.run.seed, step, round_, i, bits=31))
+                dataclasses.replace(item, seed=draw_seed(cfg.run.seed, step, round_, i))
                 for i, item in enumerate(self.scheduler.next_batch(step, need, epoch=epoch))
             ]
             rule = cfg.rollout.group_rule
@@ -221,7 +220,7 @@ class Run:
                     items,
                     cfg.rollout.group_size,
                     int(cfg.rollout.screen["samples"]),
-                    lambda i, r=round_: derive_seed(cfg.run.seed, step, r, i, "rest", bits=31),
+                    lambda i, r=round_: completion_seed(cfg.run.seed, step, r, i),
                 )
                 stats["groups/screened_out"] = stats.get("groups/screened_out", 0) + stopped
             else:
@@ -272,14 +271,17 @@ class Run:
 
     def produce(self, step: int) -> Produced:
         """The generation half of a step: the curriculum's report, then groups
-        generated, scored and filtered (the curriculum learns from them here), and
-        the scheduler's state after it. If the scheduler actor dies meanwhile, it
-        restarts from the state after the previous batch and the step is produced again."""
+        generated, scored and filtered (the curriculum learns from them here), the
+        prompt samplers' statistics of this step, and the scheduler's state after
+        it. If the scheduler actor dies meanwhile, it restarts from the state after
+        the previous batch and the step is produced again."""
         while True:
             epoch = self.scheduler.epoch
             try:
                 report = self.scheduler.report(step, epoch=epoch)
                 groups, kept, stats = self.collect(step, epoch)
+                for name, after in self.scheduler.row_stats(epoch=epoch).items():
+                    report["rows"][name].update(after)
                 state = self.scheduler.state_dict(epoch=epoch)
             except SchedulerLost:
                 continue

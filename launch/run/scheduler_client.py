@@ -40,6 +40,9 @@ class SchedulerClient:
     def report(self, step: int, epoch: int | None = None) -> dict[str, Any]:
         return self._call("report", step, epoch=epoch)
 
+    def row_stats(self, epoch: int | None = None) -> dict[str, dict[str, float]]:
+        return self._call("row_stats", epoch=epoch)
+
     def next_batch(self, step: int, n: int, epoch: int | None = None) -> list[Item]:
         return self._call("next_batch", step, n, epoch=epoch)
 

@@ -11,9 +11,22 @@ import dataclasses
 from typing import Callable, Sequence
 
 from gradus.curriculum.items import Item
+from gradus.curriculum.prompts import derive_seed
 from gradus.rollout.records import Group
 
 Generate = Callable[[Sequence[Item], int], tuple[list[Group], float]]
+
+
+def draw_seed(run_seed: int, step: int, round_: int, i: int) -> int:
+    """The vLLM seed of the i-th prompt drawn in a step's refill round: where it was drawn decides, so a resume
+    draws the same samples."""
+    return derive_seed(run_seed, step, round_, i, bits=31)
+
+
+def completion_seed(run_seed: int, step: int, round_: int, i: int) -> int:
+    """The seed of the same prompt's remaining samples after its screen: never its screening seed, so the
+    completion does not repeat the screening samples."""
+    return derive_seed(run_seed, step, round_, i, "rest", bits=31)
 
 
 def screened(
