@@ -5,8 +5,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from gradus.curriculum.bandits import make_curriculum
+from gradus.trainer.grpo import group_advantages
 
 
 def softmax(xs, t):
@@ -123,26 +125,42 @@ def test_bad_names_and_kinds():
         make_curriculum("ucb", ["a"], cc=1.0)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_source_that_never_teaches_loses_its_draws(seed):
-    """K = 4 arms, one with every label corrupted (all-equal groups: |advantage| 0),
-    8 prompts x 4 samples a step. DUMP's UCB (c=1, window 300, temperature 0.1)
-    puts that arm below 1/(2K) within 3 steps and keeps it there; SEC's TD(0) at its
-    documented temperature 1.0 does not: with |advantage| ~0.64 elsewhere it
-    settles near 1 / (1 + 3 e^0.64) ~ 0.16 (it needs a lower temperature)."""
-    names, k = ["a", "b", "c", "noise"], 4
-    for kind, expect_below in [("ucb", True), ("td0", False)]:
-        curriculum = make_curriculum(kind, names)
-        rng = np.random.default_rng(seed)
-        history = []
-        for _ in range(40):
-            signals: dict[str, list[float]] = {}
-            for name in curriculum.sample(8, rng):
-                values = [0.0] * 4 if name == "noise" else list(np.abs(rng.normal(0.0, 0.8, 4)))
-                signals.setdefault(name, []).extend(values)
-            curriculum.update(signals)
-            history.append(curriculum.probabilities()["noise"])
-        if expect_below:
-            assert max(history[2:]) < 1 / (2 * k)
-        else:
-            assert min(history[10:]) > 1 / (2 * k) and abs(history[-1] - 0.16) < 0.05
+def _noise_share(kind: str, seed: int, steps: int = 30) -> np.ndarray:
+    """A simulated K = 4 learner: arms a, b, c start at pass rates 0.3, 0.05 and 0 (the demo's 1-, 2- and 3-digit
+    sums) and each rises by 0.01 per group trained on it; `noise` has every label corrupted (never right, so
+    all-equal groups, |advantage| 0). 8 prompts x 4 samples a step, GRPO advantages; the noise arm's probability
+    after each step."""
+    names = ["a", "b", "c", "noise"]
+    curriculum = make_curriculum(kind, names)
+    rng = np.random.default_rng(seed)
+    rate = dict(zip(names, [0.3, 0.05, 0.0, 0.0]))
+    history = []
+    for _ in range(steps):
+        drawn = curriculum.sample(8, rng)
+        rewards = torch.tensor(rng.random((8, 4)) < np.array([[rate[n]] for n in drawn]), dtype=torch.float32)
+        signals: dict[str, list[float]] = {}
+        for name, advantages in zip(drawn, group_advantages(rewards, "grpo")):
+            signals.setdefault(name, []).extend(advantages.abs().tolist())
+            rate[name] = min(1.0, rate[name] + 0.01) if name != "noise" else 0.0
+        curriculum.update(signals)
+        history.append(curriculum.probabilities()["noise"])
+    return np.array(history)
+
+
+def test_a_source_that_never_teaches_loses_its_draws():
+    """Over 100 seeds of the simulated learner (K = 4, _noise_share): DUMP's UCB at its
+    documented settings (c = 1, window 300, temperature 0.1) puts the noise arm below
+    1/(2K) = 1/8 within 2 steps in 98 seeds (81 after the first); it stays below
+    from step 10 on in 71, and never for good in 4: as the
+    learnable arms are solved their |advantage| falls too, UCB's bonus keeps every
+    score close, and the softmax at 0.1 brings the noise arm back near 1/8 (the
+    published noisy `dump` seed 1 did this). SEC's TD(0) at its documented
+    temperature 1.0 never goes below 1/8: it settles near 1 / (1 + 3 e^0.64) ~ 0.16
+    (it needs a lower temperature)."""
+    ucb = np.array([_noise_share("ucb", seed) for seed in range(100)]) < 1 / 8
+    first = np.array([np.argmax(below) if below.any() else len(below) for below in ucb])
+    sustained = np.array([next((i for i in range(len(b)) if b[i:].all()), len(b)) for b in ucb])
+    assert (first <= 1).mean() >= 0.95  # below 1/8 after the 2nd step (index 1) in (nearly) every seed
+    assert 0.5 <= (sustained <= 9).mean() < 0.95 and (sustained == ucb.shape[1]).any()
+    td0 = np.array([_noise_share("td0", seed) for seed in range(20)])
+    assert td0.min() > 1 / 8 and abs(np.median(td0[:, 10:]) - 0.16) < 0.03
