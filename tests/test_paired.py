@@ -53,6 +53,25 @@ def test_paired_bootstrap_with_a_known_answer():
     )
 
 
+def test_paired_bootstrap_with_a_spread_whose_replicates_can_be_counted():
+    """Two seeds: the baseline crosses its target (0.5) at step 10 in both; the cell at
+    step 2 in seed 0 and 6 in seed 1. A replicate draws seeds {0, 0} (ratio 0.2) or
+    {1, 1} (0.6) with chance 1/4 each, a mix (0.4) with 1/2: the 95% interval is [0.2, 0.6]."""
+    reference = {s: _run({4: 0.3, 9: 0.5}) for s in range(2)}
+    cell = {0: _run({1: 0.5, 9: 0.6}), 1: _run({3: 0.4, 5: 0.5, 9: 0.6})}
+    point, low, high = paired_bootstrap(reference, cell, resamples=2000)["steps"]
+    assert (point, low, high) == pytest.approx((0.4, 0.2, 0.6))
+
+
+def test_seeds_are_paired_not_resampled_apart():
+    """Seed 1 is easy for both cells (the baseline crosses in 2 steps, the cell in 1),
+    seed 0 hard (10 and 5): every paired replicate's ratio is 0.5. Resampling the
+    cells apart would mix the cell's hard seed with the baseline's easy one (5 / 2)."""
+    reference = {0: _run({3: 0.3, 9: 0.5}), 1: _run({1: 0.5, 9: 0.5})}
+    cell = {0: _run({4: 0.5, 9: 0.6}), 1: _run({0: 0.5, 9: 0.6})}
+    assert paired_bootstrap(reference, cell, resamples=500)["steps"] == pytest.approx((0.5, 0.5, 0.5))
+
+
 def test_the_target_is_recomputed_from_resampled_baseline_seeds():
     """The baseline's seeds end at 0.4 and 0.6 (target 0.5); the cell reaches 0.45
     early and 0.6 only at the end. Replicates drawing the 0.4 seed twice put the
