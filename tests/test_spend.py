@@ -59,6 +59,18 @@ def test_spend_table_says_by_which_step_every_seed_got_there(tmp_path):
     assert "| dump | noise | 2 | 0.750 ± 0.000 | 0.500 | 2 (1, 2) | 2 (1, 2) |" in md
 
 
+def test_tokens_spent_there_against_the_reference_with_a_paired_interval(tmp_path):
+    """dump spends 1 and 2 noise samples a step in seeds 3 and 5, uniform 4: 0.375 of uniform's
+    noise tokens; replicates {3, 3}, {5, 5} and a mix give 0.25, 0.5 and 0.375."""
+    cells = {"uniform": [_run([0.5] * 3), _run([0.5] * 3)], "dump": [_run([0.5] * 3, 1), _run([0.5] * 3, 2)]}
+    seeds = {"uniform": [3, 5], "dump": [3, 5]}
+    rows = {(r["cell"], r["distribution"]): r for r in spend_rows(cells, seeds, "uniform")}
+    ratio = [rows["dump", "noise"][f"tokens_vs_reference{k}"] for k in ("", "_low", "_high")]
+    assert ratio == pytest.approx([0.375, 0.25, 0.5]) and math.isnan(rows["uniform", "noise"]["tokens_vs_reference"])
+    md = write_spend(tmp_path, cells, seeds, "uniform")[1].read_text()
+    assert "| 0.38 [0.25, 0.50] |" in md and "tokens there / uniform's" in md and (tmp_path / "spend.csv").exists()
+
+
 def test_per_seed_panels_draw_each_run_under_its_seed(tmp_path):
     cells = {"dump": [_run([0.5, 0.5]), _run([0.5, 0.5, 0.5])], "uniform": [_run([0.5])]}
     drawn = plot_seeds(cells, tmp_path / "seeds.png", {"dump": [3, 7], "uniform": [3]})

@@ -245,7 +245,7 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
     plot_all(metrics, out_dir / "plots", seeds)
     paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
-    paths["spend"] = write_spend(out_dir, metrics)[1]
+    paths["spend"] = write_spend(out_dir, metrics, seeds, spec.reference_cell)[1]
     if spec.reference_cell:  # paired over training steps: the before-training evaluation (step -1) left out
         runs = {
             cell: {s: [m for m in ms if m["step"] >= 0] for s, ms in zip(seeds[cell], metrics[cell])} for cell in cells
