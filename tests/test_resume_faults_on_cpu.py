@@ -60,7 +60,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 ASYNC = ("rollout.async_generation=true", "rollout.max_staleness=1", "run.checkpoint_every=2")
 LORA = ("trainer.lora={rank: 8}", "trainer.gradient_checkpointing=true")  # issue 18: resuming a LoRA run is exact too
-SCREEN = ("rollout.screen={samples: 2}", "curriculum.prompts={kind: greso}")  # issue 31: screening seeds, greso's state
+# issue 31: screening seeds, and greso's state (4 rows per distribution recur, so its streaks and skips build up)
+SCREEN = ("rollout.screen={samples: 2}", "curriculum.prompts={kind: greso}", "data.train_size=4")
 MODES = {"sync": LORA + SCREEN, "async": ASYNC}
 # Sync: the resumed run that gets the stop signal has 2 ranks under ZeRO-2 (from a 1-rank ZeRO-1
 # checkpoint), the last one 1 rank under ZeRO-1 again (from that 2-rank checkpoint).
@@ -92,6 +93,9 @@ def _assert_same_run(a: list[dict], b: list[dict], mode: str, rounding_from: int
     for ma, mb in zip(a, b):
         probs = sorted(k for k in ma if k.endswith("/prob"))
         assert probs and [ma[k] for k in probs] == [mb[k] for k in probs]  # curriculum: exactly
+        dist = sorted(k for k in ma if k.startswith("dist/"))  # greso's skips, p_e and calibration among them
+        assert dist == sorted(k for k in mb if k.startswith("dist/"))
+        assert [mb[k] for k in dist] == [pytest.approx(ma[k], abs=1e-9) if ma[k] is not None else None for k in dist]
         for key in ("reward/mean", "accuracy", "length/tokens_mean"):  # data order and generation
             assert mb[key] == pytest.approx(ma[key], abs=1e-6), (ma["step"], key)
         for key in ("train/loss", "train/grad_norm"):
@@ -104,6 +108,7 @@ def _assert_same_run(a: list[dict], b: list[dict], mode: str, rounding_from: int
     else:  # screening stopped some prompts at 2 samples, the same ones after resume
         screened = [m["groups/screened_out"] for m in b]
         assert screened == [m["groups/screened_out"] for m in a] and sum(screened) > 0
+        assert sum(v for m in b for k, v in m.items() if k.endswith("/skipped_before_rollout")) > 0
 
 
 def _until_line(proc: subprocess.Popen, text: str) -> list[str]:
