@@ -72,7 +72,7 @@ def test_ablation_grid_results_plots_and_eval(tiny_model, tmp_path):
     assert all("±" in line for line in table[2:])
 
     # The PNGs are real images, and what they draw is the seeds' mean of the logged metrics.
-    for name in ("probabilities.png", "rewards.png", "lengths.png", "compute.png", "seeds.png"):
+    for name in ("probabilities.png", "rewards.png", "lengths.png", "compute.png", "seeds.png", "tokens_per_cell.png"):
         image = imread(paths["plots"] / name)
         assert image.shape[0] > 100 and image.std() > 0.01, name
     cells = {c: [read_metrics(runs[c, s]) for s in (0, 1)] for c in ("uniform", "dump")}

@@ -78,6 +78,16 @@ def test_per_seed_panels_draw_each_run_under_its_seed(tmp_path):
     assert list(drawn["uniform"]) == ["seed 3"] and (tmp_path / "seeds.png").stat().st_size > 1000
 
 
+def test_each_cell_against_the_reference_at_equal_tokens(tmp_path):
+    from gradus.launch.experiments.plots import plot_tokens_per_cell
+
+    cells = {"uniform": [_run([0.5, 0.5]), _run([0.5, 0.5, 0.5])], "dump": [_run([0.5, 0.5], 2)]}
+    drawn = plot_tokens_per_cell(cells, tmp_path / "t.png", {"uniform": [3, 7], "dump": [3]}, "uniform")
+    assert drawn["dump"]["seed 3"] == ([120.0, 240.0], pytest.approx([0.0, 0.1]))  # 6 x 10 + 2 x 30 tokens a step
+    assert drawn["reference: uniform"]["mean"] == ([160.0, 320.0], pytest.approx([0.0, 0.1]))  # its first 2 evals
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
 def test_held_out_accuracy_is_drawn_with_the_seeds_band(tmp_path):
     runs = [[{"step": 4, "eval/accuracy": a}, {"step": 9, "eval/accuracy": b}] for a, b in ((0.2, 0.5), (0.4, 0.3))]
     drawn = plot_rewards({"dump": runs}, tmp_path / "rewards.png")["dump"]

@@ -243,7 +243,7 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     )
     csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference, note)
     seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
-    plot_all(metrics, out_dir / "plots", seeds)
+    plot_all(metrics, out_dir / "plots", seeds, spec.reference_cell)
     paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
     paths["spend"] = write_spend(out_dir, metrics, seeds, spec.reference_cell)[1]
     if spec.reference_cell:  # paired over training steps: the before-training evaluation (step -1) left out

@@ -191,6 +191,42 @@ def plot_seeds(
     return drawn
 
 
+def plot_tokens_per_cell(
+    cells: dict[str, list[list[dict]]], path: Path, seeds: dict[str, list[int]] | None = None, reference: str = ""
+) -> dict[str, Series]:
+    """Equal-compute small multiples: one panel per cell with each seed's held-out
+    accuracy against generated tokens, beside `reference`'s mean curve (grey,
+    dashed; default the first cell), so each cell reads against the baseline at
+    equal generation without six other cells in the way."""
+    reference = reference if reference in cells else next(iter(cells), "")
+    base = [compute_curve(r, "tokens") for r in cells.get(reference, [])]
+    n = min((len(ys) for _, ys in base), default=0)
+    base_curve = (
+        [float(np.mean([xs[i] for xs, _ in base])) for i in range(n)],
+        [float(np.mean([ys[i] for _, ys in base])) for i in range(n)],
+    )
+    columns = min(4, max(len(cells), 1))
+    rows = math.ceil(len(cells) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    fig.suptitle(f"held-out accuracy vs generated tokens, one line per seed (dashed: {reference}'s mean)")
+    drawn: dict[str, Series] = {}
+    for ax, (cell, runs) in zip(axes.flat, cells.items()):
+        ax.plot(*base_curve, "--", color="grey", linewidth=0.9)
+        names = (seeds or {}).get(cell, range(len(runs)))
+        drawn[cell] = {f"seed {s}": compute_curve(run, "tokens") for s, run in zip(names, runs)}
+        for xs, ys in drawn[cell].values():
+            ax.plot(xs, ys, "o-", markersize=2.5, linewidth=0.9)
+        ax.set_title(cell, fontsize=9)
+        ax.set_ylim(0, 1)
+    for ax in list(axes.flat)[len(cells) :]:
+        ax.axis("off")
+    drawn[f"reference: {reference}"] = {"mean": base_curve}
+    _save(fig, path)
+    return drawn
+
+
 PLOTS = {
     "probabilities.png": plot_probabilities,
     "rewards.png": plot_rewards,
@@ -200,16 +236,21 @@ PLOTS = {
 
 
 def plot_all(
-    cells: dict[str, list[list[dict]]], out_dir: Path, seeds: dict[str, list[int]] | None = None
+    cells: dict[str, list[list[dict]]],
+    out_dir: Path,
+    seeds: dict[str, list[int]] | None = None,
+    reference: str = "",
 ) -> dict[str, dict[str, Series]]:
-    """Every plot into out_dir (seeds.png, the per-seed panels, for more than one
-    seed; `seeds` names each cell's runs), and what each draws in series.json
-    (a published plot's content can be checked, not only its file); returns
-    {file name: drawn series}."""
+    """Every plot into out_dir (for more than one seed also seeds.png and
+    tokens_per_cell.png, the per-seed panels; `seeds` names each cell's runs,
+    `reference` is the baseline drawn in every panel), and what each draws in
+    series.json (a published plot's content can be checked, not only its file);
+    returns {file name: drawn series}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = {name: draw(cells, out_dir / name) for name, draw in PLOTS.items()}
     if any(len(runs) > 1 for runs in cells.values()):
         drawn["seeds.png"] = plot_seeds(cells, out_dir / "seeds.png", seeds)
+        drawn["tokens_per_cell.png"] = plot_tokens_per_cell(cells, out_dir / "tokens_per_cell.png", seeds, reference)
     (out_dir / "series.json").write_text(json.dumps(drawn, sort_keys=True) + "\n")
     return drawn
