@@ -3,7 +3,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -159,9 +158,14 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
     for job in jobs:
         job.cfg.run.run_dir = f"/nonexistent/{job.cell}/seed-{job.seed}"  # none finished
     ran = []
-    monkeypatch.setattr(
-        ablate, "_train", lambda cfg, resume: ran.append(cfg.run.run_dir) or _fail_uniform_seed_1(cfg, resume)
-    )
+    if parallel == 1:  # each run in a process of its own: the function that starts it
+        monkeypatch.setattr(
+            ablate,
+            "_train",
+            lambda job, resume: ran.append(job.cfg.run.run_dir) or _fail_uniform_seed_1(job.cfg, resume),
+        )
+    else:  # a Ray task each: the function the task runs
+        monkeypatch.setattr(ablate, "_train_task", _fail_uniform_seed_1)
     if parallel > 1:
         import ray
 
@@ -179,8 +183,8 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
     if parallel == 1:  # seed by seed: a grid cut off midway has every cell's first seeds
         assert [r.split("/")[-2:] for r in ran] == [[c, f"seed-{s}"] for s in range(3) for c in ("uniform", "dump")]
 
-    def stopped(cfg, resume):
-        ran.append(cfg.run.run_dir)
+    def stopped(job, resume):
+        ran.append(job.cfg.run.run_dir)
         raise Preempted("stopped on SIGTERM")
 
     if parallel == 1:  # a stop signal ends the ablation at once
@@ -200,10 +204,10 @@ def test_finished_runs_lose_their_checkpoints_unless_kept(monkeypatch, tmp_path)
         (job.run_dir / "checkpoints" / "step-000004").mkdir(parents=True)
         (job.run_dir / "final").mkdir()
 
-    def train(cfg, resume):
-        if cfg.run.run_dir.endswith("dump/seed-0"):
+    def train(job, resume):
+        if job.cell == "dump":
             raise GradusError("a worker died")
-        (Path(cfg.run.run_dir) / "done.json").write_text("{}")
+        (job.run_dir / "done.json").write_text("{}")
 
     monkeypatch.setattr(ablate, "_train", train)
     with pytest.raises(GradusError, match="1 of 2 runs failed"):
@@ -262,7 +266,7 @@ def test_accuracy_over_leaves_a_distribution_out_of_every_overall_figure(tmp_pat
     s = run_summary(tmp_path / "u" / "seed-0", 0.5, accuracy_over=["b"])
     assert s["final_accuracy"] == 0.25 and s["final_accuracy/a"] == 0.5 and s["steps_to_target"] != 4.0
     assert s["final_pass@4"] == 1.0  # no per-distribution pass@4 logged: left as it was
-    jobs = [ablate.Job(cell, 0, None) for cell in ("u", "x")]
+    jobs = [ablate.Job(cell, 0, None, ROOT, []) for cell in ("u", "x")]
     spec = ablate.AblationConfig(reference_cell="u", accuracy_over=["b"])
     paths = ablate.summarize(spec, jobs, tmp_path)
     text = paths["markdown"].read_text()

@@ -2,9 +2,10 @@
 filtering or a length budget) x seeds on the same base run config, then
 results.csv, results.md and plots over the cells.
 
-Cells run one after another here, or `parallel` at a time as Ray tasks on a
-cluster (each cell's run places its own actors). Re-running skips finished
-cells (done.json) and resumes interrupted ones from their latest checkpoint.
+Cells run one after another, each in a process of its own (isolated.py), or
+`parallel` at a time as Ray tasks on a cluster (each cell's run places its own
+actors). Re-running skips finished cells (done.json) and resumes interrupted
+ones from their latest checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gradus.curriculum.registry import nearest
 from gradus.launch.config.load import load_config
 from gradus.launch.config.schema import Config, build
 from gradus.launch.errors import GradusError
+from gradus.launch.experiments.isolated import run_isolated, train_command
 from gradus.launch.experiments.paired import eval_rows, write_paired
 from gradus.launch.experiments.plots import plot_all
 from gradus.launch.run.preempt import Preempted
@@ -61,6 +63,8 @@ class Job:
     cell: str
     seed: int
     cfg: Config
+    config: Path  # the base preset and the overrides that make `cfg`: the run's `gradus train` command
+    overrides: list[str]
 
     @property
     def run_dir(self) -> Path:
@@ -107,22 +111,27 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
     for cell, overrides in cells.items():
         for seed in [*spec.seeds, *(s for s in spec.more_seeds.get(cell) or [] if s not in spec.seeds)]:
             run_dir = Path(spec.out_dir) / cell / f"seed-{seed}"
+            job_overrides = _dotted(spec.overrides) + overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"]
             try:
-                cfg = load_config(
-                    path.parent / spec.base,
-                    _dotted(spec.overrides) + overrides + [f"run.seed={seed}", f"run.run_dir={run_dir}"],
-                )
+                cfg = load_config(path.parent / spec.base, job_overrides)
             except GradusError as err:
                 raise GradusError(f"{path}: cell {cell!r}: {err}") from None
             if cfg.eval.every <= 0:
                 raise GradusError(
                     f"{path}: cell {cell!r} has eval.every=0, so no held-out accuracy; add overrides: {{eval.every: 5}}"
                 )
-            jobs.append(Job(cell, seed, cfg))
+            jobs.append(Job(cell, seed, cfg, path.parent / spec.base, job_overrides))
     return spec, jobs
 
 
-def _train(cfg: Config, resume: str | None) -> str:
+def _train(job: Job, resume: str | None) -> None:
+    """One run in a process of its own (isolated.py)."""
+    signals = [job.cfg.run.preempt_signal] if job.cfg.run.preempt_signal else []
+    run_isolated(train_command(job.config, job.overrides, resume), signals)
+
+
+def _train_task(cfg: Config, resume: str | None) -> str:
+    """One run inside a Ray task (a process of its own already, on the cluster)."""
     from gradus.launch.run.loop import train
 
     return str(train(cfg, overwrite=resume is None, resume=resume))
@@ -166,7 +175,7 @@ def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> l
         for i, job in enumerate(todo):
             print(f"gradus ablate: {job.cell} seed {job.seed} ({i + 1}/{len(todo)})", flush=True)
             try:
-                _train(job.cfg, _resume_point(job))
+                _train(job, _resume_point(job))
                 finished(job)
             except Preempted:
                 raise
@@ -194,7 +203,7 @@ def _run_parallel(todo: list[Job], parallel: int, failure: Callable[[Job, Except
         return
     if not ray.is_initialized():
         init_ray(todo[0].cfg)
-    remote = ray.remote(num_cpus=0, max_retries=0)(_train)
+    remote = ray.remote(num_cpus=0, max_retries=0)(_train_task)
     pending: dict[Any, Job] = {}
 
     def collect(refs: list[Any]) -> None:
