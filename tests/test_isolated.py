@@ -25,6 +25,16 @@ def test_the_runs_error_line_and_a_crash_fail_that_run_only():
     with pytest.raises(GradusError, match="killed by SIGSEGV; its newest checkpoint is kept"):
         run_isolated(_child("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"), [])
     run_isolated(_child("print('fine')"), [])
+    start = time.monotonic()  # a process the run left behind (a daemon, say) keeps its stderr open: not waited for
+    with pytest.raises(GradusError, match="^left one behind$"):
+        run_isolated(
+            _child(
+                "import subprocess, sys; subprocess.Popen(['sleep', '60']); "
+                "print('gradus: error: left one behind', file=sys.stderr); sys.exit(2)"
+            ),
+            [],
+        )
+    assert time.monotonic() - start < 30
 
 
 def test_a_stop_signal_to_the_grid_reaches_the_run(tmp_path):

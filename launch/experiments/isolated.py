@@ -52,7 +52,7 @@ def run_isolated(command: list[str], stop_signals: list[str]) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        reader.join()
+        reader.join(timeout=5)  # a process the run left behind may hold its stderr open: do not wait for it
     if code == EXIT_PREEMPTED:
         raise Preempted(errors[-1] if errors else "the run stopped on a signal and checkpointed")
     if code < 0:
