@@ -12,6 +12,7 @@ import pytest
 from gradus.launch.experiments.paired import (
     crossing,
     evaluation_se,
+    sampling_se,
     eval_rows,
     paired_bootstrap,
     row_bootstrap,
@@ -124,7 +125,8 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
     assert "| dump | first | 2 | 50% [50%, 50%] |" in text and "| dump | sustained | 2 |" in text
     assert "resamples `uniform`'s seeds too" in text and "| dump | 0.750 [" in text
     assert not math.isnan(float(text.split("| dump | 0.750 [")[1].split(",")[0]))
-    assert text.rstrip().endswith("| 0.250 | 0.000 | no |")  # rows at 0.5 and 1 of 3/4: s.e. 1/4; equal seeds
+    # rows at 0.5 and 1 of 3/4: s.e. 1/4, all of it within rows (1 of 2 right: variance 1, of 4 samples); equal seeds
+    assert text.rstrip().endswith("| 0.250 | 0.250 | 0.000 | no |")
     one = write_paired(tmp_path, "uniform", {c: {0: r[0]} for c, r in runs.items()}, resamples=10)[1].read_text()
     assert "| dump | first | 1 | 50% | 50% | 50% |" in one  # one seed: no interval to show
 
@@ -137,6 +139,16 @@ def test_one_evaluations_standard_error_from_its_rows():
     two = [("a", 0, 4), ("a", 4, 4), ("b", 2, 4), ("b", 2, 4)]
     assert evaluation_se(two) == pytest.approx(math.sqrt(2 * (2**2 + 2**2)) / 16)
     assert evaluation_se([("a", 0, 4)] * 4 + [("b", 4, 4)] * 4) == 0.0
+
+
+def test_the_sampling_part_of_an_evaluations_error():
+    # Rows at 2 of 4: no spread between rows, so no row part; r(n-r)/(n-1) = 4/3 each, of 8 samples
+    assert sampling_se([("a", 2, 4)] * 2) == pytest.approx(math.sqrt(8 / 3) / 8)
+    assert evaluation_se([("a", 2, 4)] * 2) == 0.0
+    # Rows all right or all wrong: every bit of the error is which rows were drawn
+    rows = [("a", 0, 4), ("a", 4, 4)] * 2
+    assert sampling_se(rows) == 0.0 and evaluation_se(rows) > 0
+    assert math.isnan(sampling_se([("a", 1, 1)])) and math.isnan(sampling_se([]))
 
 
 def _rows(rights: dict[int, list[int]]) -> dict:

@@ -162,6 +162,16 @@ def evaluation_se(rows: Sequence[Outcome]) -> float:
     return float(math.sqrt(variance) / total)
 
 
+def sampling_se(rows: Sequence[Outcome]) -> float:
+    """The part of `evaluation_se` that more samples per row would shrink: the
+    binomial noise within each row (unbiased, r(n - r)/(n - 1) per row). The
+    rest is which rows were held out, drawn per seed and shared by every cell."""
+    if not rows or any(samples < 2 for _, _, samples in rows):
+        return math.nan
+    variance = sum(right * (samples - right) / (samples - 1) for _, right, samples in rows)
+    return float(math.sqrt(variance) / sum(samples for _, _, samples in rows))
+
+
 EvalRows = dict[int, dict[tuple[str, int], tuple[int, int]]]  # step -> {(distribution, row id): (right, samples)}
 
 
@@ -321,21 +331,26 @@ def write_paired(
             "Final held-out accuracy, mean over seeds [95% interval from resampling held-out rows, within their "
             "distribution, within each seed: evaluation noise alone, not the seeds' spread]; one evaluation's "
             "standard error (stratified by distribution, mean over "
-            "seeds) beside the seeds' standard deviation of final accuracy: evaluation noise is small against the "
-            "spread between seeds when the first is below a third of the second. Cells whose runs predate stored "
-            "per-row outcomes (eval/step-NNNNNN.jsonl) are not listed.",
+            "seeds) and its sampling part (the binomial noise within rows, which more samples per row would shrink; "
+            "the rest is which rows a seed holds out, shared by every cell at that seed) beside the seeds' standard "
+            "deviation of final accuracy: evaluation noise is small against the spread between seeds when the first "
+            "is below a third of the second. Cells whose runs predate stored per-row outcomes "
+            "(eval/step-NNNNNN.jsonl) are not listed.",
             "",
-            "| cell | accuracy | one evaluation's s.e. | seeds' s.d. | s.e. < s.d./3 |",
-            "|---|---|---|---|---|",
+            "| cell | accuracy | one evaluation's s.e. | of it, sampling within rows | seeds' s.d. | s.e. < s.d./3 |",
+            "|---|---|---|---|---|---|",
         ]
         for cell, o in with_rows.items():
             point, low, high = row_bootstrap(o, resamples)
             se = float(np.mean([evaluation_se(outcome) for outcome in o.values()]))
+            sampling = float(np.mean([sampling_se(outcome) for outcome in o.values()]))
             finals = [final_accuracy(runs[cell][s]) for s in o if s in runs.get(cell, {})]
             sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
             small = "-" if math.isnan(sd) else ("yes" if se < sd / 3 else "no")
             spread = "-" if math.isnan(sd) else f"{sd:.3f}"
-            lines.append(f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {spread} | {small} |")
+            lines.append(
+                f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {sampling:.3f} | {spread} | {small} |"
+            )
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
