@@ -118,7 +118,8 @@ def test_ablation_file_errors_name_the_key(tmp_path, spec, message):
 def test_shipped_ablation_expands_to_its_cells_and_seeds():
     spec, jobs = load_ablation("configs/ablation.yaml")
     cells = {"uniform", "dump", "sec", "dump+filter", "dump+pass_rate", "dump+thompson", "dump+greso"}
-    assert len(jobs) == 7 * 3 and spec.reference_cell == "uniform" and {j.cell for j in jobs} == cells
+    cells |= {"dump+filter+screen", "dump+thompson+sizes"}
+    assert len(jobs) == 9 * 3 and spec.reference_cell == "uniform" and {j.cell for j in jobs} == cells
     dump_filter = next(j for j in jobs if j.cell == "dump+filter" and j.seed == 1)
     assert dump_filter.cfg.curriculum.bandit["kind"] == "ucb"
     assert dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
