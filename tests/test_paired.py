@@ -123,10 +123,14 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
     _, md = write_paired(tmp_path, "uniform", runs, {"dump": rows}, resamples=100)
     text = md.read_text()
     assert "| dump | first | 2 | 50% [50%, 50%] |" in text and "| dump | sustained | 2 |" in text
-    assert "resamples `uniform`'s seeds too" in text and "| dump | 0.750 [" in text
-    assert not math.isnan(float(text.split("| dump | 0.750 [")[1].split(",")[0]))
+    assert "resamples `uniform`'s seeds too" in text and "| dump | 2 of 2 | 0.750 [" in text
+    assert not math.isnan(float(text.split("| dump | 2 of 2 | 0.750 [")[1].split(",")[0]))
     # rows at 0.5 and 1 of 3/4: s.e. 1/4, all of it within rows (1 of 2 right: variance 1, of 4 samples); equal seeds
     assert text.rstrip().endswith("| 0.250 | 0.250 | 0.000 | no |")
+    # a cell whose seed 1 predates per-row files: accuracy and s.e. from seed 0, the s.d. from both seeds' finals
+    runs["dump"][1] = _run({4: 0.5, 9: 0.7})
+    part = write_paired(tmp_path, "uniform", runs, {"dump": {0: rows[0], 1: {}}}, resamples=10)[1].read_text()
+    assert "| dump | 1 of 2 | 0.750 [" in part and "] | 0.250 | 0.250 | 0.141 | no |" in part
     one = write_paired(tmp_path, "uniform", {c: {0: r[0]} for c, r in runs.items()}, resamples=10)[1].read_text()
     assert "| dump | first | 1 | 50% | 50% | 50% |" in one  # one seed: no interval to show
 

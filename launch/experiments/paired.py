@@ -323,8 +323,8 @@ def write_paired(
             "",
             *_ratio_table(by_rows),
         ]
-    outcomes = {cell: {s: _last(r) for s, r in per_seed.items()} for cell, per_seed in rows.items()}
-    with_rows = {cell: o for cell, o in outcomes.items() if o and all(o.values())}
+    outcomes = {cell: {s: _last(r) for s, r in per_seed.items() if r} for cell, per_seed in rows.items()}
+    with_rows = {cell: o for cell, o in outcomes.items() if o}
     if with_rows:
         lines += [
             "",
@@ -334,22 +334,25 @@ def write_paired(
             "seeds) and its sampling part (the binomial noise within rows, which more samples per row would shrink; "
             "the rest is which rows a seed holds out, shared by every cell at that seed) beside the seeds' standard "
             "deviation of final accuracy: evaluation noise is small against the spread between seeds when the first "
-            "is below a third of the second. Cells whose runs predate stored per-row outcomes "
-            "(eval/step-NNNNNN.jsonl) are not listed.",
+            "is below a third of the second. Runs that predate stored per-row outcomes (eval/step-NNNNNN.jsonl) "
+            "have none: a cell is read on its seeds that have them (counted) for its accuracy and s.e., and on all "
+            "its seeds for their s.d.; a cell without any is not listed.",
             "",
-            "| cell | accuracy | one evaluation's s.e. | of it, sampling within rows | seeds' s.d. | s.e. < s.d./3 |",
-            "|---|---|---|---|---|---|",
+            "| cell | seeds with rows | accuracy | one evaluation's s.e. | of it, sampling within rows | seeds' s.d. "
+            "| s.e. < s.d./3 |",
+            "|---|---|---|---|---|---|---|",
         ]
         for cell, o in with_rows.items():
             point, low, high = row_bootstrap(o, resamples)
             se = float(np.mean([evaluation_se(outcome) for outcome in o.values()]))
             sampling = float(np.mean([sampling_se(outcome) for outcome in o.values()]))
-            finals = [final_accuracy(runs[cell][s]) for s in o if s in runs.get(cell, {})]
+            finals = [final_accuracy(run) for run in runs.get(cell, {}).values()]
             sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
             small = "-" if math.isnan(sd) else ("yes" if se < sd / 3 else "no")
             spread = "-" if math.isnan(sd) else f"{sd:.3f}"
             lines.append(
-                f"| {cell} | {point:.3f} [{low:.3f}, {high:.3f}] | {se:.3f} | {sampling:.3f} | {spread} | {small} |"
+                f"| {cell} | {len(o)} of {len(runs.get(cell, {})) or len(o)} | {point:.3f} [{low:.3f}, {high:.3f}] "
+                f"| {se:.3f} | {sampling:.3f} | {spread} | {small} |"
             )
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
