@@ -119,7 +119,9 @@ def test_shipped_ablation_expands_to_its_cells_and_seeds():
     spec, jobs = load_ablation("configs/ablation.yaml")
     cells = {"uniform", "dump", "sec", "dump+filter", "dump+pass_rate", "dump+thompson", "dump+greso"}
     cells |= {"dump+filter+screen", "dump+thompson+sizes"}
-    assert len(jobs) == 9 * 3 and spec.reference_cell == "uniform" and {j.cell for j in jobs} == cells
+    assert len(jobs) == 9 * 3 + 6 and spec.reference_cell == "uniform" and {j.cell for j in jobs} == cells
+    five = {c for c in cells if len([j for j in jobs if j.cell == c]) == 5}  # the reference and the two best: 5 seeds
+    assert five == {"uniform", "dump+filter", "dump+pass_rate"}
     dump_filter = next(j for j in jobs if j.cell == "dump+filter" and j.seed == 1)
     assert dump_filter.cfg.curriculum.bandit["kind"] == "ucb"
     assert dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
@@ -174,15 +176,16 @@ def test_a_failed_run_does_not_stop_the_others(monkeypatch, parallel):
     try:
         with pytest.raises(
             GradusError,
-            match=r"^1 of 6 runs failed: uniform seed 1 \(GradusError: a worker died.*run `gradus ablate` again",
+            match=r"^1 of 8 runs failed: uniform seed 1 \(GradusError: a worker died.*run `gradus ablate` again",
         ):
             run_jobs(jobs, parallel)
     finally:
         if parallel > 1:
             ray.shutdown()
-    assert len(ran) == (6 if parallel == 1 else 0)  # Ray tasks append in their own processes
-    if parallel == 1:  # seed by seed: a grid cut off midway has every cell's first seeds
-        assert [r.split("/")[-2:] for r in ran] == [[c, f"seed-{s}"] for s in range(3) for c in ("uniform", "dump")]
+    assert len(ran) == (8 if parallel == 1 else 0)  # Ray tasks append in their own processes
+    if parallel == 1:  # seed by seed: a grid cut off midway has every cell's first seeds; uniform's more_seeds last
+        first = [[c, f"seed-{s}"] for s in range(3) for c in ("uniform", "dump")]
+        assert [r.split("/")[-2:] for r in ran] == first + [["uniform", "seed-3"], ["uniform", "seed-4"]]
 
     def stopped(job, resume):
         ran.append(job.cfg.run.run_dir)
