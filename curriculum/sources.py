@@ -323,8 +323,12 @@ def make_distributions(
 ) -> list["Distribution"]:
     """A config distribution as Distributions: one, or with `params.split_by`
     one per distinct value, named `<name>/<value>`, each with its own held-out
-    rows; `prompts` picks their prompt-level sampler (curriculum/prompts.py)."""
+    rows; `prompts` picks their prompt-level sampler (curriculum/prompts.py).
+    A spec's own `eval_size` overrides the shared one: a source with few distinct
+    rows (1-digit sums: 100) can hold out fewer than a large one."""
     name, source, params = spec["name"], spec["source"], dict(spec.get("params") or {})
+    if spec.get("eval_size") is not None:
+        eval_size = spec["eval_size"]
     rows = source_rows(name, source, params, train_size, eval_size, seed)
     common = {
         "budget": spec.get("budget"),

@@ -71,6 +71,10 @@ def test_bad_values():
             "curriculum.params: curriculum 'ucb': unknown parameter 'windw' (did you mean 'window'?)",
         ),
         (["eval.every=5", "data.eval_size=0"], "needs held-out rows"),
+        (
+            ["data.distributions=[{name: a, eval_size: -2}]"],
+            "data.distributions.0.eval_size (a): must be >= 0, got -2",
+        ),
         (  # pass_rate's old default decay: 8 samples of evidence give P(p >= 0.9) <= 0.61, so no row retires
             ["curriculum.prompts={kind: pass_rate, decay: 0.5}"],
             "pass_rate with decay=0.5 keeps at most 8.0 samples of a row's evidence (groups of 4), short of the 20.9",

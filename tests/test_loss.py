@@ -226,8 +226,9 @@ def test_held_out_metrics_avg_and_pass_at_k():
     assert m["eval/a/x/avg@4"] == m["eval/a/x/accuracy"] == pytest.approx(1 / 8)
     assert m["eval/a/x/pass@2"] == pytest.approx((0.5 + 0.0) / 2)
     assert m["eval/b/pass@2"] == 1.0 and m["eval/b/pass@1"] == pytest.approx(0.75)
-    assert m["eval/accuracy"] == m["eval/avg@4"] == pytest.approx(4 / 12)
-    assert m["eval/pass@2"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    # overall: each distribution counted once, whatever its number of held-out rows (a/x 2, b 1)
+    assert m["eval/accuracy"] == m["eval/avg@4"] == pytest.approx((1 / 8 + 3 / 4) / 2)
+    assert m["eval/pass@2"] == pytest.approx((0.25 + 1.0) / 2)
 
 
 def _off_policy(model, samples: list[TrainSample]) -> list[TrainSample]:

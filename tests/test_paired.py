@@ -143,6 +143,10 @@ def test_one_evaluations_standard_error_from_its_rows():
     two = [("a", 0, 4), ("a", 4, 4), ("b", 2, 4), ("b", 2, 4)]
     assert evaluation_se(two) == pytest.approx(math.sqrt(2 * (2**2 + 2**2)) / 16)
     assert evaluation_se([("a", 0, 4)] * 4 + [("b", 4, 4)] * 4) == 0.0
+    # Distributions with their own eval_size: the accuracy is the mean of theirs, each counted once (not pooled)
+    unequal = [("a", 0, 4), ("a", 4, 4)] + [("b", 4, 4)] * 4
+    assert evaluation_se(unequal) == pytest.approx(math.sqrt(2 * (2**2 + 2**2) / 8**2) / 2)  # a's 0.5, b's 0, over 2
+    assert row_bootstrap({0: unequal}, resamples=10)[0] == pytest.approx((0.5 + 1.0) / 2)
 
 
 def test_the_sampling_part_of_an_evaluations_error():

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from gradus.launch.experiments import ablate
-from gradus.launch.experiments.ablate import load_ablation, run_jobs
+from gradus.launch.experiments.ablate import config_drift, load_ablation, run_jobs
+from gradus.launch.config.schema import to_dict
 from gradus.launch.errors import GradusError
 from gradus.launch.run.preempt import Preempted
 from gradus.launch.experiments.results import (
@@ -295,3 +296,22 @@ def test_a_samplers_calibration_is_weighted_by_its_groups():
     # logged a step late (no observed_groups): each share is weighted by the step before's groups
     assert calibration(late) == pytest.approx({"predicted_zero_var": 0.3, "realised_zero_var": 0.375})
     assert all(math.isnan(v) for v in calibration([{"dist/a/prob": 1.0}]).values())
+
+
+def test_a_run_made_with_other_settings_stops_the_grid(tmp_path):
+    """A finished run whose config.yaml differs from the grid's now is neither skipped nor summarized as a run of it;
+    where it lives and what it resolved at run time (dtype, eager mode) are not differences."""
+    _, jobs = load_ablation("configs/ablation.yaml")
+    job = next(j for j in jobs if j.cell == "uniform" and j.seed == 0)
+    job.cfg.run.run_dir = str(tmp_path / "uniform" / "seed-0")
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "done.json").write_text("{}")
+    then = to_dict(job.cfg)
+    then["run"]["run_dir"], then["model"]["dtype"], then["rollout"]["enforce_eager"] = "elsewhere", "float32", True
+    (job.run_dir / "config.yaml").write_text(yaml.safe_dump(then))
+    assert config_drift(job.run_dir, job.cfg) == [] and run_jobs([job], 1) == []
+    then["eval"]["samples"] = 8
+    (job.run_dir / "config.yaml").write_text(yaml.safe_dump(then))
+    assert config_drift(job.run_dir, job.cfg) == ["eval.samples: 8 -> 4"]
+    with pytest.raises(GradusError, match=r"1 run\(s\) were made with settings .*seed-0 \(eval.samples: 8 -> 4\)"):
+        run_jobs([job], 1)

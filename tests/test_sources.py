@@ -104,3 +104,18 @@ def test_corrupt_changes_only_answers_and_follows_the_seed(source, params, verif
         )
     with pytest.raises(ValueError, match="corrupt must be a fraction"):
         rows(1.5)
+
+
+def test_a_distribution_holds_out_its_own_eval_size():
+    from gradus.curriculum.scheduler import CurriculumScheduler
+
+    small = {"name": "add1", "source": "arithmetic", "params": {"digits": 1}, "verifier": "numeric", "eval_size": 50}
+    large = {"name": "add2", "source": "arithmetic", "params": {"digits": 2}, "verifier": "numeric"}
+    s = CurriculumScheduler([small, large], eval_size=96, seed=0)
+    add1, add2 = s.distributions["add1"], s.distributions["add2"]
+    assert (len(add1.eval_rows), len(add1.train_rows)) == (50, 50)  # 1-digit sums: 100 distinct rows in all
+    assert (len(add2.eval_rows), len(add2.train_rows)) == (96, 2000)
+    assert {r["prompt"] for r in add1.eval_rows}.isdisjoint(r["prompt"] for r in add1.train_rows)
+    assert [len(v) for v in s.eval_rows().values()] == [50, 96]
+    with pytest.raises(ValueError, match="only 100 distinct rows, need more than eval_size=100"):
+        CurriculumScheduler([{**small, "eval_size": 100}], seed=0)

@@ -51,6 +51,7 @@ class DistributionConfig:
     )
     verifier_threshold: float = 1.0  # a score >= this counts as correct (unless a reward file returns `acc`)
     budget: Optional[int] = None  # this distribution's base length budget, decayed by curriculum.budget
+    eval_size: Optional[int] = None  # this distribution's held-out rows; None: data.eval_size
 
 
 @dataclass

@@ -63,6 +63,11 @@ def validate(cfg: Config, legacy_curriculum: bool = False) -> None:
             raise GradusError(f"{key}: {err.args[0] if err.args else err}") from None
     for key, value, low in [
         ("data.eval_size", cfg.data.eval_size, 0),
+        *(
+            (f"data.distributions.{i}.eval_size ({d.name})", d.eval_size, 0)
+            for i, d in enumerate(cfg.data.distributions)
+            if d.eval_size is not None
+        ),
         ("curriculum.max_refill_rounds", cfg.curriculum.max_refill_rounds, 0),
     ]:
         if value < low:
@@ -270,7 +275,8 @@ def _validate_learning(cfg: Config) -> None:
         )
     if t.loss_norm_len is not None and t.loss_norm_len < 1:
         raise GradusError(f"trainer.loss_norm_len: must be >= 1, got {t.loss_norm_len}")
-    if e.every and cfg.data.eval_size < 1:
+    held_out = [cfg.data.eval_size if d.eval_size is None else d.eval_size for d in cfg.data.distributions]
+    if e.every and not any(held_out):
         raise GradusError(f"eval.every={e.every} needs held-out rows: set data.eval_size >= 1 or eval.every=0")
     if e.temperature <= 0 and e.samples > 1:
         raise GradusError(

@@ -5,7 +5,8 @@ results.csv, results.md and plots over the cells.
 Cells run one after another, each in a process of its own (isolated.py), or
 `parallel` at a time as Ray tasks on a cluster (each cell's run places its own
 actors). Re-running skips finished cells (done.json) and resumes interrupted
-ones from their latest checkpoint.
+ones from their latest checkpoint; a run made with settings the grid file no
+longer has stops it (config_drift).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from gradus.launch.run import checkpoint_dirs as checkpoint
 from gradus.curriculum.registry import nearest
 from gradus.launch.config.load import load_config
-from gradus.launch.config.schema import Config, build
+from gradus.launch.config.schema import Config, build, to_dict
 from gradus.launch.errors import GradusError
 from gradus.launch.experiments.isolated import run_isolated, train_command
 from gradus.launch.experiments.paired import eval_rows, write_paired
@@ -124,6 +125,40 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
     return spec, jobs
 
 
+def _sections(config: dict) -> dict[str, Any]:
+    """{section: {key: value}} -> {"section.key": value}."""
+    return {f"{name}.{key}": value for name, section in config.items() for key, value in section.items()}
+
+
+def config_drift(run_dir: Path, cfg: Config) -> list[str]:
+    """`key: then -> now` for each setting of `cfg` that differs from the one
+    the run in `run_dir` was made with (its config.yaml). Not compared: run.run_dir
+    (where a run lives, not what it did) and what `cfg` leaves to run time (None,
+    "auto"), which a run writes down resolved."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return []
+    then, now = _sections(to_dict(load_config(saved))), _sections(to_dict(cfg))
+    return [
+        f"{key}: {then.get(key)!r} -> {value!r}"
+        for key, value in now.items()
+        if key != "run.run_dir" and value is not None and value != "auto" and then.get(key) != value
+    ]
+
+
+def check_drift(pairs: list[tuple[Job, Path]]) -> None:
+    """A grid whose file changed must not skip, resume or summarize a run made
+    under its old settings as if it were a run of the new ones."""
+    drifted = [(run_dir, keys) for job, run_dir in pairs if (keys := config_drift(run_dir, job.cfg))]
+    if drifted:
+        shown = "; ".join(f"{d} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" for d, keys in drifted[:3])
+        raise GradusError(
+            f"{len(drifted)} run(s) were made with settings the grid no longer has: {shown}"
+            f"{' and more' if len(drifted) > 3 else ''}. Move them away or set out_dir to a new directory "
+            "to run the grid as it is now, or restore the ablation file's settings"
+        )
+
+
 def _train(job: Job, resume: str | None) -> None:
     """One run in a process of its own (isolated.py)."""
     signals = [job.cfg.run.preempt_signal] if job.cfg.run.preempt_signal else []
@@ -156,6 +191,7 @@ def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> l
     say) does not stop the others: the failures are raised together at the end,
     and re-running resumes them. A stop signal does stop all. Without
     `keep_checkpoints`, every finished run's checkpoints are deleted."""
+    check_drift([(j, j.run_dir) for j in jobs])
     seeds = list(dict.fromkeys(j.seed for j in jobs))
     todo = sorted((j for j in jobs if not (j.run_dir / "done.json").exists()), key=lambda j: seeds.index(j.seed))
     for j in jobs:
@@ -232,8 +268,10 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     jobs' run directories), written there."""
     out_dir = Path(root or spec.out_dir)
     cells: dict[str, list[Path]] = {}
-    for job in jobs:
-        cells.setdefault(job.cell, []).append(out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir)
+    pairs = [(job, out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir) for job in jobs]
+    check_drift(pairs)
+    for job, run_dir in pairs:
+        cells.setdefault(job.cell, []).append(run_dir)
     reference, over = None, spec.accuracy_over
     metrics = {cell: [read_metrics(d, True, over) for d in dirs] for cell, dirs in cells.items()}
     logged = {name for runs in metrics.values() for run in runs for name in distributions(run)}

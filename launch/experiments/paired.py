@@ -119,8 +119,8 @@ Outcome = tuple[str, int, int]  # one held-out row of an evaluation: (distributi
 
 
 def _strata(rows: Sequence[Outcome]) -> list[np.ndarray]:
-    """(right, samples) arrays per distribution: every evaluation holds the same
-    number of rows of each, so rows are resampled within their distribution."""
+    """(right, samples) arrays per distribution: rows are resampled within their
+    distribution, whose number of held-out rows is fixed by design."""
     by_dist: dict[str, list[tuple[int, int]]] = {}
     for distribution, right, samples in rows:
         by_dist.setdefault(distribution, []).append((right, samples))
@@ -128,7 +128,8 @@ def _strata(rows: Sequence[Outcome]) -> list[np.ndarray]:
 
 
 def _accuracy(strata: Sequence[np.ndarray]) -> float:
-    return float(sum(s[:, 0].sum() for s in strata) / sum(s[:, 1].sum() for s in strata))
+    """The mean over distributions of each one's accuracy (held_out_metrics' overall figure)."""
+    return float(np.mean([s[:, 0].sum() / s[:, 1].sum() for s in strata]))
 
 
 def row_bootstrap(
@@ -149,17 +150,17 @@ def row_bootstrap(
 
 
 def evaluation_se(rows: Sequence[Outcome]) -> float:
-    """Standard error of one evaluation's accuracy (samples right over samples)
-    from its rows' outcomes: the ratio estimator's, stratified by distribution
-    (their row counts are fixed by design, so differences between them are not noise)."""
+    """Standard error of one evaluation's accuracy (the mean over distributions
+    of samples right over samples) from its rows' outcomes: each distribution's
+    ratio-estimator variance, over the number of distributions squared."""
     strata = _strata(rows)
     if not strata or any(len(s) < 2 for s in strata):
         return math.nan
-    total = sum(s[:, 1].sum() for s in strata)
     variance = sum(
-        len(s) / (len(s) - 1) * ((s[:, 0] - s[:, 0].sum() / s[:, 1].sum() * s[:, 1]) ** 2).sum() for s in strata
+        len(s) / (len(s) - 1) * ((s[:, 0] - s[:, 0].sum() / s[:, 1].sum() * s[:, 1]) ** 2).sum() / s[:, 1].sum() ** 2
+        for s in strata
     )
-    return float(math.sqrt(variance) / total)
+    return float(math.sqrt(variance) / len(strata))
 
 
 def sampling_se(rows: Sequence[Outcome]) -> float:
@@ -168,8 +169,9 @@ def sampling_se(rows: Sequence[Outcome]) -> float:
     rest is which rows were held out, drawn per seed and shared by every cell."""
     if not rows or any(samples < 2 for _, _, samples in rows):
         return math.nan
-    variance = sum(right * (samples - right) / (samples - 1) for _, right, samples in rows)
-    return float(math.sqrt(variance) / sum(samples for _, _, samples in rows))
+    strata = _strata(rows)
+    variance = sum((s[:, 0] * (s[:, 1] - s[:, 0]) / (s[:, 1] - 1)).sum() / s[:, 1].sum() ** 2 for s in strata)
+    return float(math.sqrt(variance) / len(strata))
 
 
 EvalRows = dict[int, dict[tuple[str, int], tuple[int, int]]]  # step -> {(distribution, row id): (right, samples)}
@@ -229,10 +231,11 @@ def row_bootstrap_ratios(
     draws = {m: [] for m in MEASURES}
     for _ in range(resamples):
         for s in seeds:
-            pick = np.concatenate([idx[rng.integers(0, len(idx), size=len(idx))] for idx in strata[s]])
+            picks = [idx[rng.integers(0, len(idx), size=len(idx))] for idx in strata[s]]
             for side in (0, 1):
                 records, right, samples = tables[side, s]
-                for record, accuracy in zip(records, right[:, pick].sum(axis=1) / samples[:, pick].sum(axis=1)):
+                per_dist = [right[:, pick].sum(axis=1) / samples[:, pick].sum(axis=1) for pick in picks]
+                for record, accuracy in zip(records, np.mean(per_dist, axis=0)):
                     record["eval/accuracy"] = float(accuracy)
         for measure, value in ratios(copies[0], copies[1], seeds, seeds, sustained).items():
             draws[measure].append(value)

@@ -30,9 +30,9 @@ def read_metrics(run_dir: Path, with_start: bool = False, accuracy_over: Sequenc
 
 def held_out_over(record: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """A record whose overall held-out figures are the mean over `names`' own
-    (each distribution holds the same rows and samples, so this is the pooled
-    figure over them): a mixture with a source no model can learn (the noisy
-    preset's `noise`) is compared on what can be learned."""
+    (as held_out_metrics' overall figure is over every distribution): a mixture
+    with a source no model can learn (the noisy preset's `noise`) is compared on
+    what can be learned."""
     out = dict(record)
     for key in [k for k in record if k.startswith("eval/") and k.count("/") == 1]:
         parts = [record.get(f"eval/{name}/{key[len('eval/') :]}") for name in names]

@@ -88,18 +88,21 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
 
 
 def held_out_metrics(groups: Sequence[Group], names: Sequence[str], ks: Sequence[int] = ()) -> dict[str, float]:
-    """Per distribution and overall: accuracy (= avg@n, the mean over n samples
-    per prompt) and the mean over prompts of pass@k for each k."""
+    """Per distribution: accuracy (= avg@n, the mean over n samples per prompt)
+    and the mean over prompts of pass@k for each k. Overall: the mean over the
+    distributions that hold rows out, each counted once whatever its number of
+    rows (a distribution's own `eval_size` changes its precision, not its weight)."""
     n = len(groups[0].samples)
     out: dict[str, float] = {}
-    for name in [*names, None]:
-        chosen = [g for g in groups if name is None or g.distribution == name]
-        counts = [sum(g.correct) for g in chosen]
-        prefix = "eval/" if name is None else f"eval/{name}/"
-        out[prefix + "accuracy"] = sum(counts) / (n * len(counts))
-        out[prefix + f"avg@{n}"] = out[prefix + "accuracy"]
+    held = [name for name in names if any(g.distribution == name for g in groups)]
+    for name in held:
+        counts = [sum(g.correct) for g in groups if g.distribution == name]
+        out[f"eval/{name}/accuracy"] = sum(counts) / (n * len(counts))
+        out[f"eval/{name}/avg@{n}"] = out[f"eval/{name}/accuracy"]
         for k in ks:
-            out[prefix + f"pass@{k}"] = _mean([pass_at_k(n, c, k) for c in counts])
+            out[f"eval/{name}/pass@{k}"] = _mean([pass_at_k(n, c, k) for c in counts])
+    for key in ["accuracy", f"avg@{n}", *(f"pass@{k}" for k in ks)]:
+        out[f"eval/{key}"] = _mean([out[f"eval/{name}/{key}"] for name in held])
     return out
 
 
