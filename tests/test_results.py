@@ -300,7 +300,7 @@ def test_a_samplers_calibration_is_weighted_by_its_groups():
 
 def test_a_run_made_with_other_settings_stops_the_grid(tmp_path):
     """A finished run whose config.yaml differs from the grid's now is neither skipped nor summarized as a run of it;
-    where it lives and what it resolved at run time (dtype, eager mode) are not differences."""
+    where it lives or logs and what it resolved at run time (dtype, eager mode) are not differences."""
     _, jobs = load_ablation("configs/ablation.yaml")
     job = next(j for j in jobs if j.cell == "uniform" and j.seed == 0)
     job.cfg.run.run_dir = str(tmp_path / "uniform" / "seed-0")
@@ -308,6 +308,7 @@ def test_a_run_made_with_other_settings_stops_the_grid(tmp_path):
     (job.run_dir / "done.json").write_text("{}")
     then = to_dict(job.cfg)
     then["run"]["run_dir"], then["model"]["dtype"], then["rollout"]["enforce_eager"] = "elsewhere", "float32", True
+    then["wandb"]["mode"] = "online"  # how it logged, not what it computed
     (job.run_dir / "config.yaml").write_text(yaml.safe_dump(then))
     assert config_drift(job.run_dir, job.cfg) == [] and run_jobs([job], 1) == []
     then["eval"]["samples"] = 8

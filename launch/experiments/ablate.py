@@ -130,11 +130,15 @@ def _sections(config: dict) -> dict[str, Any]:
     return {f"{name}.{key}": value for name, section in config.items() for key, value in section.items()}
 
 
+UNCOMPARED = ("run.run_dir", "cluster.", "wandb.")
+
+
 def config_drift(run_dir: Path, cfg: Config) -> list[str]:
     """`key: then -> now` for each setting of `cfg` that differs from the one
-    the run in `run_dir` was made with (its config.yaml). Not compared: run.run_dir
-    (where a run lives, not what it did) and what `cfg` leaves to run time (None,
-    "auto"), which a run writes down resolved."""
+    the run in `run_dir` was made with (its config.yaml). Not compared: where a
+    run lives, is placed and logs (run.run_dir, cluster.*, wandb.*), not what it
+    computes, and what `cfg` leaves to run time (None, "auto"), which a run writes
+    down resolved."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return []
@@ -142,7 +146,7 @@ def config_drift(run_dir: Path, cfg: Config) -> list[str]:
     return [
         f"{key}: {then.get(key)!r} -> {value!r}"
         for key, value in now.items()
-        if key != "run.run_dir" and value is not None and value != "auto" and then.get(key) != value
+        if not key.startswith(UNCOMPARED) and value is not None and value != "auto" and then.get(key) != value
     ]
 
 
