@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--parallel", type=int, default=None, help="cells at once as Ray tasks (default: the file's `parallel`)"
     )
     ablate.add_argument(
-        "--summarize-only", action="store_true", help="only rebuild results and plots from finished cells"
+        "--summarize-only", action="store_true", help="only rebuild results and plots from the finished runs"
     )
     ablate.add_argument(
         "--publish",
@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
             "after the runs, copy each run's metrics and summarize into DIR (e.g. docs/results), "
             "recomputable from there"
         ),
+    )
+    ablate.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --publish: publish the finished runs of a grid still running (results.md names the rest)",
     )
     plot = sub.add_parser("plot", help="draw a run's plots into RUN_DIR/plots")
     plot.add_argument("run_dir")
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 else ablate(args.ablation, args.parallel)
             )
             if args.publish:
-                paths = publish(*load_ablation(args.ablation), Path(args.publish))
+                paths = publish(*load_ablation(args.ablation), Path(args.publish), args.partial)
             print(paths["markdown"].read_text())
             print(f"gradus: results in {paths['csv']} and {paths['markdown']}, plots in {paths['plots']}")
         elif args.command == "plot":

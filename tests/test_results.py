@@ -316,3 +316,35 @@ def test_a_run_made_with_other_settings_stops_the_grid(tmp_path):
     assert config_drift(job.run_dir, job.cfg) == ["eval.samples: 8 -> 4"]
     with pytest.raises(GradusError, match=r"1 run\(s\) were made with settings .*seed-0 \(eval.samples: 8 -> 4\)"):
         run_jobs([job], 1)
+
+
+def test_a_grid_still_running_summarizes_and_publishes_what_it_has(tmp_path):
+    """Unfinished runs are left out and named; --publish takes a half grid only with --partial, and never
+    removes a copy published before of a run this machine has not finished."""
+    path = tmp_path / "abl.yaml"
+    grid = {"base": str(ROOT / "configs" / "default.yaml"), "out_dir": str(tmp_path / "runs"), "seeds": [0, 1]}
+    grid |= {"overrides": {"eval.every": 5}, "curricula": {"uniform": {}, "dump": {}}, "reference_cell": "uniform"}
+    path.write_text(yaml.safe_dump(grid))
+    spec, jobs = load_ablation(path)
+    _write_run(tmp_path / "runs" / "uniform" / "seed-0", [0.2, 0.4])
+    _write_run(tmp_path / "runs" / "dump" / "seed-0", [0.3, 0.5])
+    (tmp_path / "runs" / "uniform" / "seed-1").mkdir()  # started, not finished
+    table = ablate.summarize(spec, jobs)["markdown"].read_text()
+    assert sorted([line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]) == [
+        "dump",
+        "uniform",
+    ]
+    assert "Not finished yet, so not in any figure: dump seed 1, uniform seed 1 (2 of 4)." in table
+    dest = tmp_path / "published"
+    with pytest.raises(GradusError, match="not yet: dump seed 1, uniform seed 1 .*add --partial"):
+        ablate.publish(spec, jobs, dest)
+    _write_run(dest / "dump" / "seed-1", [0.1, 0.6])  # published from another machine earlier
+    table = ablate.publish(spec, jobs, dest, partial=True)["markdown"].read_text()
+    assert sorted(str(p.relative_to(dest)) for p in dest.glob("*/seed-*")) == [
+        "dump/seed-0",
+        "dump/seed-1",
+        "uniform/seed-0",
+    ]
+    assert "(1 of 4)" in table and "| dump | 2 |" in table
+    with pytest.raises(GradusError, match="no finished run under"):
+        ablate.summarize(spec, jobs, tmp_path / "empty")

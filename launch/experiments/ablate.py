@@ -268,54 +268,69 @@ PUBLISHED = ("metrics.jsonl", START_EVAL, "done.json", "config.yaml", "eval")
 
 def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -> dict[str, Path]:
     """results.csv/.md, spend.csv/.md, paired.csv/.md (with a reference cell) and
-    the plots from the runs under `root` (<root>/<cell>/seed-<n>; default the
-    jobs' run directories), written there."""
+    the plots from the finished runs under `root` (<root>/<cell>/seed-<n>; default
+    the jobs' run directories), written there. Unfinished runs are left out and
+    named in results.md: a grid still running compares what it has."""
     out_dir = Path(root or spec.out_dir)
-    cells: dict[str, list[Path]] = {}
     pairs = [(job, out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir) for job in jobs]
     check_drift(pairs)
+    cells: dict[str, list[Path]] = {}
     for job, run_dir in pairs:
-        cells.setdefault(job.cell, []).append(run_dir)
+        if (run_dir / "done.json").exists():
+            cells.setdefault(job.cell, []).append(run_dir)
+    missing = [f"{job.cell} seed {job.seed}" for job, run_dir in pairs if not (run_dir / "done.json").exists()]
+    if not cells:
+        raise GradusError(f"no finished run under {out_dir} yet: run `gradus ablate` first")
+    if missing:
+        print(f"gradus ablate: {len(missing)} of {len(jobs)} runs not finished, left out: {', '.join(missing)}")
+    reference_cell = spec.reference_cell if spec.reference_cell in cells else ""
     reference, over = None, spec.accuracy_over
     metrics = {cell: [read_metrics(d, True, over) for d in dirs] for cell, dirs in cells.items()}
     logged = {name for runs in metrics.values() for run in runs for name in distributions(run)}
     for name in over:
         if name not in logged:
             raise GradusError(f"accuracy_over: {name!r} is not a distribution of these runs{nearest(name, logged)}")
-    if spec.reference_cell:  # its final accuracy becomes a second target, half its generated tokens a budget
-        own = aggregate([run_summary(d, spec.target_accuracy, None, over) for d in cells[spec.reference_cell]])
-        reference = Reference(spec.reference_cell, own["final_accuracy_mean"], own["tokens_generated_mean"] / 2)
+    if reference_cell:  # its final accuracy becomes a second target, half its generated tokens a budget
+        own = aggregate([run_summary(d, spec.target_accuracy, None, over) for d in cells[reference_cell]])
+        reference = Reference(reference_cell, own["final_accuracy_mean"], own["tokens_generated_mean"] / 2)
     table = {
         cell: aggregate([run_summary(d, spec.target_accuracy, reference, over) for d in dirs])
         for cell, dirs in cells.items()
     }
-    note = (
-        f"Held-out accuracy (every figure without a distribution's name): over {', '.join(over)} only." if over else ""
-    )
-    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference, note)
+    notes = []
+    if over:
+        notes.append(f"Held-out accuracy (every figure without a distribution's name): over {', '.join(over)} only.")
+    if missing:
+        notes.append(f"Not finished yet, so not in any figure: {', '.join(missing)} ({len(missing)} of {len(jobs)}).")
+    csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference, "\n\n".join(notes))
     seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
-    plot_all(metrics, out_dir / "plots", seeds, spec.reference_cell)
+    plot_all(metrics, out_dir / "plots", seeds, reference_cell)
     paths = {"csv": csv_path, "markdown": md_path, "plots": out_dir / "plots"}
-    paths["spend"] = write_spend(out_dir, metrics, seeds, spec.reference_cell)[1]
-    if spec.reference_cell:  # paired over training steps: the before-training evaluation (step -1) left out
+    paths["spend"] = write_spend(out_dir, metrics, seeds, reference_cell)[1]
+    if reference_cell:  # paired over training steps: the before-training evaluation (step -1) left out
         runs = {
             cell: {s: [m for m in ms if m["step"] >= 0] for s, ms in zip(seeds[cell], metrics[cell])} for cell in cells
         }
         rows = {cell: {s: eval_rows(d, over) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
-        paths["paired"] = write_paired(out_dir, spec.reference_cell, runs, rows)[1]
+        paths["paired"] = write_paired(out_dir, reference_cell, runs, rows)[1]
     return paths
 
 
-def publish(spec: AblationConfig, jobs: list[Job], dest: Path) -> dict[str, Path]:
+def publish(spec: AblationConfig, jobs: list[Job], dest: Path, partial: bool = False) -> dict[str, Path]:
     """Copy every finished run's small files (PUBLISHED) to <dest>/<cell>/seed-<n>/
     and summarize from those copies, so the committed table and plots can be
-    recomputed from the repository alone (`gradus ablate FILE --publish DEST`)."""
+    recomputed from the repository alone (`gradus ablate FILE --publish DEST`).
+    A grid with runs still to go publishes only with `partial` (its results.md
+    names them), so a half grid is never published by accident."""
     unfinished = [f"{j.cell} seed {j.seed}" for j in jobs if not (j.run_dir / "done.json").exists()]
-    if unfinished:
+    if unfinished and not partial:
         raise GradusError(
-            f"--publish needs every run finished; not yet: {', '.join(unfinished)} (run `gradus ablate` again first)"
+            f"--publish needs every run finished; not yet: {', '.join(unfinished)} (run `gradus ablate` again first, "
+            "or add --partial to publish the finished ones)"
         )
     for job in jobs:
+        if not (job.run_dir / "done.json").exists():  # a copy published before stays
+            continue
         target = Path(dest) / job.cell / f"seed-{job.seed}"
         shutil.rmtree(target, ignore_errors=True)  # a run published before must not leave files behind
         target.mkdir(parents=True)
