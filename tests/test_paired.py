@@ -131,6 +131,10 @@ def test_row_bootstrap_and_the_published_files(tmp_path):
     runs["dump"][1] = _run({4: 0.5, 9: 0.7})
     part = write_paired(tmp_path, "uniform", runs, {"dump": {0: rows[0], 1: {}}}, resamples=10)[1].read_text()
     assert "| dump | 1 of 2 | 0.750 [" in part and "] | 0.250 | 0.250 | 0.141 | no |" in part
+    single = {s: {9: {("a", 0): (1, 1), ("a", 1): (0, 1)}} for s in (0, 1)}  # one sample per row (eval.samples 1)
+    text = write_paired(tmp_path, "uniform", runs, {"dump": single}, resamples=10)[1].read_text()
+    assert "| dump | 2 of 2 | 0.500 [0.000, 1.000] | 0.500 | - | 0.141 | no |" in text
+    assert text.rstrip().endswith("Sampling within rows -: one sample per row, which cannot tell it from the rest.")
     one = write_paired(tmp_path, "uniform", {c: {0: r[0]} for c, r in runs.items()}, resamples=10)[1].read_text()
     assert "| dump | first | 1 | 50% | 50% | 50% |" in one  # one seed: no interval to show
 
@@ -145,7 +149,7 @@ def test_one_evaluations_standard_error_from_its_rows():
     assert evaluation_se([("a", 0, 4)] * 4 + [("b", 4, 4)] * 4) == 0.0
     # Distributions with their own eval_size: the accuracy is the mean of theirs, each counted once (not pooled)
     unequal = [("a", 0, 4), ("a", 4, 4)] + [("b", 4, 4)] * 4
-    assert evaluation_se(unequal) == pytest.approx(math.sqrt(2 * (2**2 + 2**2) / 8**2) / 2)  # a's 0.5, b's 0, over 2
+    assert evaluation_se(unequal) == pytest.approx(math.sqrt(2 * (2**2 + 2**2) / 8**2) / 2)  # a's s.e. 0.5, b's 0
     assert row_bootstrap({0: unequal}, resamples=10)[0] == pytest.approx((0.5 + 1.0) / 2)
 
 
@@ -157,6 +161,9 @@ def test_the_sampling_part_of_an_evaluations_error():
     rows = [("a", 0, 4), ("a", 4, 4)] * 2
     assert sampling_se(rows) == 0.0 and evaluation_se(rows) > 0
     assert math.isnan(sampling_se([("a", 1, 1)])) and math.isnan(sampling_se([]))
+    # Distributions of unequal size: each one's variance over its own samples squared, the sum over 2 squared
+    unequal = [("a", 2, 4)] * 2 + [("b", 1, 2)] * 2  # a: 2 x 4/3 over 8 samples; b: 2 x 1 over 4
+    assert sampling_se(unequal) == pytest.approx(math.sqrt(2 * 4 / 3 / 8**2 + 2 / 4**2) / 2)
 
 
 def _rows(rights: dict[int, list[int]]) -> dict:
@@ -179,5 +186,14 @@ def test_row_bootstrap_of_the_ratios_resamples_the_same_rows_in_both_cells():
     point, low, high = row_bootstrap_ratios(reference, cell, pair, resamples=300)[0]["steps"]
     assert (point, low, high) == (0.5, 0.5, 1.0)
     assert row_bootstrap_ratios(reference, cell, ({}, pair[1]))[1] == []  # no stored rows for the reference: none
+
+    # Unequal distributions (a: 1 row, b: 3): every replicate recomputes the mean over distributions, not the pool.
+    # Pooled, the cell's step 4 (a 0 of 4, b all right: 0.75) would cross the target (pooled 0.625) and halve the steps.
+    def rows(a: int, b: int) -> dict:
+        return {("a", 0): (a, 4), **{("b", i): (b, 4) for i in range(1, 4)}}
+
+    baseline, curriculum = {0: _run({4: 0.0, 9: 0.75})}, {0: _run({4: 0.5, 9: 1.0})}
+    unequal = ({0: {4: rows(0, 0), 9: rows(4, 2)}}, {0: {4: rows(0, 4), 9: rows(4, 4)}})
+    assert row_bootstrap_ratios(baseline, curriculum, unequal, resamples=50)[0]["steps"] == (1.0, 1.0, 1.0)
     md = write_paired(Path(tempfile.mkdtemp()), "u", {"u": reference, "c": cell}, {"u": pair[0], "c": pair[1]}, 50)
     assert "| c | first | seed 0 | 50% [50%, 100%] |" in md[1].read_text()

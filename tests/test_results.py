@@ -316,6 +316,9 @@ def test_a_run_made_with_other_settings_stops_the_grid(tmp_path):
     assert config_drift(job.run_dir, job.cfg) == ["eval.samples: 8 -> 4"]
     with pytest.raises(GradusError, match=r"1 run\(s\) were made with settings .*seed-0 \(eval.samples: 8 -> 4\)"):
         run_jobs([job], 1)
+    then["eval"]["samples"], then["rollout"]["screen"] = 4, {"samples": 2}  # a setting the grid now leaves unset
+    (job.run_dir / "config.yaml").write_text(yaml.safe_dump(then))
+    assert config_drift(job.run_dir, job.cfg) == ["rollout.screen: {'samples': 2} -> None"]
 
 
 def test_a_grid_still_running_summarizes_and_publishes_what_it_has(tmp_path):

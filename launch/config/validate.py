@@ -277,7 +277,10 @@ def _validate_learning(cfg: Config) -> None:
         raise GradusError(f"trainer.loss_norm_len: must be >= 1, got {t.loss_norm_len}")
     held_out = [cfg.data.eval_size if d.eval_size is None else d.eval_size for d in cfg.data.distributions]
     if e.every and not any(held_out):
-        raise GradusError(f"eval.every={e.every} needs held-out rows: set data.eval_size >= 1 or eval.every=0")
+        raise GradusError(
+            f"eval.every={e.every} needs held-out rows: set data.eval_size >= 1 (and no distribution's own "
+            "eval_size to 0 in every one) or eval.every=0"
+        )
     if e.temperature <= 0 and e.samples > 1:
         raise GradusError(
             f"eval.samples={e.samples} at eval.temperature=0: greedy samples are identical; "

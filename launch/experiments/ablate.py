@@ -32,7 +32,6 @@ from gradus.launch.experiments.spend import write_spend
 from gradus.launch.experiments.results import (
     Reference,
     aggregate,
-    distributions,
     read_metrics,
     run_summary,
     write_results,
@@ -130,15 +129,17 @@ def _sections(config: dict) -> dict[str, Any]:
     return {f"{name}.{key}": value for name, section in config.items() for key, value in section.items()}
 
 
-UNCOMPARED = ("run.run_dir", "cluster.", "wandb.")
+UNCOMPARED = ("run.run_dir", "cluster.", "wandb.")  # where a run lives, is placed and logs
+RESOLVED = ("model.dtype", "rollout.enforce_eager", "rollout.gpu_memory_utilization")  # written down resolved
 
 
 def config_drift(run_dir: Path, cfg: Config) -> list[str]:
     """`key: then -> now` for each setting of `cfg` that differs from the one
     the run in `run_dir` was made with (its config.yaml). Not compared: where a
-    run lives, is placed and logs (run.run_dir, cluster.*, wandb.*), not what it
-    computes, and what `cfg` leaves to run time (None, "auto"), which a run writes
-    down resolved."""
+    run lives, is placed and logs (UNCOMPARED), not what it computes, and the
+    settings `cfg` leaves to run time (None, "auto") that runs wrote down
+    resolved (RESOLVED). Every other None is a setting: `rollout.screen: None`
+    against a run made with screening is a difference."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return []
@@ -146,7 +147,9 @@ def config_drift(run_dir: Path, cfg: Config) -> list[str]:
     return [
         f"{key}: {then.get(key)!r} -> {value!r}"
         for key, value in now.items()
-        if not key.startswith(UNCOMPARED) and value is not None and value != "auto" and then.get(key) != value
+        if not key.startswith(UNCOMPARED)
+        and not (key in RESOLVED and value in (None, "auto"))
+        and then.get(key) != value
     ]
 
 
@@ -195,7 +198,7 @@ def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> l
     say) does not stop the others: the failures are raised together at the end,
     and re-running resumes them. A stop signal does stop all. Without
     `keep_checkpoints`, every finished run's checkpoints are deleted."""
-    check_drift([(j, j.run_dir) for j in jobs])
+    check_drift([(j, j.run_dir) for j in jobs if (j.run_dir / "done.json").exists() or _resume_point(j)])
     seeds = list(dict.fromkeys(j.seed for j in jobs))
     todo = sorted((j for j in jobs if not (j.run_dir / "done.json").exists()), key=lambda j: seeds.index(j.seed))
     for j in jobs:
@@ -286,10 +289,19 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     reference_cell = spec.reference_cell if spec.reference_cell in cells else ""
     reference, over = None, spec.accuracy_over
     metrics = {cell: [read_metrics(d, True, over) for d in dirs] for cell, dirs in cells.items()}
-    logged = {name for runs in metrics.values() for run in runs for name in distributions(run)}
+    logged = {  # the distributions with a held-out figure (one that holds out no rows has none)
+        key[len("eval/") : -len("/accuracy")]
+        for runs in metrics.values()
+        for run in runs
+        for m in run
+        for key in m
+        if key.startswith("eval/") and key.endswith("/accuracy") and key != "eval/accuracy"
+    }
     for name in over:
         if name not in logged:
-            raise GradusError(f"accuracy_over: {name!r} is not a distribution of these runs{nearest(name, logged)}")
+            raise GradusError(
+                f"accuracy_over: {name!r} is not a distribution these runs evaluate{nearest(name, logged)}"
+            )
     if reference_cell:  # its final accuracy becomes a second target, half its generated tokens a budget
         own = aggregate([run_summary(d, spec.target_accuracy, None, over) for d in cells[reference_cell]])
         reference = Reference(reference_cell, own["final_accuracy_mean"], own["tokens_generated_mean"] / 2)
@@ -302,6 +314,8 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
         notes.append(f"Held-out accuracy (every figure without a distribution's name): over {', '.join(over)} only.")
     if missing:
         notes.append(f"Not finished yet, so not in any figure: {', '.join(missing)} ({len(missing)} of {len(jobs)}).")
+    if spec.reference_cell and not reference_cell:
+        notes.append(f"No run of the reference cell {spec.reference_cell} has finished: nothing is compared with it.")
     csv_path, md_path = write_results(out_dir, table, spec.target_accuracy, reference, "\n\n".join(notes))
     seeds = {cell: [int(d.name.removeprefix("seed-")) for d in dirs] for cell, dirs in cells.items()}
     plot_all(metrics, out_dir / "plots", seeds, reference_cell)
@@ -313,6 +327,9 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
         }
         rows = {cell: {s: eval_rows(d, over) for s, d in zip(seeds[cell], dirs)} for cell, dirs in cells.items()}
         paths["paired"] = write_paired(out_dir, reference_cell, runs, rows)[1]
+    else:  # an earlier summary's comparison would sit beside tables that no longer match it
+        for name in ("paired.md", "paired.csv"):
+            (out_dir / name).unlink(missing_ok=True)
     return paths
 
 
@@ -322,6 +339,7 @@ def publish(spec: AblationConfig, jobs: list[Job], dest: Path, partial: bool = F
     recomputed from the repository alone (`gradus ablate FILE --publish DEST`).
     A grid with runs still to go publishes only with `partial` (its results.md
     names them), so a half grid is never published by accident."""
+    check_drift([(j, j.run_dir) for j in jobs if (j.run_dir / "done.json").exists()])  # before any copy
     unfinished = [f"{j.cell} seed {j.seed}" for j in jobs if not (j.run_dir / "done.json").exists()]
     if unfinished and not partial:
         raise GradusError(

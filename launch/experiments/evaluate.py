@@ -75,7 +75,7 @@ def evaluate(cfg: Config, model: Path) -> dict[str, Any]:
         "rows": {name: len(rows[name]) for name in rows},
         "outcomes": eval_outcomes(groups),
     }
-    for name in [*rows, "all"]:
+    for name in [*(n for n in rows if rows[n]), "all"]:  # a distribution holding out no rows has no figure
         prefix = "eval/" if name == "all" else f"eval/{name}/"
         result.setdefault("accuracy", {})[name] = metrics[prefix + "accuracy"]
         for k in cfg.eval.k:

@@ -345,6 +345,7 @@ def write_paired(
             "| s.e. < s.d./3 |",
             "|---|---|---|---|---|---|---|",
         ]
+        single = False  # a cell evaluated with one sample per row
         for cell, o in with_rows.items():
             point, low, high = row_bootstrap(o, resamples)
             se = float(np.mean([evaluation_se(outcome) for outcome in o.values()]))
@@ -353,10 +354,14 @@ def write_paired(
             sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
             small = "-" if math.isnan(sd) else ("yes" if se < sd / 3 else "no")
             spread = "-" if math.isnan(sd) else f"{sd:.3f}"
+            within = "-" if math.isnan(sampling) else f"{sampling:.3f}"
             lines.append(
                 f"| {cell} | {len(o)} of {len(runs.get(cell, {})) or len(o)} | {point:.3f} [{low:.3f}, {high:.3f}] "
-                f"| {se:.3f} | {sampling:.3f} | {spread} | {small} |"
+                f"| {se:.3f} | {within} | {spread} | {small} |"
             )
+            single = single or math.isnan(sampling)
+        if single:
+            lines += ["", "Sampling within rows -: one sample per row, which cannot tell it from the rest."]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
