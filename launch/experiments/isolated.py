@@ -54,7 +54,8 @@ def run_isolated(command: list[str], stop_signals: list[str]) -> None:
             signal.signal(s, handler)
         reader.join(timeout=5)  # a process the run left behind may hold its stderr open: do not wait for it
     if code == EXIT_PREEMPTED:
-        raise Preempted(errors[-1] if errors else "the run stopped on a signal and checkpointed")
+        stopped = "the run stopped on a signal; re-running resumes from its newest checkpoint, if it has one"
+        raise Preempted(errors[-1] if errors else stopped)
     if code < 0:
         raise GradusError(f"the run was killed by {signal.Signals(-code).name}; its newest checkpoint is kept")
     if code:
