@@ -124,6 +124,11 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[Job]]:
     return spec, jobs
 
 
+def finished(run_dir: Path) -> bool:
+    """A run is finished once it wrote done.json (its last act)."""
+    return (run_dir / "done.json").exists()
+
+
 def _sections(config: dict) -> dict[str, Any]:
     """{section: {key: value}} -> {"section.key": value}."""
     return {f"{name}.{key}": value for name, section in config.items() for key, value in section.items()}
@@ -187,7 +192,7 @@ def prune(job: Job) -> None:
     """Delete a finished run's checkpoints: a grid's runs are compared, not
     resumed once done, and each keeps ~6x its model in checkpoints (a 21-run grid
     of the demo: ~65 GB), which fills a disk before the grid ends."""
-    if (job.run_dir / "done.json").exists():
+    if finished(job.run_dir):
         shutil.rmtree(checkpoint.checkpoint_root(job.run_dir), ignore_errors=True)
 
 
@@ -198,15 +203,15 @@ def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> l
     say) does not stop the others: the failures are raised together at the end,
     and re-running resumes them. A stop signal does stop all. Without
     `keep_checkpoints`, every finished run's checkpoints are deleted."""
-    check_drift([(j, j.run_dir) for j in jobs if (j.run_dir / "done.json").exists() or _resume_point(j)])
+    check_drift([(j, j.run_dir) for j in jobs if finished(j.run_dir) or _resume_point(j)])
     seeds = list(dict.fromkeys(j.seed for j in jobs))
-    todo = sorted((j for j in jobs if not (j.run_dir / "done.json").exists()), key=lambda j: seeds.index(j.seed))
+    todo = sorted((j for j in jobs if not finished(j.run_dir)), key=lambda j: seeds.index(j.seed))
     for j in jobs:
         if j not in todo:
             print(f"gradus ablate: {j.cell} seed {j.seed} finished earlier, skipped", flush=True)
-    finished = (lambda job: None) if keep_checkpoints else prune
+    tidy = (lambda job: None) if keep_checkpoints else prune
     for j in jobs:
-        finished(j)
+        tidy(j)
     failed: list[str] = []
 
     def failure(job: Job, err: Exception) -> None:
@@ -219,7 +224,7 @@ def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> l
             print(f"gradus ablate: {job.cell} seed {job.seed} ({i + 1}/{len(todo)})", flush=True)
             try:
                 _train(job, _resume_point(job))
-                finished(job)
+                tidy(job)
             except Preempted:
                 raise
             except Exception as err:  # noqa: BLE001 - reported with the others below
@@ -227,7 +232,7 @@ def run_jobs(jobs: list[Job], parallel: int, keep_checkpoints: bool = True) -> l
     else:
         _run_parallel(todo, parallel, failure)
         for job in todo:
-            finished(job)
+            tidy(job)
     if failed:
         raise GradusError(
             f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The finished runs are kept; "
@@ -278,10 +283,12 @@ def summarize(spec: AblationConfig, jobs: list[Job], root: Path | None = None) -
     pairs = [(job, out_dir / job.cell / f"seed-{job.seed}" if root else job.run_dir) for job in jobs]
     check_drift(pairs)
     cells: dict[str, list[Path]] = {}
+    missing = []
     for job, run_dir in pairs:
-        if (run_dir / "done.json").exists():
+        if finished(run_dir):
             cells.setdefault(job.cell, []).append(run_dir)
-    missing = [f"{job.cell} seed {job.seed}" for job, run_dir in pairs if not (run_dir / "done.json").exists()]
+        else:
+            missing.append(f"{job.cell} seed {job.seed}")
     if not cells:
         raise GradusError(f"no finished run under {out_dir} yet: run `gradus ablate` first")
     if missing:
@@ -339,15 +346,15 @@ def publish(spec: AblationConfig, jobs: list[Job], dest: Path, partial: bool = F
     recomputed from the repository alone (`gradus ablate FILE --publish DEST`).
     A grid with runs still to go publishes only with `partial` (its results.md
     names them), so a half grid is never published by accident."""
-    check_drift([(j, j.run_dir) for j in jobs if (j.run_dir / "done.json").exists()])  # before any copy
-    unfinished = [f"{j.cell} seed {j.seed}" for j in jobs if not (j.run_dir / "done.json").exists()]
+    check_drift([(j, j.run_dir) for j in jobs if finished(j.run_dir)])  # before any copy
+    unfinished = [f"{j.cell} seed {j.seed}" for j in jobs if not finished(j.run_dir)]
     if unfinished and not partial:
         raise GradusError(
             f"--publish needs every run finished; not yet: {', '.join(unfinished)} (run `gradus ablate` again first, "
             "or add --partial to publish the finished ones)"
         )
     for job in jobs:
-        if not (job.run_dir / "done.json").exists():  # a copy published before stays
+        if not finished(job.run_dir):  # a copy published before stays
             continue
         target = Path(dest) / job.cell / f"seed-{job.seed}"
         shutil.rmtree(target, ignore_errors=True)  # a run published before must not leave files behind
