@@ -64,3 +64,19 @@ def test_the_command_is_gradus_train_with_the_cells_overrides(tmp_path):
         "-m", "gradus.launch.cli", "train", str(config), "run.seed=1", "--overwrite"
     ]  # fmt: skip
     assert train_command(config, [], "latest")[-2:] == ["--resume", "latest"]
+
+
+def test_a_stop_signal_stops_the_grid_even_when_the_run_dies_of_it(tmp_path):
+    """A run that gets SIGTERM before it installs its handlers (during its
+    imports) dies of it: the grid must stop too, not go on with the next run."""
+    ready = tmp_path / "ready"
+
+    def signal_when_ready() -> None:
+        while not ready.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_when_ready, daemon=True).start()
+    child = f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    with pytest.raises(Preempted, match="the grid got SIGTERM and stopped its run; re-running resumes"):
+        run_isolated(_child(child), [])

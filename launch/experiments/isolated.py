@@ -36,14 +36,22 @@ def _tee(stream: IO[str], errors: list[str]) -> None:
 
 def run_isolated(command: list[str], stop_signals: list[str]) -> None:
     """Run `command` to its end; raise GradusError with its error line if it
-    fails (a signal that kills it named), Preempted if it stopped on a signal."""
+    fails (a signal that kills it named), Preempted if it stopped on a signal or
+    the grid got one: a run killed by SIGTERM before it could catch it (during
+    its imports, say) stops the grid too, not only that run."""
     errors: list[str] = []
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     reader = threading.Thread(target=_tee, args=(child.stderr, errors), daemon=True)
     reader.start()
     forward = {getattr(signal, name) for name in [*stop_signals, "SIGTERM"]}
     main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, lambda signum, _: child.send_signal(signum)) for s in forward} if main else {}
+    received: list[int] = []
+
+    def pass_on(signum: int, _frame: object) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, pass_on) for s in forward} if main else {}
     try:
         code = child.wait()
     except KeyboardInterrupt:  # Ctrl-C reached the run too (one process group): let it stop, then stop the grid
@@ -53,9 +61,12 @@ def run_isolated(command: list[str], stop_signals: list[str]) -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
         reader.join(timeout=5)  # a process the run left behind may hold its stderr open: do not wait for it
+    resumes = "re-running resumes from its newest checkpoint, if it has one"
+    if received and code != EXIT_PREEMPTED:  # the grid was told to stop, however the run ended: so does the grid
+        how = f"and stopped its run; {resumes}" if code else "as the run finished; re-running goes on with the next"
+        raise Preempted(f"the grid got {signal.Signals(received[0]).name} {how}")
     if code == EXIT_PREEMPTED:
-        stopped = "the run stopped on a signal; re-running resumes from its newest checkpoint, if it has one"
-        raise Preempted(errors[-1] if errors else stopped)
+        raise Preempted(errors[-1] if errors else f"the run stopped on a signal; {resumes}")
     if code < 0:
         raise GradusError(f"the run was killed by {signal.Signals(-code).name}; its newest checkpoint is kept")
     if code:
