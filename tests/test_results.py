@@ -128,7 +128,8 @@ def test_shipped_ablation_expands_to_its_cells_and_seeds():
     assert dump_filter.cfg.curriculum.filters == [{"kind": "nonzero_std"}]
     assert dump_filter.cfg.run.seed == 1 and str(dump_filter.run_dir) == "runs/ablation/dump+filter/seed-1"
     pass_rate = next(j for j in jobs if j.cell == "dump+pass_rate")
-    assert pass_rate.cfg.curriculum.prompts["kind"] == "pass_rate" and pass_rate.cfg.eval.samples == 4
+    assert pass_rate.cfg.curriculum.prompts["kind"] == "pass_rate"
+    assert pass_rate.cfg.eval.samples == 1 and pass_rate.cfg.data.eval_size == 192  # more rows, one sample each
 
 
 def test_more_seeds_for_named_cells(tmp_path):
@@ -313,10 +314,10 @@ def test_a_run_made_with_other_settings_stops_the_grid(tmp_path):
     assert config_drift(job.run_dir, job.cfg) == [] and run_jobs([job], 1) == []
     then["eval"]["samples"] = 8
     (job.run_dir / "config.yaml").write_text(yaml.safe_dump(then))
-    assert config_drift(job.run_dir, job.cfg) == ["eval.samples: 8 -> 4"]
-    with pytest.raises(GradusError, match=r"1 run\(s\) were made with settings .*seed-0 \(eval.samples: 8 -> 4\)"):
+    assert config_drift(job.run_dir, job.cfg) == ["eval.samples: 8 -> 1"]
+    with pytest.raises(GradusError, match=r"1 run\(s\) were made with settings .*seed-0 \(eval.samples: 8 -> 1\)"):
         run_jobs([job], 1)
-    then["eval"]["samples"], then["rollout"]["screen"] = 4, {"samples": 2}  # a setting the grid now leaves unset
+    then["eval"]["samples"], then["rollout"]["screen"] = 1, {"samples": 2}  # a setting the grid now leaves unset
     (job.run_dir / "config.yaml").write_text(yaml.safe_dump(then))
     assert config_drift(job.run_dir, job.cfg) == ["rollout.screen: {'samples': 2} -> None"]
 
